@@ -1,0 +1,129 @@
+"""Intake: the Flask app that receives webhooks and writes them to the ledger.
+
+A request is verified against its raw body, parsed, given its idempotency key and
+written in one transaction; only then does the sender get 200. No CRM or Slack call
+happens here. A configured source never answers 404 or 410, because Typeform switches
+a webhook off when it sees either.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from .config import Settings, load_settings
+from .errors import (
+    BodyTooLargeError,
+    IntakeError,
+    LedgerUnavailableError,
+    SignatureError,
+    UnknownSourceError,
+)
+from .ledger import Ledger
+from .pipeline import SourceKit, interpret_payload, load_sources
+from .ports import Request
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    """Long-lived objects of one app: settings, ledger and the configured sources."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ledger = Ledger(settings.ledger.path, settings.ledger.busy_timeout_seconds)
+        self.kits = load_sources(settings)
+
+    def accept(self, source_name: str, req: Request) -> tuple[str, bool]:
+        kit = self.kits.get(source_name)
+        spec = self.settings.source(source_name)
+        if kit is None or spec is None:
+            raise UnknownSourceError(f"no source named {source_name!r} is configured")
+        if len(req.body) > self.settings.server.max_body_bytes:
+            raise BodyTooLargeError(f"body is over {self.settings.server.max_body_bytes} bytes")
+        secrets = spec.secrets()
+        if not secrets:
+            # Fail closed, and with a status the sender retries rather than one that disables it.
+            raise LedgerUnavailableError("this source has no secret configured yet")
+        kit.source.verify(req, secrets)
+        payload = kit.source.parse(req.body, req.content_type)
+        key = kit.source.idempotency_key(payload)
+        headers = {k: v for k, v in req.headers.items() if k.lower() in kit.source.recorded_headers}
+        try:
+            # Who this is about, so the worker keeps one person's submissions in order.
+            person_keys = interpret_payload(kit, payload, self.settings.lead.default_region).lead.person_keys()
+        except Exception:  # a mapping problem is the worker's to report, never a reason to refuse
+            person_keys = []
+        try:
+            return self.ledger.accept(
+                source=source_name,
+                idem_key=key,
+                body=req.body,
+                content_type=req.content_type,
+                headers=headers,
+                config_version=self.settings.version,
+                person_keys=person_keys,
+            )
+        except sqlite3.Error as exc:
+            log.error("ledger write failed for source %s: %s", source_name, type(exc).__name__)
+            raise LedgerUnavailableError("the delivery could not be stored; retry later") from exc
+
+    def kit(self, name: str) -> SourceKit | None:
+        return self.kits.get(name)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask("leadbridge")
+    # Let werkzeug refuse oversized bodies before reading them (plus slack for headers).
+    app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
+    intake = Intake(settings)
+    app.extensions["leadbridge"] = intake
+
+    @app.post("/hooks/<source>")
+    def hook(source: str) -> tuple[Response, int]:
+        req = Request(
+            body=request.get_data(cache=False),
+            content_type=request.content_type or "",
+            headers={k.lower(): v for k, v in request.headers.items()},
+            query=request.args.to_dict(),
+        )
+        delivery_id, created = intake.accept(source, req)
+        if created:
+            log.info("delivery %s accepted from %s", delivery_id, source)
+        return jsonify(ok=True, delivery_id=delivery_id, duplicate=not created), 200
+
+    @app.get("/healthz")
+    def health() -> tuple[Response, int]:
+        try:
+            counts = intake.ledger.counts()
+        except sqlite3.Error:
+            return jsonify(ok=False, ledger="unavailable"), 503
+        return jsonify(ok=True, version=settings.version, deliveries=counts), 200
+
+    @app.errorhandler(IntakeError)
+    def intake_error(exc: IntakeError) -> tuple[Response, int]:
+        if isinstance(exc, SignatureError):
+            log.warning("rejected request to %s: %s", request.path.split("?")[0], exc.code)
+        return _error(exc.status, exc.code, str(exc))
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:
+        err = BodyTooLargeError(f"body is over {settings.server.max_body_bytes} bytes")
+        return _error(err.status, err.code, str(err))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        return _error(status, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
+
+    return app
+
+
+def _error(status: int, code: str, message: str) -> tuple[Response, int]:
+    body: dict[str, Any] = {"ok": False, "error": {"code": code, "message": message}}
+    return jsonify(body), status

@@ -1,0 +1,248 @@
+"""The one validated config tree, loaded from a YAML file.
+
+Secrets are never written in the file: the file names the environment variable that
+holds each one (``*_env`` keys), and ``redacted()`` shows only whether it is set.
+Relative paths (ledger, mappings) are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+CONFIG_ENV = "LEADBRIDGE_CONFIG"
+DEFAULT_CONFIG = "config.yaml"
+EXAMPLE_CONFIG = "config.example.yaml"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(256 * 1024, gt=0)
+    gunicorn_workers: int = Field(2, ge=1)
+
+
+class LedgerSettings(Model):
+    path: Path = Path("leadbridge.db")
+    busy_timeout_seconds: float = Field(10.0, gt=0)
+
+
+class LeadSettings(Model):
+    default_region: str = Field("US", min_length=2, max_length=2)
+
+
+DEFAULT_PROPERTIES = {
+    "email": "email",
+    "phone": "phone",
+    "first_name": "firstname",
+    "last_name": "lastname",
+    "company": "company",
+    "city": "city",
+    "postal_code": "zip",
+    "message": "message",
+    "service": "service",
+    "utm_source": "utm_source",
+    "utm_medium": "utm_medium",
+    "utm_campaign": "utm_campaign",
+    "utm_term": "utm_term",
+    "utm_content": "utm_content",
+    "gclid": "gclid",
+    "landing_page": "landing_page",
+    "submitted_at": "submitted_at",
+}
+
+
+class HubSpotSettings(Model):
+    base_url: str = "https://api.hubapi.com"
+    token_env: str = "HUBSPOT_TOKEN"
+    timeout_seconds: float = Field(10.0, gt=0)
+    # Bounded in-process retries for transport errors and 5xx; durable retries live in the ledger.
+    inprocess_attempts: int = Field(2, ge=1, le=5)
+    contact_url: str = "https://app.hubspot.com/contacts/{portal_id}/record/0-1/{contact_id}"
+    portal_id: str = ""
+    # Canonical lead field -> HubSpot contact property; fields mapped to "" are not written.
+    properties: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_PROPERTIES))
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        # The SDK joins paths onto the host; a trailing slash gives "//crm/..." (hubspot.md §12).
+        return value.rstrip("/")
+
+
+class SlackSettings(Model):
+    base_url: str = "https://slack.com/api/"
+    token_env: str = "SLACK_BOT_TOKEN"
+    channel: str = "#leads"
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _trailing_slash(cls, value: str) -> str:
+        # slack_sdk joins method names with urljoin, which drops a last segment without "/".
+        return value if value.endswith("/") else value + "/"
+
+
+class WorkerSettings(Model):
+    concurrency: int = Field(4, ge=1, le=64)
+    lease_seconds: float = Field(60.0, gt=0)
+    poll_seconds: float = Field(0.5, gt=0)
+    # Deliveries claimed per poll; sized for HubSpot's 100-input batch endpoints.
+    claim_batch: int = Field(100, ge=1, le=100)
+    # A delivery whose person is being processed elsewhere waits this long before its next try.
+    person_busy_delay_seconds: float = Field(1.0, gt=0)
+
+
+class RetrySettings(Model):
+    schedule_seconds: list[float] = Field(
+        default_factory=lambda: [10, 30, 120, 600, 1800, 7200, 21600, 43200], min_length=1
+    )
+    jitter: float = Field(0.2, ge=0, le=1)
+
+
+class SourceSettings(Model):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    type: str
+    # One or more environment variables holding the secret; several allow rotation.
+    secret_env: list[str] = Field(min_length=1)
+    mapping: Path
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        from connectors import SOURCE_TYPES
+
+        if value not in SOURCE_TYPES:
+            raise ValueError(f"unknown source type {value!r}; known: {', '.join(sorted(SOURCE_TYPES))}")
+        return value
+
+    @field_validator("secret_env", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def secrets(self) -> list[str]:
+        return [os.environ[name] for name in self.secret_env if os.environ.get(name)]
+
+
+class Settings(Model):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    lead: LeadSettings = Field(default_factory=LeadSettings)
+    hubspot: HubSpotSettings = Field(default_factory=HubSpotSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    sources: list[SourceSettings] = Field(default_factory=list)
+    # Set by load_settings: where the file was and a hash of it and its mappings.
+    path: Path | None = None
+    version: str = "unversioned"
+
+    def source(self, name: str) -> SourceSettings | None:
+        return next((s for s in self.sources if s.name == name), None)
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain data, each secret shown only as set or unset."""
+        data = self.model_dump(mode="json", exclude={"path"})
+        for section in ("hubspot", "slack"):
+            name = data[section]["token_env"]
+            data[section]["token_env"] = f"{name} ({'set' if os.environ.get(name) else 'unset'})"
+        for source in data["sources"]:
+            source["secret_env"] = [
+                f"{name} ({'set' if os.environ.get(name) else 'unset'})" for name in source["secret_env"]
+            ]
+        return data
+
+    def env_problems(self) -> list[str]:
+        """Secrets the running relay needs but the environment does not hold."""
+        problems = []
+        for section, name in (("hubspot", self.hubspot.token_env), ("slack", self.slack.token_env)):
+            if not os.environ.get(name):
+                problems.append(f"{section}.token_env: environment variable {name} is not set")
+        for i, source in enumerate(self.sources):
+            if not source.secrets():
+                names = ", ".join(source.secret_env)
+                problems.append(f"sources.{i}.secret_env: none of {names} is set")
+        return problems
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``--config``, else ``$LEADBRIDGE_CONFIG``, else ``config.yaml``, else the example."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return Path(DEFAULT_CONFIG) if Path(DEFAULT_CONFIG).exists() else Path(EXAMPLE_CONFIG)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read, validate and resolve one config file; raises ConfigError listing every problem."""
+    file = config_path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read ({exc.strerror})"]) from exc
+    try:
+        data = yaml.safe_load(raw) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{file}: not valid YAML ({exc})"]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError([f"{file}: the top level must be a mapping"])
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc)) from exc
+    return _resolve(settings, file.resolve(), raw)
+
+
+def settings_from_dict(data: dict[str, Any], base: Path) -> Settings:
+    """Build settings from plain data as if read from a file in ``base`` (used by tests and tools)."""
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc)) from exc
+    return _resolve(settings, base / "inline.yaml", yaml.safe_dump(data).encode())
+
+
+def _resolve(settings: Settings, file: Path, raw: bytes) -> Settings:
+    root = file.parent
+    if not settings.ledger.path.is_absolute():
+        settings.ledger.path = root / settings.ledger.path
+    digest = hashlib.sha256(raw)
+    problems = []
+    names = [s.name for s in settings.sources]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"sources: name {dup!r} is used more than once")
+    for i, source in enumerate(settings.sources):
+        if not source.mapping.is_absolute():
+            source.mapping = root / source.mapping
+        try:
+            digest.update(source.mapping.read_bytes())
+        except OSError:
+            problems.append(f"sources.{i}.mapping: file {source.mapping} not found")
+    if problems:
+        raise ConfigError(problems)
+    settings.path = file
+    settings.version = digest.hexdigest()[:12]
+    return settings
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """One line per pydantic error, naming its dotted path in the file."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{where}: {message}")
+    return lines

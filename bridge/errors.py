@@ -1,0 +1,83 @@
+"""The exceptions leadbridge raises, and what each one tells the caller to do.
+
+    LeadbridgeError
+    ├── ConfigError            the config or a mapping is wrong; fix the file
+    ├── IntakeError            a webhook request is refused; carries its HTTP status
+    │   ├── UnknownSourceError       404  no such source in config
+    │   ├── SignatureError           401  the sender could not be verified
+    │   ├── PayloadError             400  the body cannot be read
+    │   ├── BodyTooLargeError        413  the body is over the configured limit
+    │   └── LedgerUnavailableError   503  the delivery could not be written; sender should retry
+    └── DeliveryError          a pipeline step failed
+        ├── RetriableError     try again later (timeouts, 5xx, 429); may carry retry_after
+        └── PermanentError     retrying cannot help (validation, other 4xx); goes to dead
+
+Vendor exceptions are translated into these at the connector boundary with
+``raise ... from exc``. Messages never contain tokens or personal data.
+"""
+
+from __future__ import annotations
+
+
+class LeadbridgeError(Exception):
+    """Base of every error leadbridge raises on purpose."""
+
+
+class ConfigError(LeadbridgeError):
+    """The configuration or a mapping file is invalid; ``problems`` lists each one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class IntakeError(LeadbridgeError):
+    """A webhook request is refused; rendered as ``{"ok": false, "error": {...}}``."""
+
+    status = 400
+    code = "bad_request"
+
+
+class UnknownSourceError(IntakeError):
+    status = 404
+    code = "unknown_source"
+
+
+class SignatureError(IntakeError):
+    status = 401
+    code = "bad_signature"
+
+
+class PayloadError(IntakeError):
+    status = 400
+    code = "malformed_body"
+
+
+class BodyTooLargeError(IntakeError):
+    status = 413
+    code = "body_too_large"
+
+
+class LedgerUnavailableError(IntakeError):
+    status = 503
+    code = "ledger_unavailable"
+
+
+class DeliveryError(LeadbridgeError):
+    """A pipeline step failed; ``step`` names it once the pipeline knows."""
+
+    def __init__(self, message: str, *, step: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+class RetriableError(DeliveryError):
+    """Transient: the delivery is scheduled again, no sooner than ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, step: str | None = None) -> None:
+        super().__init__(message, step=step)
+        self.retry_after = retry_after
+
+
+class PermanentError(DeliveryError):
+    """Retrying cannot help: the delivery goes to ``dead`` with this message."""

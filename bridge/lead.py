@@ -1,0 +1,143 @@
+"""The canonical lead, and how raw mapped values become one.
+
+A mapping produces plain values keyed by canonical field; ``build_lead`` trims them,
+normalises the email (email-validator, syntax only, no DNS) and the phone (E.164 with
+phonenumbers and a default region), and reports what it had to drop. A lead needs at
+least one way to reach the person: a valid email or a valid phone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict
+
+ATTRIBUTION_FIELDS = (
+    "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "gclid", "landing_page",
+)
+
+
+class Lead(BaseModel):
+    """One person's inquiry, normalised. Empty values are None, never ""."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: str | None = None
+    phone: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    service: str | None = None
+    message: str | None = None
+    postal_code: str | None = None
+    city: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    utm_term: str | None = None
+    utm_content: str | None = None
+    gclid: str | None = None
+    landing_page: str | None = None
+    submitted_at: datetime | None = None
+    # Extra CRM properties named by the mapping (property name -> value).
+    custom: dict[str, str] = {}
+
+    @property
+    def name(self) -> str:
+        return " ".join(p for p in (self.first_name, self.last_name) if p) or "(no name)"
+
+    def person_keys(self) -> list[str]:
+        """Identities that make two leads the same person; used to serialise their processing."""
+        keys = []
+        if self.email:
+            keys.append(f"email:{self.email}")
+        if self.phone:
+            keys.append(f"phone:{self.phone}")
+        return keys
+
+
+@dataclass
+class LeadResult:
+    lead: Lead
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def reachable(self) -> bool:
+        return bool(self.lead.email or self.lead.phone)
+
+
+def build_lead(values: dict[str, Any], default_region: str) -> LeadResult:
+    """Normalise mapped values into a Lead; problems name fields, never their values."""
+    problems: list[str] = []
+    clean: dict[str, Any] = {}
+    custom = {}
+    for key, value in values.items():
+        text = _text(value)
+        if text is None:
+            continue
+        if key == "custom":
+            custom = {k: t for k, v in dict(value).items() if (t := _text(v)) is not None}
+        else:
+            clean[key] = text
+    if "email" in clean:
+        clean["email"] = normalise_email(clean["email"], problems)
+    if "phone" in clean:
+        clean["phone"] = normalise_phone(clean["phone"], default_region, problems)
+    if "submitted_at" in clean:
+        clean["submitted_at"] = _timestamp(clean["submitted_at"], problems)
+    lead = Lead(**{k: v for k, v in clean.items() if v is not None}, custom=custom)
+    result = LeadResult(lead, problems)
+    if not result.reachable:
+        problems.append("no valid email or phone: nobody could call or write back")
+    return result
+
+
+def normalise_email(raw: str, problems: list[str]) -> str | None:
+    try:
+        checked = validate_email(raw, check_deliverability=False)
+    except EmailNotValidError as exc:
+        problems.append(f"email is not valid ({_first_sentence(str(exc))})")
+        return None
+    # HubSpot treats emails case-insensitively and stores them lowercased; so do we.
+    return checked.normalized.lower()
+
+
+def normalise_phone(raw: str, region: str, problems: list[str]) -> str | None:
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        problems.append("phone is not a phone number")
+        return None
+    if not phonenumbers.is_valid_number(number):
+        problems.append(f"phone is not a valid number for its region (default region {region})")
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _timestamp(raw: str, problems: list[str]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        problems.append("submitted_at is not an ISO-8601 time")
+        return None
+
+
+def _text(value: Any) -> Any:
+    if value is None or isinstance(value, dict):
+        return value or None
+    if isinstance(value, (list, tuple)):
+        joined = ", ".join(t for v in value if (t := _text(v)))
+        return joined or None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).strip()
+    return text or None
+
+
+def _first_sentence(message: str) -> str:
+    # email-validator's messages can quote the address; keep only its first clause.
+    return message.split(".")[0].split(":")[0]

@@ -1,0 +1,481 @@
+"""The ledger: every delivery, its state, its step results and its event log, in SQLite.
+
+It is the source of truth. Intake writes a delivery (unique per source and idempotency
+key) before the sender gets its 200; workers claim due deliveries under a lease, record
+each step's result before starting the next, and finish them in one of a closed set of
+states. Everything SQL lives in this module, so a second backend (PostgreSQL) can
+replace it behind the same methods.
+
+Writes use ``BEGIN IMMEDIATE`` so that two processes never both decide to claim the
+same row; connections are per thread because sqlite3 connections are not shareable.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from .errors import LeadbridgeError
+
+
+class Status(StrEnum):
+    RECEIVED = "received"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    REJECTED = "rejected"
+
+
+DUE = (Status.RECEIVED, Status.RETRYING)
+FINAL = (Status.DELIVERED, Status.DEAD, Status.REJECTED)
+
+
+class LeaseLostError(LeadbridgeError):
+    """This worker's claim expired and another took the delivery; stop touching it."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: str
+    source: str
+    idem_key: str
+    status: Status
+    received_at: float
+    content_type: str
+    headers: dict[str, str]
+    body: bytes
+    config_version: str
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+    reason: str | None
+    lease_owner: str | None
+    lease_until: float | None
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Delivery:
+        row = dict(row)
+        row["status"] = Status(row["status"])
+        row["headers"] = json.loads(row["headers"] or "{}")
+        return cls(**row)
+
+    def summary(self) -> dict[str, Any]:
+        """The delivery without its body: safe to print."""
+        data = {k: v for k, v in self.__dict__.items() if k not in ("body", "lease_owner")}
+        data["status"] = str(self.status)
+        return data
+
+
+migrations = Migrations("leadbridge")
+
+# True when another delivery of the same person must go first or is running now:
+# one received earlier that is not finished, or one under a live lease.
+_PERSON_BUSY = f"""
+    SELECT 1 FROM person_keys AS mine
+    JOIN person_keys AS theirs ON theirs.key = mine.key AND theirs.delivery_id != mine.delivery_id
+    JOIN deliveries AS other ON other.id = theirs.delivery_id
+    WHERE mine.delivery_id = d.id AND (
+        (other.status = '{Status.PROCESSING}' AND other.lease_until >= :now)
+        OR (other.rowid < d.rowid AND other.status NOT IN ('{Status.DELIVERED}', '{Status.DEAD}', '{Status.REJECTED}'))
+    )"""
+
+
+@migrations()
+def m001_initial(db: sqlite_utils.Database) -> None:
+    statuses = ", ".join(f"'{s}'" for s in Status)
+    db.execute(
+        f"""
+        CREATE TABLE deliveries (
+            id TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            idem_key TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ({statuses})),
+            received_at REAL NOT NULL,
+            content_type TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            body BLOB NOT NULL,
+            config_version TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,
+            last_error TEXT,
+            reason TEXT,
+            lease_owner TEXT,
+            lease_until REAL,
+            updated_at REAL NOT NULL,
+            UNIQUE (source, idem_key)
+        )"""
+    )
+    db.execute("CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at)")
+    db.execute("CREATE INDEX deliveries_received ON deliveries (received_at)")
+    db.execute(
+        """
+        CREATE TABLE steps (
+            delivery_id TEXT NOT NULL REFERENCES deliveries(id),
+            step TEXT NOT NULL,
+            result TEXT NOT NULL,
+            done_at REAL NOT NULL,
+            PRIMARY KEY (delivery_id, step)
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            delivery_id TEXT NOT NULL REFERENCES deliveries(id),
+            at REAL NOT NULL,
+            step TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT ''
+        )"""
+    )
+    db.execute("CREATE INDEX events_delivery ON events (delivery_id, id)")
+    # Append-only: the event log is an audit trail.
+    db.execute("CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN SELECT RAISE(ABORT, 'events are append-only'); END")
+    db.execute("CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'events are append-only'); END")
+    db.execute(
+        """
+        CREATE TABLE identities (
+            kind TEXT NOT NULL,
+            value TEXT NOT NULL,
+            contact_id TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (kind, value)
+        )"""
+    )
+    # Who each delivery is about (email:/phone: keys). A delivery is not claimed while an
+    # earlier unfinished delivery, or one being processed, shares a key with it: one person's
+    # submissions run one at a time and in the order they arrived.
+    db.execute(
+        """
+        CREATE TABLE person_keys (
+            delivery_id TEXT NOT NULL REFERENCES deliveries(id),
+            key TEXT NOT NULL,
+            PRIMARY KEY (delivery_id, key)
+        )"""
+    )
+    db.execute("CREATE INDEX person_keys_key ON person_keys (key)")
+
+
+class Ledger:
+    def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = self.db
+        db.execute("PRAGMA journal_mode=WAL")
+        migrations.apply(db)
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
+            conn.execute("PRAGMA foreign_keys=ON")
+            # WAL + NORMAL is durable across a process crash (the case we promise); FULL also
+            # survives power loss at the cost of an fsync per commit. We choose FULL: a 200
+            # means on disk.
+            conn.execute("PRAGMA synchronous=FULL")
+            db = self._local.db = sqlite_utils.Database(conn)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- intake -------------------------------------------------------------------
+
+    def accept(
+        self,
+        *,
+        source: str,
+        idem_key: str,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str],
+        config_version: str,
+        person_keys: Sequence[str] = (),
+        now: float | None = None,
+    ) -> tuple[str, bool]:
+        """Record a delivery once; returns (delivery id, whether this call created it)."""
+        now = time.time() if now is None else now
+        new_id = "dlv_" + uuid.uuid4().hex[:20]
+        with self._write() as conn:
+            existing = conn.execute(
+                "SELECT id FROM deliveries WHERE source = ? AND idem_key = ?", (source, idem_key)
+            ).fetchone()
+            if existing:
+                return existing[0], False
+            conn.execute(
+                """INSERT INTO deliveries (id, source, idem_key, status, received_at, content_type,
+                   headers, body, config_version, next_attempt_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (new_id, source, idem_key, Status.RECEIVED, now, content_type,
+                 json.dumps(headers, sort_keys=True), body, config_version, now, now),
+            )
+            conn.executemany("INSERT INTO person_keys (delivery_id, key) VALUES (?, ?)", [(new_id, k) for k in person_keys])
+            self._event(conn, new_id, "intake", "received", f"{len(body)} bytes", now)
+        return new_id, True
+
+    # -- claiming -----------------------------------------------------------------
+
+    def claim(self, owner: str, limit: int, lease_seconds: float, now: float | None = None) -> list[Delivery]:
+        """Take up to ``limit`` due deliveries (or ones whose lease expired) under a lease."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    f"""SELECT id FROM deliveries AS d
+                        WHERE ((status IN ('{Status.RECEIVED}', '{Status.RETRYING}') AND next_attempt_at <= :now)
+                               OR (status = '{Status.PROCESSING}' AND lease_until < :now))
+                          AND NOT EXISTS ({_PERSON_BUSY})
+                        ORDER BY d.rowid LIMIT :limit""",
+                    {"now": now, "limit": limit},
+                )
+            ]
+            return self._take(conn, ids, owner, lease_seconds, now)
+
+    def claim_ids(self, ids: Sequence[str], owner: str, lease_seconds: float, now: float | None = None) -> list[Delivery]:
+        """Take these deliveries now if nobody holds a live lease on them (used by replay)."""
+        now = time.time() if now is None else now
+        marks = ",".join("?" * len(ids))
+        with self._write() as conn:
+            free = [
+                row[0]
+                for row in conn.execute(
+                    f"""SELECT id FROM deliveries WHERE id IN ({marks})
+                        AND (status != ? OR lease_until < ?)""",
+                    (*ids, Status.PROCESSING, now),
+                )
+            ]
+            return self._take(conn, free, owner, lease_seconds, now)
+
+    def _take(self, conn: sqlite3.Connection, ids: list[str], owner: str, lease: float, now: float) -> list[Delivery]:
+        claimed = []
+        for delivery_id in ids:
+            before = conn.execute("SELECT status FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
+            if before == Status.PROCESSING:
+                self._event(conn, delivery_id, "claim", "lease_expired", "previous worker stopped; taken over", now)
+            conn.execute(
+                """UPDATE deliveries SET status = ?, lease_owner = ?, lease_until = ?, updated_at = ?
+                   WHERE id = ?""",
+                (Status.PROCESSING, owner, now + lease, now, delivery_id),
+            )
+            claimed.append(self._get(conn, delivery_id))
+        return claimed
+
+    def lock_person(self, delivery_id: str, owner: str, keys: Sequence[str], now: float | None = None) -> bool:
+        """Record who this delivery is about; False if that person is busy with another delivery.
+
+        Intake already recorded the keys it could; the worker calls this after mapping, in
+        case the keys changed, before any side effect.
+        """
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            self._check_lease(conn, delivery_id, owner, now)
+            conn.execute("DELETE FROM person_keys WHERE delivery_id = ?", (delivery_id,))
+            conn.executemany("INSERT INTO person_keys (delivery_id, key) VALUES (?, ?)", [(delivery_id, k) for k in keys])
+            busy = conn.execute(
+                f"SELECT EXISTS ({_PERSON_BUSY}) FROM deliveries AS d WHERE d.id = :id",
+                {"now": now, "id": delivery_id},
+            ).fetchone()[0]
+        return not busy
+
+    def begin_attempt(self, delivery_id: str, owner: str, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            self._check_lease(conn, delivery_id, owner, now)
+            conn.execute("UPDATE deliveries SET attempts = attempts + 1, updated_at = ? WHERE id = ?", (now, delivery_id))
+            attempts = conn.execute("SELECT attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
+            self._event(conn, delivery_id, "attempt", "started", f"attempt {attempts}", now)
+        return int(attempts)
+
+    def renew(self, delivery_id: str, owner: str, lease_seconds: float, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            self._check_lease(conn, delivery_id, owner, now)
+            conn.execute("UPDATE deliveries SET lease_until = ? WHERE id = ?", (now + lease_seconds, delivery_id))
+
+    # -- steps and outcomes -------------------------------------------------------
+
+    def steps(self, delivery_id: str) -> dict[str, dict[str, Any]]:
+        rows = self.db.execute("SELECT step, result FROM steps WHERE delivery_id = ?", (delivery_id,)).fetchall()
+        return {step: json.loads(result) for step, result in rows}
+
+    def record_step(self, delivery_id: str, owner: str, step: str, result: dict[str, Any], detail: str = "", now: float | None = None) -> None:
+        """Checkpoint a finished step; only the lease holder may, so a stale worker cannot."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            self._check_lease(conn, delivery_id, owner, now)
+            conn.execute(
+                "INSERT OR REPLACE INTO steps (delivery_id, step, result, done_at) VALUES (?, ?, ?, ?)",
+                (delivery_id, step, json.dumps(result, sort_keys=True, default=str), now),
+            )
+            self._event(conn, delivery_id, step, "ok", detail, now)
+
+    def note(self, delivery_id: str, step: str, outcome: str, detail: str = "", now: float | None = None) -> None:
+        with self._write() as conn:
+            self._event(conn, delivery_id, step, outcome, detail, time.time() if now is None else now)
+
+    def finish(self, delivery_id: str, owner: str, status: Status, reason: str | None = None, step: str = "finish", now: float | None = None) -> None:
+        """End a delivery as delivered, dead or rejected, and let go of its person."""
+        assert status in FINAL
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            self._check_lease(conn, delivery_id, owner, now)
+            conn.execute(
+                """UPDATE deliveries SET status = ?, reason = ?, next_attempt_at = NULL, lease_owner = NULL,
+                   lease_until = NULL, updated_at = ?,
+                   last_error = CASE WHEN ? = 'delivered' THEN last_error ELSE COALESCE(?, last_error) END
+                   WHERE id = ?""",
+                (status, reason, now, status, reason, delivery_id),
+            )
+            self._event(conn, delivery_id, step, str(status), reason or "", now)
+
+    def retry_later(self, delivery_id: str, owner: str, at: float, error: str, step: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            self._check_lease(conn, delivery_id, owner, now)
+            conn.execute(
+                """UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?, lease_owner = NULL,
+                   lease_until = NULL, updated_at = ? WHERE id = ?""",
+                (Status.RETRYING, at, error, now, delivery_id),
+            )
+            self._event(conn, delivery_id, step, "retrying", f"{error} (next attempt in {at - now:.0f}s)", now)
+
+    def defer(self, delivery_id: str, owner: str, at: float, why: str, now: float | None = None) -> None:
+        """Put a claimed delivery back untouched, without counting an attempt."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            self._check_lease(conn, delivery_id, owner, now)
+            attempts = conn.execute("SELECT attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
+            conn.execute(
+                """UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL,
+                   updated_at = ? WHERE id = ?""",
+                (Status.RETRYING if attempts else Status.RECEIVED, at, now, delivery_id),
+            )
+            self._event(conn, delivery_id, "claim", "deferred", why, now)
+
+    def requeue(self, delivery_id: str, now: float | None = None) -> str:
+        """Make a delivery due again for replay; returns what happened ("requeued", "skipped: ...")."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            row = conn.execute("SELECT status, lease_until, attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            if row is None:
+                return "skipped: no such delivery"
+            status, lease_until, attempts = row
+            if status == Status.DELIVERED:
+                return "skipped: already delivered"
+            if status == Status.PROCESSING and lease_until >= now:
+                return "skipped: being processed"
+            conn.execute(
+                """UPDATE deliveries SET status = ?, next_attempt_at = ?, attempts = 0, reason = NULL,
+                   lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?""",
+                (Status.RETRYING, now, now, delivery_id),
+            )
+            self._event(conn, delivery_id, "replay", "requeued", f"was {status} after {attempts} attempt(s)", now)
+        return "requeued"
+
+    # -- identities ---------------------------------------------------------------
+
+    def contact_for(self, keys: Sequence[str]) -> str | None:
+        """The CRM contact id already known for any of a person's identities."""
+        for key in keys:
+            kind, _, value = key.partition(":")
+            row = self.db.execute("SELECT contact_id FROM identities WHERE kind = ? AND value = ?", (kind, value)).fetchone()
+            if row:
+                return str(row[0])
+        return None
+
+    def remember_contact(self, keys: Sequence[str], contact_id: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            for key in keys:
+                kind, _, value = key.partition(":")
+                conn.execute(
+                    "INSERT OR REPLACE INTO identities (kind, value, contact_id, updated_at) VALUES (?, ?, ?, ?)",
+                    (kind, value, contact_id, now),
+                )
+
+    # -- reading ------------------------------------------------------------------
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        return self._get(self.db.conn, delivery_id)
+
+    def events(self, delivery_id: str) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT at, step, outcome, detail FROM events WHERE delivery_id = ? ORDER BY id", [delivery_id]))
+
+    def deliveries(
+        self,
+        *,
+        status: str | None = None,
+        source: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        where, params = ["1 = 1"], []
+        for column, value in (("status", status), ("source", source)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("received_at >= ?")
+            params.append(since)
+        sql = f"SELECT * FROM deliveries WHERE {' AND '.join(where)} ORDER BY received_at DESC LIMIT ?"
+        return [Delivery.from_row(row) for row in self.db.query(sql, [*params, limit])]
+
+    def next_due_at(self) -> float | None:
+        """When the earliest waiting delivery falls due (an expired lease counts as due now)."""
+        row = self.db.execute(
+            "SELECT min(CASE WHEN status = ? THEN lease_until ELSE next_attempt_at END) FROM deliveries WHERE status IN (?, ?, ?)",
+            (Status.PROCESSING, *DUE, Status.PROCESSING),
+        ).fetchone()
+        return row[0]
+
+    def counts(self) -> dict[str, int]:
+        return {row["status"]: row["n"] for row in self.db.query("SELECT status, count(*) AS n FROM deliveries GROUP BY status")}
+
+    # -- internals ----------------------------------------------------------------
+
+    def _get(self, conn: sqlite3.Connection, delivery_id: str) -> Delivery | None:
+        cursor = conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return Delivery.from_row(dict(zip([c[0] for c in cursor.description], row)))
+
+    @staticmethod
+    def _check_lease(conn: sqlite3.Connection, delivery_id: str, owner: str, now: float) -> None:
+        row = conn.execute("SELECT lease_owner, lease_until FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        if row is None or row[0] != owner or row[1] is None or row[1] < now:
+            raise LeaseLostError(f"lease on {delivery_id} is no longer held by this worker")
+
+    @staticmethod
+    def _event(conn: sqlite3.Connection, delivery_id: str, step: str, outcome: str, detail: str, now: float) -> None:
+        conn.execute(
+            "INSERT INTO events (delivery_id, at, step, outcome, detail) VALUES (?, ?, ?, ?, ?)",
+            (delivery_id, now, step, outcome, detail),
+        )
+

@@ -1,0 +1,241 @@
+"""HubSpot CRM through the official SDK (``hubspot-api-client`` v12).
+
+Create-or-update without duplicates:
+- a person the ledger already knows: PATCH that contact by id;
+- a person with an email: ``batch/upsert`` by email (one call, no search, so no search lag);
+- a person with only a phone: search by phone, then PATCH or create.
+A ``409 Contact already exists. Existing ID: N`` always ends as an update of N.
+Only non-empty values are sent, so a field the form left empty never blanks HubSpot.
+Every SDK or transport error is translated here into RetriableError or PermanentError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import phonenumbers
+import urllib3
+from hubspot import HubSpot
+from hubspot.crm.contacts import (
+    ApiException,
+    BatchInputSimplePublicObjectBatchInputUpsert,
+    Filter,
+    FilterGroup,
+    PublicObjectSearchRequest,
+    SimplePublicObjectBatchInputUpsert,
+    SimplePublicObjectInput,
+    SimplePublicObjectInputForCreate,
+)
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from bridge.config import HubSpotSettings
+from bridge.errors import DeliveryError, PermanentError, RetriableError
+from bridge.lead import Lead
+from bridge.ports import ContactResult, ContactWrite
+
+BATCH_LIMIT = 100
+EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
+# 429 policies (hubspot.md §4): the ten-second burst window vs the search API's per-second limit.
+RATE_LIMIT_WAIT = {"TEN_SECONDLY_ROLLING": 10.0, "SECONDLY": 1.0}
+RETRIABLE_STATUSES = {423, 429, 477, 500, 502, 503, 504, 521, 523, 524}
+T = TypeVar("T")
+
+
+class HubSpotCRM:
+    def __init__(self, settings: HubSpotSettings) -> None:
+        self.settings = settings
+        client = HubSpot(access_token=os.environ.get(settings.token_env, ""), host=settings.base_url)
+        # Each attribute access builds a new ApiClient and pool (hubspot.md §12): keep them.
+        contacts = client.crm.contacts
+        self._basic = contacts.basic_api
+        self._batch = contacts.batch_api
+        self._search = contacts.search_api
+
+    # -- the CRM interface --------------------------------------------------------
+
+    def upsert_contacts(self, writes: Sequence[ContactWrite]) -> dict[str, ContactResult | DeliveryError]:
+        results: dict[str, ContactResult | DeliveryError] = {}
+        by_email = [w for w in writes if w.lead.email and not w.known_contact_id]
+        for chunk in _chunks(by_email):
+            results.update(self._upsert_by_email(chunk))
+        for write in writes:
+            if write in by_email:
+                continue
+            try:
+                results[write.trace_id] = self._write_one(write)
+            except DeliveryError as exc:
+                results[write.trace_id] = exc
+        return results
+
+    def properties(self, lead: Lead) -> dict[str, str]:
+        """HubSpot properties for a lead: mapped, non-empty values only."""
+        props = {}
+        for field, prop in self.settings.properties.items():
+            value = getattr(lead, field, None)
+            if prop and value is not None:
+                props[prop] = value.isoformat() if hasattr(value, "isoformat") else str(value)
+        props.update(lead.custom)
+        return props
+
+    # -- paths --------------------------------------------------------------------
+
+    def _upsert_by_email(self, writes: list[ContactWrite]) -> dict[str, ContactResult | DeliveryError]:
+        inputs = [
+            SimplePublicObjectBatchInputUpsert(
+                id=w.lead.email, id_property="email", properties=self.properties(w.lead), object_write_trace_id=w.trace_id
+            )
+            for w in writes
+        ]
+        try:
+            response = self._call(self._batch.upsert, BatchInputSimplePublicObjectBatchInputUpsert(inputs=inputs))
+        except ApiException as exc:
+            if exc.status == 409 and len(writes) == 1:
+                return {writes[0].trace_id: self._update_existing(exc, writes[0])}
+            error = self._translate(exc)
+            return {w.trace_id: error for w in writes}
+        except DeliveryError as exc:
+            return {w.trace_id: exc for w in writes}
+        # Results are not in input order (hubspot.md §1): match by lowercased email.
+        found = {str((r.properties or {}).get("email", "")).lower(): r for r in response.results or []}
+        failed = {
+            trace: _batch_error(err)
+            for err in getattr(response, "errors", None) or []
+            for trace in ((err.context or {}).get("objectWriteTraceId") or [])
+        }
+        results: dict[str, ContactResult | DeliveryError] = {}
+        for w in writes:
+            hit = found.get(str(w.lead.email))
+            if hit is not None:
+                results[w.trace_id] = self._result(str(hit.id), bool(hit.new))
+            else:
+                results[w.trace_id] = failed.get(w.trace_id) or RetriableError("HubSpot returned no result for this contact")
+        return results
+
+    def _write_one(self, write: ContactWrite) -> ContactResult:
+        props = self.properties(write.lead)
+        contact_id = write.known_contact_id or self._find_by_phone(write.lead.phone)
+        if contact_id:
+            try:
+                self._call(self._basic.update, contact_id, SimplePublicObjectInput(properties=props))
+                return self._result(contact_id, False)
+            except ApiException as exc:
+                if exc.status == 409:
+                    return self._update_existing(exc, write)
+                if exc.status != 404:
+                    raise self._translate(exc) from exc
+                # The known contact was deleted or merged away: fall through and write anew.
+            if write.lead.email:
+                outcome = self._upsert_by_email([write])[write.trace_id]
+                if isinstance(outcome, DeliveryError):
+                    raise outcome
+                return outcome
+        try:
+            created = self._call(self._basic.create, SimplePublicObjectInputForCreate(properties=props, associations=[]))
+        except ApiException as exc:
+            if exc.status == 409:
+                return self._update_existing(exc, write)
+            raise self._translate(exc) from exc
+        return self._result(str(created.id), True)
+
+    def _update_existing(self, conflict: ApiException, write: ContactWrite) -> ContactResult:
+        """A 409 names the contact that already has this email: update it instead."""
+        match = EXISTING_ID.search(_body(conflict).get("message", ""))
+        if not match:
+            raise PermanentError(f"HubSpot 409 without an existing id: {_body(conflict).get('message', '')}")
+        contact_id = match.group(1)
+        try:
+            self._call(self._basic.update, contact_id, SimplePublicObjectInput(properties=self.properties(write.lead)))
+        except ApiException as exc:
+            raise self._translate(exc) from exc
+        return self._result(contact_id, False)
+
+    def _find_by_phone(self, phone: str | None) -> str | None:
+        if not phone:
+            return None
+        # HubSpot's calculated phone properties hold the number without its country code.
+        national = str(phonenumbers.parse(phone).national_number)
+        groups = [
+            FilterGroup(filters=[Filter(property_name=prop, operator="EQ", value=national)])
+            for prop in ("hs_searchable_calculated_phone", "hs_searchable_calculated_mobile_number")
+        ]
+        request = PublicObjectSearchRequest(filter_groups=groups, properties=["email", "phone"], limit=1)
+        try:
+            found = self._call(self._search.do_search, public_object_search_request=request)
+        except ApiException as exc:
+            raise self._translate(exc) from exc
+        return str(found.results[0].id) if found.results else None
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _result(self, contact_id: str, created: bool) -> ContactResult:
+        url = self.settings.contact_url.format(portal_id=self.settings.portal_id, contact_id=contact_id)
+        return ContactResult(contact_id=contact_id, created=created, url=url)
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One SDK call with a timeout and a few quick in-process retries for blips.
+
+        429s and longer outages are not retried here: they go back to the ledger, which
+        schedules the next attempt without holding a worker thread.
+        """
+        retrying = Retrying(
+            stop=stop_after_attempt(self.settings.inprocess_attempts),
+            wait=wait_exponential(multiplier=0.2, max=2),
+            retry=retry_if_exception(_is_blip),
+            reraise=True,
+        )
+        try:
+            return retrying(fn, *args, _request_timeout=self.settings.timeout_seconds, **kwargs)
+        except urllib3.exceptions.HTTPError as exc:
+            raise RetriableError(f"HubSpot unreachable ({type(exc).__name__})") from exc
+
+    @staticmethod
+    def _translate(exc: ApiException) -> DeliveryError:
+        body = _body(exc)
+        message = body.get("message") or exc.reason or "no message"
+        status = exc.status or 0
+        if status == 429:
+            wait = RATE_LIMIT_WAIT.get(body.get("policyName", ""), 10.0)
+            return RetriableError(f"HubSpot 429 {body.get('policyName', 'rate limit')}: {message}", retry_after=wait)
+        if status in RETRIABLE_STATUSES:
+            return RetriableError(f"HubSpot {status}: {message}")
+        return PermanentError(f"HubSpot {status} {body.get('category', '')}: {message}".replace("  ", " "))
+
+
+def _is_blip(exc: BaseException) -> bool:
+    if isinstance(exc, ApiException):
+        return (exc.status or 0) >= 500
+    return isinstance(exc, urllib3.exceptions.HTTPError)
+
+
+def _body(exc: ApiException) -> dict[str, Any]:
+    raw = exc.body
+    try:
+        data = json.loads(raw.decode() if isinstance(raw, bytes) else raw or "{}")
+    except (ValueError, AttributeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _batch_error(err: Any) -> DeliveryError:
+    message = f"HubSpot {err.category or 'error'}: {err.message}"
+    if err.category in {"RATE_LIMITS", "INTERNAL_ERROR", "LOCKED"}:
+        return RetriableError(message)
+    return PermanentError(message)
+
+
+def _chunks(writes: list[ContactWrite]) -> Iterator[list[ContactWrite]]:
+    """Batches of at most 100 with no email twice: HubSpot rejects a whole batch with duplicate ids."""
+    pending = list(writes)
+    while pending:
+        chunk: list[ContactWrite] = []
+        seen: set[str] = set()
+        for w in list(pending):
+            if len(chunk) < BATCH_LIMIT and str(w.lead.email) not in seen:
+                seen.add(str(w.lead.email))
+                chunk.append(w)
+                pending.remove(w)
+        yield chunk

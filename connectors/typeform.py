@@ -1,0 +1,94 @@
+"""Typeform webhooks: ``Typeform-Signature`` verification, parsing and flattening.
+
+Typeform signs the raw body: ``sha256=`` + base64(HMAC-SHA256(secret, body)). The
+idempotency key is ``event_id``, else the response ``token``. Flattening turns each
+answer into ``<field ref>: value`` (choice labels, joined multi-choices, numbers,
+booleans...) and each hidden field into ``hidden.<name>``, which mappings then read.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from bridge.errors import PayloadError, SignatureError
+from bridge.ports import Request
+
+SIGNATURE_HEADER = "typeform-signature"
+
+
+def typeform_signature(secret: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return "sha256=" + base64.b64encode(digest).decode()
+
+
+def verify_typeform(body: bytes, header: str | None, secrets: Sequence[str]) -> None:
+    """Constant-time check of the header against every active secret (rotation)."""
+    if not header:
+        raise SignatureError("missing Typeform-Signature header")
+    if not any(hmac.compare_digest(typeform_signature(s, body), header.strip()) for s in secrets):
+        raise SignatureError("Typeform-Signature does not match the body")
+
+
+def answer_value(answer: dict[str, Any]) -> Any:
+    """The plain value of one answer, whatever its type."""
+    kind = answer.get("type")
+    value = answer.get(kind) if isinstance(kind, str) else None
+    if kind == "choice" and isinstance(value, dict):
+        return value.get("label") or value.get("other")
+    if kind == "choices" and isinstance(value, dict):
+        labels = list(value.get("labels") or [])
+        return labels + ([value["other"]] if value.get("other") else [])
+    if kind == "payment" and isinstance(value, dict):
+        return value.get("amount")
+    return value
+
+
+class TypeformSource:
+    recorded_headers: ClassVar[tuple[str, ...]] = ("content-type", "user-agent", "x-forwarded-for")
+
+    def verify(self, request: Request, secrets: Sequence[str]) -> None:
+        verify_typeform(request.body, request.headers.get(SIGNATURE_HEADER), secrets)
+
+    def parse(self, body: bytes, content_type: str) -> dict[str, Any]:
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PayloadError("body is not valid JSON") from exc
+        if not isinstance(payload, dict) or not isinstance(payload.get("form_response"), dict):
+            raise PayloadError("body has no form_response object")
+        response = payload["form_response"]
+        if not (payload.get("event_id") or response.get("token")):
+            raise PayloadError("body has neither event_id nor form_response.token")
+        if not isinstance(response.get("answers") or [], list):
+            raise PayloadError("form_response.answers is not a list")
+        return payload
+
+    def idempotency_key(self, payload: dict[str, Any]) -> str:
+        return str(payload.get("event_id") or payload["form_response"]["token"])
+
+    def fields(self, payload: dict[str, Any]) -> dict[str, Any]:
+        response = payload["form_response"]
+        flat: dict[str, Any] = {
+            "form_id": response.get("form_id"),
+            "token": response.get("token"),
+            "submitted_at": response.get("submitted_at"),
+            "landed_at": response.get("landed_at"),
+            "event_type": payload.get("event_type"),
+        }
+        # Answers carry field.id always and field.ref only sometimes: join refs via the definition.
+        refs = {f.get("id"): f.get("ref") for f in (response.get("definition") or {}).get("fields") or []}
+        for answer in response.get("answers") or []:
+            field = answer.get("field") or {}
+            key = field.get("ref") or refs.get(field.get("id")) or field.get("id")
+            if key:
+                flat[key] = answer_value(answer)
+        for name, value in (response.get("hidden") or {}).items():
+            flat[f"hidden.{name}"] = value
+        for variable in response.get("variables") or []:
+            flat[f"variables.{variable.get('key')}"] = variable.get(variable.get("type"))
+        return flat

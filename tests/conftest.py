@@ -1,0 +1,150 @@
+"""Fixtures in layers: sandbox -> settings -> ledger / intake server -> worker.
+
+Everything crosses a real boundary: the sandbox and the intake app are real HTTP
+servers on free ports, the ledger is a real SQLite file in tmp_path.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from werkzeug.serving import make_server
+
+from bridge.app import create_app
+from bridge.config import Settings, settings_from_dict
+from bridge.ledger import Ledger
+from bridge.worker import Worker
+from connectors.sandbox import SandboxServer
+from connectors.typeform import typeform_signature
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SECRET = "tf-test-secret"
+ENV = {"TYPEFORM_SECRET": SECRET, "HUBSPOT_TOKEN": "test-hubspot-token", "SLACK_BOT_TOKEN": "xoxb-test"}
+
+
+class Sandbox:
+    """Test-side handle on the running sandbox's control API."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def state(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/__sandbox/state", timeout=5).json()
+
+    def fault(self, **spec: Any) -> None:
+        requests.post(f"{self.url}/__sandbox/faults", json=spec, timeout=5).raise_for_status()
+
+    def clear_faults(self) -> None:
+        requests.delete(f"{self.url}/__sandbox/faults", timeout=5).raise_for_status()
+
+    def search_lag(self, seconds: float) -> None:
+        requests.post(f"{self.url}/__sandbox/search_lag", json={"seconds": seconds}, timeout=5).raise_for_status()
+
+    def calls(self, path_part: str) -> int:
+        return sum(1 for r in self.state()["requests"] if path_part in r["path"])
+
+    def hubspot(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": "Bearer test-hubspot-token"}
+        return requests.request(method, f"{self.url}{path}", headers=headers, timeout=5, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def sandbox_server() -> Iterator[SandboxServer]:
+    with SandboxServer(port=0, search_lag=3.0) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(sandbox_server: SandboxServer) -> Sandbox:
+    requests.post(f"{sandbox_server.url}/__sandbox/reset", timeout=5).raise_for_status()
+    handle = Sandbox(sandbox_server.url)
+    handle.search_lag(3.0)
+    return handle
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+def example_config() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "config.example.yaml").read_text())
+
+
+@pytest.fixture
+def config_data(tmp_path: Path, sandbox: Sandbox) -> dict[str, Any]:
+    """The example config, pointed at this test's sandbox and ledger, with fast retries."""
+    data = copy.deepcopy(example_config())
+    data["hubspot"]["base_url"] = sandbox.url
+    data["hubspot"]["contact_url"] = sandbox.url + "/__sandbox/contacts/{contact_id}"
+    data["slack"]["base_url"] = sandbox.url + "/api/"
+    data["ledger"]["path"] = str(tmp_path / "ledger.db")
+    data["retry"] = {"schedule_seconds": [0.05, 0.05, 0.05, 0.05], "jitter": 0}
+    data["worker"].update(poll_seconds=0.05, person_busy_delay_seconds=0.05)
+    for source in data["sources"]:
+        source["mapping"] = str(ROOT / source["mapping"])
+    return data
+
+
+@pytest.fixture
+def settings(config_data: dict[str, Any]) -> Settings:
+    return settings_from_dict(config_data, ROOT)
+
+
+@pytest.fixture
+def ledger(settings: Settings) -> Ledger:
+    return Ledger(settings.ledger.path)
+
+
+@pytest.fixture
+def intake(settings: Settings) -> Iterator[str]:
+    """The intake app served over real HTTP; yields its base URL."""
+    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.fixture
+def worker(settings: Settings, ledger: Ledger) -> Worker:
+    return Worker(settings, ledger)
+
+
+def typeform_payload(**overrides: Any) -> dict[str, Any]:
+    """The recorded quote form, with top-level or form_response keys replaced."""
+    payload = json.loads((FIXTURES / "typeform" / "quote.json").read_text())
+    for key, value in overrides.items():
+        if key in payload:
+            payload[key] = value
+        else:
+            payload["form_response"][key] = value
+    return payload
+
+
+def answer(payload: dict[str, Any], ref: str, value: Any) -> dict[str, Any]:
+    """Set (or with None, remove) the answer to the field with this ref."""
+    response = payload["form_response"]
+    field_id = next(f["id"] for f in response["definition"]["fields"] if f["ref"] == ref)
+    response["answers"] = [a for a in response["answers"] if a["field"]["id"] != field_id]
+    if value is not None:
+        kind = {"email": "email", "phone": "phone_number"}.get(ref, "text")
+        response["answers"].append({"type": kind, kind: value, "field": {"id": field_id, "type": "short_text", "ref": ref}})
+    return payload
+
+
+def post_typeform(url: str, payload: dict[str, Any] | bytes, secret: str = SECRET, **kwargs: Any) -> requests.Response:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json", "Typeform-Signature": typeform_signature(secret, body)}
+    return requests.post(f"{url}/hooks/typeform", data=body, headers=headers, timeout=10, **kwargs)

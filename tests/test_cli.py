@@ -1,0 +1,84 @@
+"""The admin CLI over a real ledger file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from bridge.cli import main, parse_since
+from bridge.ledger import Ledger
+from bridge.worker import Worker
+
+from .conftest import ENV, ROOT, post_typeform, typeform_payload
+
+
+@pytest.fixture
+def config(tmp_path: Path, config_data: dict[str, Any]) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_data))
+    return str(path)
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
+
+
+def test_check_config_passes_on_the_example() -> None:
+    result = run("check-config", "--config", str(ROOT / "config.example.yaml"))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: ")
+
+
+def test_check_config_lists_every_problem_and_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLACK_BOT_TOKEN")
+    data = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    data["sources"][0]["mapping"] = str(ROOT / "mappings/typeform.yaml")
+    data["slack"]["chanel"] = "#typo"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    result = run("check-config", "--config", str(tmp_path / "c.yaml"))
+    assert result.exit_code == 1
+    assert "problem: slack.chanel: unknown key" in result.output
+    del data["slack"]["chanel"]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    result = run("check-config", "--config", str(tmp_path / "c.yaml"), "--show")
+    assert result.exit_code == 1
+    assert "problem: slack.token_env: environment variable SLACK_BOT_TOKEN is not set" in result.output
+    assert '"SLACK_BOT_TOKEN (unset)"' in result.output
+    for secret in ENV.values():
+        assert secret not in result.output
+
+
+def test_deliveries_and_show_tell_an_admin_what_happened(config: str, intake: str, worker: Worker, ledger: Ledger) -> None:
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    worker.drain()
+    listed = run("deliveries", "--config", config, "--json", "--since", "1h")
+    rows = [json.loads(line) for line in listed.output.splitlines()]
+    assert [(r["id"], r["status"], r["attempts"]) for r in rows] == [(delivery_id, "delivered", 1)]
+    assert run("deliveries", "--config", config, "--status", "dead").output.count("dlv_") == 0
+
+    shown = run("show", delivery_id, "--config", config)
+    assert shown.exit_code == 0
+    assert "status: delivered" in shown.output
+    assert "contact   ok             created contact" in shown.output
+    assert "notify    ok             posted to #leads" in shown.output
+    for secret in ENV.values():
+        assert secret not in shown.output
+    assert "typeform-signature" not in shown.output.lower()
+    data = json.loads(run("show", delivery_id, "--config", config, "--json").output)
+    assert set(data["steps"]) == {"map", "validate", "contact", "notify"}
+
+
+def test_replay_misuse_exits_2(config: str) -> None:
+    assert run("replay", "--config", config).exit_code == 2
+    assert run("replay", "dlv_x", "--status", "dead", "--config", config).exit_code == 2
+    assert run("show", "dlv_missing", "--config", config).exit_code == 1
+
+
+@pytest.mark.parametrize(("text", "expected"), [("90s", 910.0), ("15m", 100.0), ("2h", -6200.0), ("1970-01-01T00:00:10Z", 10.0)])
+def test_since_accepts_durations_and_times(text: str, expected: float) -> None:
+    assert parse_since(text, now=1000.0) == expected

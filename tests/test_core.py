@@ -1,0 +1,134 @@
+"""The pure core: lead normalisation, mapping, retry schedule, signatures and config."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import RetrySettings, load_settings, settings_from_dict
+from bridge.errors import ConfigError, SignatureError
+from bridge.lead import build_lead
+from bridge.mapping import load_mapping
+from bridge.pipeline import interpret, load_sources
+from bridge.retry import next_attempt_at
+from connectors.typeform import typeform_signature, verify_typeform
+
+from .conftest import ROOT, example_config, typeform_payload
+
+
+@pytest.mark.parametrize(
+    ("values", "expected", "problems"),
+    [
+        ({"email": " Jane.Doe@Example.COM ", "first_name": " Jane "}, {"email": "jane.doe@example.com", "first_name": "Jane"}, []),
+        ({"phone": "(650) 253-0000"}, {"phone": "+16502530000"}, []),
+        ({"phone": "011 44 20 8366 1177"}, {"phone": "+442083661177"}, []),
+        ({"phone": "555-1234", "email": "a@b.co"}, {"email": "a@b.co"}, ["phone is not a valid number for its region (default region US)"]),
+        ({"email": "Jane <j@x.com>", "phone": "+1 650 253 0000"}, {"phone": "+16502530000"}, ["email is not valid (A display name and angle brackets around the email address are not permitted here)"]),
+        ({"email": "", "phone": "   ", "company": ""}, {}, ["no valid email or phone: nobody could call or write back"]),
+        ({"email": "j@x.com", "service": ["Roofing", "", "Gutters"]}, {"email": "j@x.com", "service": "Roofing, Gutters"}, []),
+    ],
+)
+def test_build_lead_normalises_and_names_its_problems(values: dict[str, Any], expected: dict[str, Any], problems: list[str]) -> None:
+    result = build_lead(values, "US")
+    assert result.lead.model_dump(exclude_defaults=True) == expected
+    assert result.problems == problems
+
+
+def test_the_example_typeform_mapping_reads_every_field_of_the_recorded_payload() -> None:
+    settings = settings_from_dict(example_config(), ROOT)
+    kit = load_sources(settings)["typeform"]
+    result = interpret(kit, __import__("json").dumps(typeform_payload()).encode(), "application/json", "US")
+    assert result.problems == []
+    assert result.lead.model_dump(mode="json", exclude_defaults=True) == {
+        "email": "jane.doe@acme-plumbing.com",
+        "phone": "+14155550132",
+        "first_name": "Jane",
+        "last_name": "Doe",
+        "company": "Acme Plumbing LLC",
+        "service": "Bathroom remodel, Water heater, Gas line check",
+        "message": "Need a quote for 3 bathrooms & a water heater <soon>",
+        "postal_code": "94107",
+        "city": "San Francisco",
+        "utm_source": "google",
+        "utm_medium": "cpc",
+        "utm_campaign": "spring-remodel",
+        "gclid": "Cj0KCQjw-example",
+        "landing_page": "https://acme-plumbing.example/quote",
+        "submitted_at": "2025-03-14T16:42:07Z",
+        "custom": {"budget": "$10k-$50k"},
+    }
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "mappings").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_mapping_loads(path: Path) -> None:
+    assert load_mapping(path).fields
+
+
+def test_a_mapping_with_an_unknown_field_names_it(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source_type: typeform\nfields:\n  emial: email\n")
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(bad)
+    assert caught.value.problems[0].startswith("bad.yaml: fields: Value error, unknown canonical field(s) emial;")
+
+
+def test_typeform_signature_matches_the_published_vector() -> None:
+    body = b'{"event_id":"01J9ZQ3K7M2X8B4T6R0N5V1C9E","event_type":"form_response","form_response":{"form_id":"aBcD1234","token":"k7q2r9x4m1p8s3t6","submitted_at":"2025-03-14T16:42:07Z","answers":[]}}'
+    header = "sha256=FULa60L1LVtuUBpXCYr5L9wnstuNjpzoYmnl49L6lPQ="
+    assert typeform_signature("tf-demo-secret", body) == header
+    verify_typeform(body, header, ["old-secret", "tf-demo-secret"])
+    for secrets, tampered in ((["wrong"], body), (["tf-demo-secret"], body + b" ")):
+        with pytest.raises(SignatureError):
+            verify_typeform(tampered, header, secrets)
+
+
+def test_retry_schedule_is_the_configured_one_with_bounded_jitter() -> None:
+    policy = RetrySettings()
+    assert [next_attempt_at(n, 0.0, policy.model_copy(update={"jitter": 0})) for n in range(1, 10)] == [
+        10, 30, 120, 600, 1800, 7200, 21600, 43200, None,
+    ]
+    rng = random.Random(7)
+    jittered = [next_attempt_at(1, 1000.0, policy, rng=rng) for _ in range(200)]
+    assert min(jittered) >= 1008 and max(jittered) <= 1012 and len(set(jittered)) > 100
+    # A server's Retry-After is a floor.
+    assert next_attempt_at(1, 0.0, policy.model_copy(update={"jitter": 0}), retry_after=25) == 25
+
+
+def test_config_rejects_unknown_keys_and_names_each_path(tmp_path: Path) -> None:
+    data = example_config()
+    data["hubspot"]["tokn_env"] = "X"
+    data["worker"]["concurrency"] = 0
+    data["sources"][0]["type"] = "jotform"
+    (tmp_path / "c.yaml").write_text(__import__("yaml").safe_dump(data))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path / "c.yaml")
+    assert caught.value.problems == [
+        "hubspot.tokn_env: unknown key",
+        "worker.concurrency: Input should be greater than or equal to 1",
+        "sources.0.type: Value error, unknown source type 'jotform'; known: typeform",
+    ]
+
+
+def test_config_path_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge.config import config_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LEADBRIDGE_CONFIG", raising=False)
+    assert config_path() == Path("config.example.yaml")
+    (tmp_path / "config.yaml").write_text("{}")
+    assert config_path() == Path("config.yaml")
+    monkeypatch.setenv("LEADBRIDGE_CONFIG", "/etc/leadbridge.yaml")
+    assert config_path() == Path("/etc/leadbridge.yaml")
+    assert config_path("given.yaml") == Path("given.yaml")
+
+
+def test_redacted_config_shows_only_whether_secrets_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLACK_BOT_TOKEN")
+    shown = settings_from_dict(example_config(), ROOT).redacted()
+    assert shown["hubspot"]["token_env"] == "HUBSPOT_TOKEN (set)"
+    assert shown["slack"]["token_env"] == "SLACK_BOT_TOKEN (unset)"
+    assert shown["sources"][0]["secret_env"] == ["TYPEFORM_SECRET (set)"]
+    assert "test-hubspot-token" not in repr(shown) and "tf-test-secret" not in repr(shown)

@@ -1,0 +1,95 @@
+"""The ledger on a real SQLite file: idempotent intake, leases, person locks, audit log."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bridge.ledger import Ledger, LeaseLostError, Status
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "ledger.db")
+
+
+def accept(db: Ledger, key: str = "k1", now: float = 100.0) -> str:
+    delivery_id, _ = db.accept(source="typeform", idem_key=key, body=b"{}", content_type="application/json",
+                               headers={}, config_version="v1", now=now)
+    return delivery_id
+
+
+def test_wal_mode_and_migrations_are_applied_once(tmp_path: Path) -> None:
+    first = Ledger(tmp_path / "l.db")
+    Ledger(tmp_path / "l.db")  # reopening applies nothing twice
+    assert first.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert [r["name"] for r in first.db.query("SELECT name FROM _sqlite_migrations")] == ["m001_initial"]
+
+
+def test_the_same_key_is_accepted_once(db: Ledger) -> None:
+    first = db.accept(source="typeform", idem_key="k", body=b"a", content_type="", headers={}, config_version="v")
+    again = db.accept(source="typeform", idem_key="k", body=b"b", content_type="", headers={}, config_version="v")
+    other_source = db.accept(source="google", idem_key="k", body=b"c", content_type="", headers={}, config_version="v")
+    assert again == (first[0], False) and first[1] is True and other_source[1] is True
+    assert db.get(first[0]).body == b"a"
+
+
+def test_a_lease_keeps_others_out_until_it_expires(db: Ledger) -> None:
+    delivery_id = accept(db)
+    assert [d.id for d in db.claim("a", 10, lease_seconds=30, now=100)] == [delivery_id]
+    assert db.claim("b", 10, lease_seconds=30, now=110) == []
+    taken = db.claim("b", 10, lease_seconds=30, now=131)
+    assert [d.lease_owner for d in taken] == ["b"]
+    with pytest.raises(LeaseLostError):
+        db.record_step(delivery_id, "a", "contact", {"contact_id": "1"}, now=132)
+    db.record_step(delivery_id, "b", "contact", {"contact_id": "1"}, now=132)
+    assert db.steps(delivery_id) == {"contact": {"contact_id": "1"}}
+    assert [(e["step"], e["outcome"]) for e in db.events(delivery_id)] == [
+        ("intake", "received"), ("claim", "lease_expired"), ("contact", "ok"),
+    ]
+
+
+def test_one_persons_deliveries_run_one_at_a_time_and_in_order(db: Ledger) -> None:
+    def take(key: str, keys: list[str]) -> str:
+        delivery_id, _ = db.accept(source="s", idem_key=key, body=b"", content_type="", headers={},
+                                   config_version="v", person_keys=keys, now=100)
+        return delivery_id
+
+    first = take("k1", ["email:a@b.co", "phone:+16502530000"])
+    second = take("k2", ["phone:+16502530000"])
+    stranger = take("k3", ["email:c@d.co"])
+    assert [d.id for d in db.claim("w", 10, 30, now=100)] == [first, stranger]
+    assert db.claim("w", 10, 30, now=100) == []
+    # Keys learnt later (after mapping) are checked too.
+    assert db.lock_person(stranger, "w", ["email:c@d.co", "phone:+16502530000"], now=100) is False
+    db.defer(stranger, "w", at=100.5, why="person busy", now=100)
+    db.finish(first, "w", Status.DELIVERED, now=101)
+    assert [d.id for d in db.claim("w", 10, 30, now=101)] == [second]  # the stranger, now known as the same person, waits
+
+
+def test_retry_then_replay_resets_the_schedule_but_keeps_the_history(db: Ledger) -> None:
+    delivery_id = accept(db)
+    db.claim("w", 1, 30, now=100)
+    assert db.begin_attempt(delivery_id, "w", now=100) == 1
+    db.finish(delivery_id, "w", Status.DEAD, "contact: HubSpot 400", now=101)
+    assert db.claim("w", 1, 30, now=1e12) == []
+    assert db.requeue(delivery_id, now=200) == "requeued"
+    replayed = db.get(delivery_id)
+    assert (replayed.status, replayed.attempts, replayed.next_attempt_at) == (Status.RETRYING, 0, 200)
+    assert db.events(delivery_id)[-1]["detail"] == "was dead after 1 attempt(s)"
+
+
+def test_the_event_log_is_append_only(db: Ledger) -> None:
+    accept(db)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        db.db.execute("UPDATE events SET outcome = 'forged'")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        db.db.execute("DELETE FROM events")
+
+
+def test_states_are_a_closed_set(db: Ledger) -> None:
+    delivery_id = accept(db)
+    with pytest.raises(sqlite3.IntegrityError):
+        db.db.execute("UPDATE deliveries SET status = 'lost' WHERE id = ?", [delivery_id])

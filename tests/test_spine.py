@@ -1,0 +1,261 @@
+"""Acceptance: a signed Typeform webhook becomes one HubSpot contact and one Slack message."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from bridge.ledger import Ledger, Status
+from bridge.worker import Worker
+
+from .conftest import Sandbox, answer, post_typeform, typeform_payload
+
+
+def only_contact(sandbox: Sandbox) -> dict[str, Any]:
+    contacts = sandbox.state()["contacts"]
+    assert len(contacts) == 1, contacts
+    return contacts[0]
+
+
+def test_signed_webhook_becomes_one_normalised_contact_and_one_message(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    response = post_typeform(intake, typeform_payload())
+    assert response.status_code == 200
+    body = response.json()
+    assert body["ok"] is True and body["delivery_id"].startswith("dlv_") and body["duplicate"] is False
+    # On disk before the 200, and nothing sent to HubSpot or Slack during the request.
+    assert ledger.get(body["delivery_id"]).status == Status.RECEIVED
+    assert sandbox.state()["requests"] == []
+
+    assert worker.drain() == 1
+
+    contact = only_contact(sandbox)
+    props = contact["properties"]
+    expected = {
+        "email": "jane.doe@acme-plumbing.com",
+        "phone": "+14155550132",
+        "firstname": "Jane",
+        "lastname": "Doe",
+        "company": "Acme Plumbing LLC",
+        "city": "San Francisco",
+        "zip": "94107",
+        "service": "Bathroom remodel, Water heater, Gas line check",
+        "message": "Need a quote for 3 bathrooms & a water heater <soon>",
+        "utm_source": "google",
+        "utm_medium": "cpc",
+        "utm_campaign": "spring-remodel",
+        "gclid": "Cj0KCQjw-example",
+        "landing_page": "https://acme-plumbing.example/quote",
+        "submitted_at": "2025-03-14T16:42:07+00:00",
+        "budget": "$10k-$50k",
+    }
+    assert {k: props.get(k) for k in expected} == expected
+
+    messages = sandbox.state()["messages"]
+    assert len(messages) == 1
+    message = messages[0]
+    assert message["channel"] == "#leads"
+    rendered = json.dumps(message["blocks"])
+    assert f"/__sandbox/contacts/{contact['id']}" in rendered
+    assert "<tel:+14155550132|+1 415-555-0132>" in rendered
+    # Lead text is escaped so a form cannot inject Slack markup.
+    assert "&amp; a water heater &lt;soon&gt;" in rendered
+    assert message["text"].startswith("New lead: Jane Doe")
+
+    delivery = ledger.get(body["delivery_id"])
+    assert (delivery.status, delivery.attempts) == (Status.DELIVERED, 1)
+    steps = ledger.steps(delivery.id)
+    assert steps["contact"] == {"contact_id": contact["id"], "created": True, "url": f"{sandbox.url}/__sandbox/contacts/{contact['id']}"}
+    assert steps["notify"]["ts"] == message["ts"]
+
+
+def test_the_same_webhook_five_times_in_a_row_and_at_once_makes_one_of_each(
+    intake: str, sandbox: Sandbox, worker: Worker
+) -> None:
+    payload = typeform_payload()
+    sequential = [post_typeform(intake, payload) for _ in range(5)]
+    with ThreadPoolExecutor(5) as pool:
+        concurrent = list(pool.map(lambda _: post_typeform(intake, payload), range(5)))
+    answers = sequential + concurrent
+    assert [r.status_code for r in answers] == [200] * 10
+    assert len({r.json()["delivery_id"] for r in answers}) == 1
+    assert [r.json()["duplicate"] for r in answers].count(False) == 1
+
+    worker.drain()
+    state = sandbox.state()
+    assert (len(state["contacts"]), len(state["messages"])) == (1, 1)
+
+
+def test_two_submissions_of_one_person_inside_search_lag_update_one_contact(
+    intake: str, sandbox: Sandbox, worker: Worker
+) -> None:
+    sandbox.search_lag(30)
+    first = typeform_payload(event_id="evt-1", token="tok-1")
+    second = answer(typeform_payload(event_id="evt-2", token="tok-2"), "email", "JANE.DOE@acme-plumbing.COM")
+    answer(second, "company", "Acme Plumbing & Heating")
+    assert post_typeform(intake, first).status_code == 200
+    assert post_typeform(intake, second).status_code == 200
+
+    worker.drain()
+    contact = only_contact(sandbox)
+    assert contact["properties"]["email"] == "jane.doe@acme-plumbing.com"
+    assert contact["properties"]["company"] == "Acme Plumbing & Heating"
+    assert len(sandbox.state()["messages"]) == 2
+
+
+def test_a_field_left_empty_never_blanks_hubspot(intake: str, sandbox: Sandbox, worker: Worker) -> None:
+    post_typeform(intake, typeform_payload())
+    worker.drain()
+    later = answer(answer(typeform_payload(event_id="evt-later", token="tok-later"), "company", None), "city", "  ")
+    post_typeform(intake, later)
+    worker.drain()
+    props = only_contact(sandbox)["properties"]
+    assert (props["company"], props["city"]) == ("Acme Plumbing LLC", "San Francisco")
+
+
+def test_hubspot_503_three_times_is_retried_until_delivered(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=503, times=3)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    worker.drain()
+    delivery = ledger.get(delivery_id)
+    assert delivery.status == Status.DELIVERED
+    assert delivery.attempts == 2  # two in-process tries per attempt: 503, 503 | 503, 200
+    assert sandbox.calls("/batch/upsert") == 4
+    assert len(only_contact(sandbox)) and len(sandbox.state()["messages"]) == 1
+    outcomes = [(e["step"], e["outcome"]) for e in ledger.events(delivery_id)]
+    assert ("contact", "retrying") in outcomes
+
+
+def test_rate_limit_is_rescheduled_after_the_policy_window(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=429, times=1)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    before = time.time()
+    worker.drain(timeout=1)
+    delivery = ledger.get(delivery_id)
+    assert delivery.status == Status.RETRYING
+    assert "TEN_SECONDLY_ROLLING" in delivery.last_error
+    assert delivery.next_attempt_at - before >= 9.9
+
+
+def test_slack_failure_retries_only_the_message(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    sandbox.fault(path="/api/chat.postMessage", status=429, times=1, headers={"Retry-After": "0"})
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    worker.drain()
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    assert sandbox.calls("/batch/upsert") == 1
+    assert sandbox.calls("/api/chat.postMessage") == 2
+    assert len(sandbox.state()["messages"]) == 1
+
+
+def test_a_batch_upsert_409_ends_as_an_update_of_the_existing_contact(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    existing = sandbox.hubspot("POST", "/crm/v3/objects/contacts", json={"properties": {"email": "someone@else.example", "firstname": "Old"}}).json()
+    conflict = {"status": "error", "message": f"Contact already exists. Existing ID: {existing['id']}", "correlationId": "c0ffee", "category": "CONFLICT"}
+    sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=409, times=1, body=conflict)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    worker.drain()
+    contact = only_contact(sandbox)
+    assert contact["id"] == existing["id"]
+    assert contact["properties"]["firstname"] == "Jane"
+    assert ledger.steps(delivery_id)["contact"]["created"] is False
+
+
+def test_phone_only_leads_find_the_same_contact_through_the_ledger(
+    intake: str, sandbox: Sandbox, worker: Worker
+) -> None:
+    sandbox.search_lag(30)  # search cannot help: the ledger's identity table must
+    for n in (1, 2):
+        payload = answer(typeform_payload(event_id=f"evt-{n}", token=f"tok-{n}"), "email", None)
+        post_typeform(intake, payload)
+        worker.drain()
+    contact = only_contact(sandbox)
+    assert contact["properties"]["phone"] == "+14155550132" and "email" not in contact["properties"]
+
+
+def test_a_phone_only_lead_matches_an_existing_contact_through_search(
+    intake: str, sandbox: Sandbox, worker: Worker
+) -> None:
+    sandbox.search_lag(0)
+    existing = sandbox.hubspot("POST", "/crm/v3/objects/contacts", json={"properties": {"phone": "+1 415 555 0132", "lastname": "Doe"}}).json()
+    post_typeform(intake, answer(typeform_payload(), "email", None))
+    worker.drain()
+    contact = only_contact(sandbox)
+    assert (contact["id"], contact["properties"]["firstname"]) == (existing["id"], "Jane")
+
+
+def test_a_lead_nobody_can_reach_is_rejected_without_any_crm_call(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    payload = answer(answer(typeform_payload(), "email", "not-an-email"), "phone", "123")
+    delivery_id = post_typeform(intake, payload).json()["delivery_id"]
+    worker.drain()
+    delivery = ledger.get(delivery_id)
+    assert delivery.status == Status.REJECTED
+    assert delivery.reason == (
+        "email is not valid (An email address must have an @-sign); "
+        "phone is not a valid number for its region (default region US); "
+        "no valid email or phone: nobody could call or write back"
+    )
+    assert sandbox.state()["requests"] == []
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "status", "code"),
+    [
+        ("bad signature", lambda url: post_typeform(url, typeform_payload(), secret="wrong"), 401, "bad_signature"),
+        ("no signature", lambda url: __import__("requests").post(f"{url}/hooks/typeform", json=typeform_payload(), timeout=5), 401, "bad_signature"),
+        ("malformed json", lambda url: post_typeform(url, b'{"event_id": "x", '), 400, "malformed_body"),
+        ("not a typeform body", lambda url: post_typeform(url, b'{"hello": "world"}'), 400, "malformed_body"),
+        ("oversized", lambda url: post_typeform(url, b" " * 262145), 413, "body_too_large"),
+        ("unknown source", lambda url: __import__("requests").post(f"{url}/hooks/nope", data=b"{}", timeout=5), 404, "unknown_source"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx_and_store_nothing(
+    intake: str, ledger: Ledger, case: str, make: Any, status: int, code: str
+) -> None:
+    response = make(intake)
+    assert response.status_code == status, case
+    assert response.json()["ok"] is False and response.json()["error"]["code"] == code
+    assert ledger.deliveries() == []
+
+
+def test_a_source_without_its_secret_refuses_with_a_retriable_503(
+    intake: str, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TYPEFORM_SECRET")
+    response = post_typeform(intake, typeform_payload())
+    assert response.status_code == 503  # never 404/410: Typeform would switch the webhook off
+    assert ledger.deliveries() == []
+
+
+def test_rotated_secrets_are_both_accepted(
+    config_data: dict[str, Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox
+) -> None:
+    from werkzeug.test import Client
+
+    from bridge.app import create_app
+    from bridge.config import settings_from_dict
+
+    from .conftest import ROOT
+
+    monkeypatch.setenv("TYPEFORM_SECRET_NEXT", "the-new-one")
+    config_data["sources"][0]["secret_env"] = ["TYPEFORM_SECRET", "TYPEFORM_SECRET_NEXT"]
+    client = Client(create_app(settings_from_dict(config_data, ROOT)))
+    from connectors.typeform import typeform_signature
+
+    for n, secret in enumerate(("tf-test-secret", "the-new-one", "neither")):
+        body = json.dumps(typeform_payload(event_id=f"e{n}")).encode()
+        response = client.post("/hooks/typeform", data=body, headers={"Typeform-Signature": typeform_signature(secret, body)}, content_type="application/json")
+        assert response.status_code == (401 if secret == "neither" else 200)
