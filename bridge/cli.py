@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -134,8 +134,20 @@ def run(config_file: str | None, with_sandbox: bool) -> None:
     children = []
     if with_sandbox:
         url = urlparse(settings.hubspot.base_url)
-        children.append(subprocess.Popen([sys.executable, "-m", "bridge.cli", "sandbox",
-                                          "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 80)]))
+        children.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bridge.cli",
+                    "sandbox",
+                    "--host",
+                    url.hostname or "127.0.0.1",
+                    "--port",
+                    str(url.port or 80),
+                ]
+            )
+        )
     children.append(_gunicorn(settings))
     w = Worker(settings, Ledger(settings.ledger.path, settings.ledger.busy_timeout_seconds))
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -154,9 +166,20 @@ def _gunicorn(settings: Settings) -> subprocess.Popen[bytes]:
     env = dict(os.environ, **{CONFIG_ENV: str(settings.path)})
     bind = f"{settings.server.host}:{settings.server.port}"
     return subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", str(settings.server.gunicorn_workers),
-         "--access-logfile", "-", "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(M)sms',
-         "bridge.app:create_app()"],
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            bind,
+            "--workers",
+            str(settings.server.gunicorn_workers),
+            "--access-logfile",
+            "-",
+            "--access-logformat",
+            '%(h)s "%(m)s %(U)s" %(s)s %(M)sms',
+            "bridge.app:create_app()",
+        ],
         env=env,
     )
 
@@ -184,7 +207,7 @@ def _ledger(config_file: str | None) -> tuple[Settings, Ledger]:
 
 
 def parse_since(value: str | None, now: float | None = None) -> float | None:
-    """"90s", "15m", "2h", "7d" ago, or an ISO-8601 time; as a Unix time."""
+    """ "90s", "15m", "2h", "7d" ago, or an ISO-8601 time; as a Unix time."""
     if not value:
         return None
     now = time.time() if now is None else now
@@ -195,11 +218,11 @@ def parse_since(value: str | None, now: float | None = None) -> float | None:
         stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise click.BadParameter(f"{value!r} is neither a duration like 2h nor an ISO time") from exc
-    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)).timestamp()
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
 
 
 def _iso(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
 
 
 status_choice = click.Choice([str(s) for s in Status])
@@ -212,7 +235,9 @@ status_choice = click.Choice([str(s) for s in Status])
 @click.option("--since", help="Only deliveries received since, e.g. 2h, 30m, 7d or an ISO time.")
 @click.option("--limit", default=100, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
-def deliveries(config_file: str | None, status: str | None, source: str | None, since: str | None, limit: int, as_json: bool) -> None:
+def deliveries(
+    config_file: str | None, status: str | None, source: str | None, since: str | None, limit: int, as_json: bool
+) -> None:
     """List deliveries, newest first.
 
     Example: leadbridge deliveries --status dead --since 2h
@@ -275,8 +300,16 @@ def show(config_file: str | None, delivery_id: str, as_json: bool, with_body: bo
 @click.option("--dry-run", is_flag=True, help="List what would be replayed and change nothing.")
 @click.option("--queue", "queue_only", is_flag=True, help="Only requeue for the running worker; do not process here.")
 @click.option("--json", "as_json", is_flag=True)
-def replay(config_file: str | None, ids: tuple[str, ...], status: str | None, source: str | None, since: str | None,
-           dry_run: bool, queue_only: bool, as_json: bool) -> None:
+def replay(
+    config_file: str | None,
+    ids: tuple[str, ...],
+    status: str | None,
+    source: str | None,
+    since: str | None,
+    dry_run: bool,
+    queue_only: bool,
+    as_json: bool,
+) -> None:
     """Replay deliveries: finished steps are skipped, so nothing is created or sent twice.
 
     Example: leadbridge replay --status dead --since 24h --dry-run

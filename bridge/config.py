@@ -106,7 +106,7 @@ class WorkerSettings(Model):
 
 class RetrySettings(Model):
     schedule_seconds: list[float] = Field(
-        default_factory=lambda: [10, 30, 120, 600, 1800, 7200, 21600, 43200], min_length=1
+        default_factory=lambda: [10.0, 30.0, 120.0, 600.0, 1800.0, 7200.0, 21600.0, 43200.0], min_length=1
     )
     jitter: float = Field(0.2, ge=0, le=1)
 
@@ -159,9 +159,7 @@ class Settings(Model):
             name = data[section]["token_env"]
             data[section]["token_env"] = f"{name} ({'set' if os.environ.get(name) else 'unset'})"
         for source in data["sources"]:
-            source["secret_env"] = [
-                f"{name} ({'set' if os.environ.get(name) else 'unset'})" for name in source["secret_env"]
-            ]
+            source["secret_env"] = [f"{name} ({'set' if os.environ.get(name) else 'unset'})" for name in source["secret_env"]]
         return data
 
     def env_problems(self) -> list[str]:

@@ -17,7 +17,13 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict
 
 ATTRIBUTION_FIELDS = (
-    "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "gclid", "landing_page",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "gclid",
+    "landing_page",
 )
 
 
@@ -49,6 +55,14 @@ class Lead(BaseModel):
     @property
     def name(self) -> str:
         return " ".join(p for p in (self.first_name, self.last_name) if p) or "(no name)"
+
+    @property
+    def identity_key(self) -> str | None:
+        """The one identity that says which CRM contact this is: the email, else the phone.
+
+        A phone alone never overrides an email: spouses and office lines share numbers.
+        """
+        return self.person_keys()[0] if self.person_keys() else None
 
     def person_keys(self) -> list[str]:
         """Identities that make two leads the same person; used to serialise their processing."""

@@ -36,11 +36,14 @@ class Status(StrEnum):
     RETRYING = "retrying"
     DELIVERED = "delivered"
     DEAD = "dead"
-    REJECTED = "rejected"
+    REJECTED = "rejected"  # failed validation: nobody to call back
+    SPAM = "spam"  # a honeypot or spam rule fired; the sender was still told 200
+    PARTIAL = "partial"  # an unfinished form (Typeform partial response): kept, not forwarded
+    TEST = "test"  # a vendor's test lead: kept, never sent to the CRM or to reps
 
 
 DUE = (Status.RECEIVED, Status.RETRYING)
-FINAL = (Status.DELIVERED, Status.DEAD, Status.REJECTED)
+FINAL = (Status.DELIVERED, Status.DEAD, Status.REJECTED, Status.SPAM, Status.PARTIAL, Status.TEST)
 
 
 class LeaseLostError(LeadbridgeError):
@@ -90,7 +93,7 @@ _PERSON_BUSY = f"""
     JOIN deliveries AS other ON other.id = theirs.delivery_id
     WHERE mine.delivery_id = d.id AND (
         (other.status = '{Status.PROCESSING}' AND other.lease_until >= :now)
-        OR (other.rowid < d.rowid AND other.status NOT IN ('{Status.DELIVERED}', '{Status.DEAD}', '{Status.REJECTED}'))
+        OR (other.rowid < d.rowid AND other.status NOT IN ({", ".join(f"'{s}'" for s in FINAL)}))
     )"""
 
 
@@ -178,7 +181,10 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = self.db
         db.execute("PRAGMA journal_mode=WAL")
-        migrations.apply(db)
+        # Several gunicorn workers open the ledger at once: take the write lock first so
+        # exactly one of them applies pending migrations and the others see them applied.
+        with self._write():
+            migrations.apply(db)
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -222,17 +228,26 @@ class Ledger:
         now = time.time() if now is None else now
         new_id = "dlv_" + uuid.uuid4().hex[:20]
         with self._write() as conn:
-            existing = conn.execute(
-                "SELECT id FROM deliveries WHERE source = ? AND idem_key = ?", (source, idem_key)
-            ).fetchone()
+            existing = conn.execute("SELECT id FROM deliveries WHERE source = ? AND idem_key = ?", (source, idem_key)).fetchone()
             if existing:
                 return existing[0], False
             conn.execute(
                 """INSERT INTO deliveries (id, source, idem_key, status, received_at, content_type,
                    headers, body, config_version, next_attempt_at, updated_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (new_id, source, idem_key, Status.RECEIVED, now, content_type,
-                 json.dumps(headers, sort_keys=True), body, config_version, now, now),
+                (
+                    new_id,
+                    source,
+                    idem_key,
+                    Status.RECEIVED,
+                    now,
+                    content_type,
+                    json.dumps(headers, sort_keys=True),
+                    body,
+                    config_version,
+                    now,
+                    now,
+                ),
             )
             conn.executemany("INSERT INTO person_keys (delivery_id, key) VALUES (?, ?)", [(new_id, k) for k in person_keys])
             self._event(conn, new_id, "intake", "received", f"{len(body)} bytes", now)
@@ -283,7 +298,7 @@ class Ledger:
                    WHERE id = ?""",
                 (Status.PROCESSING, owner, now + lease, now, delivery_id),
             )
-            claimed.append(self._get(conn, delivery_id))
+            claimed.append(self._load(conn, delivery_id))
         return claimed
 
     def lock_person(self, delivery_id: str, owner: str, keys: Sequence[str], now: float | None = None) -> bool:
@@ -324,7 +339,9 @@ class Ledger:
         rows = self.db.execute("SELECT step, result FROM steps WHERE delivery_id = ?", (delivery_id,)).fetchall()
         return {step: json.loads(result) for step, result in rows}
 
-    def record_step(self, delivery_id: str, owner: str, step: str, result: dict[str, Any], detail: str = "", now: float | None = None) -> None:
+    def record_step(
+        self, delivery_id: str, owner: str, step: str, result: dict[str, Any], detail: str = "", now: float | None = None
+    ) -> None:
         """Checkpoint a finished step; only the lease holder may, so a stale worker cannot."""
         now = time.time() if now is None else now
         with self._write() as conn:
@@ -339,7 +356,15 @@ class Ledger:
         with self._write() as conn:
             self._event(conn, delivery_id, step, outcome, detail, time.time() if now is None else now)
 
-    def finish(self, delivery_id: str, owner: str, status: Status, reason: str | None = None, step: str = "finish", now: float | None = None) -> None:
+    def finish(
+        self,
+        delivery_id: str,
+        owner: str,
+        status: Status,
+        reason: str | None = None,
+        step: str = "finish",
+        now: float | None = None,
+    ) -> None:
         """End a delivery as delivered, dead or rejected, and let go of its person."""
         assert status in FINAL
         now = time.time() if now is None else now
@@ -400,14 +425,11 @@ class Ledger:
 
     # -- identities ---------------------------------------------------------------
 
-    def contact_for(self, keys: Sequence[str]) -> str | None:
-        """The CRM contact id already known for any of a person's identities."""
-        for key in keys:
-            kind, _, value = key.partition(":")
-            row = self.db.execute("SELECT contact_id FROM identities WHERE kind = ? AND value = ?", (kind, value)).fetchone()
-            if row:
-                return str(row[0])
-        return None
+    def contact_for(self, key: str) -> str | None:
+        """The CRM contact id already known for one identity ("email:…" or "phone:…")."""
+        kind, _, value = key.partition(":")
+        row = self.db.execute("SELECT contact_id FROM identities WHERE kind = ? AND value = ?", (kind, value)).fetchone()
+        return str(row[0]) if row else None
 
     def remember_contact(self, keys: Sequence[str], contact_id: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -425,7 +447,9 @@ class Ledger:
         return self._get(self.db.conn, delivery_id)
 
     def events(self, delivery_id: str) -> list[dict[str, Any]]:
-        return list(self.db.query("SELECT at, step, outcome, detail FROM events WHERE delivery_id = ? ORDER BY id", [delivery_id]))
+        return list(
+            self.db.query("SELECT at, step, outcome, detail FROM events WHERE delivery_id = ? ORDER BY id", [delivery_id])
+        )
 
     def deliveries(
         self,
@@ -435,7 +459,8 @@ class Ledger:
         since: float | None = None,
         limit: int = 100,
     ) -> list[Delivery]:
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
         for column, value in (("status", status), ("source", source)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -449,10 +474,11 @@ class Ledger:
     def next_due_at(self) -> float | None:
         """When the earliest waiting delivery falls due (an expired lease counts as due now)."""
         row = self.db.execute(
-            "SELECT min(CASE WHEN status = ? THEN lease_until ELSE next_attempt_at END) FROM deliveries WHERE status IN (?, ?, ?)",
+            """SELECT min(CASE WHEN status = ? THEN lease_until ELSE next_attempt_at END)
+               FROM deliveries WHERE status IN (?, ?, ?)""",
             (Status.PROCESSING, *DUE, Status.PROCESSING),
         ).fetchone()
-        return row[0]
+        return float(row[0]) if row[0] is not None else None
 
     def counts(self) -> dict[str, int]:
         return {row["status"]: row["n"] for row in self.db.query("SELECT status, count(*) AS n FROM deliveries GROUP BY status")}
@@ -464,7 +490,13 @@ class Ledger:
         row = cursor.fetchone()
         if row is None:
             return None
-        return Delivery.from_row(dict(zip([c[0] for c in cursor.description], row)))
+        return Delivery.from_row(dict(zip([c[0] for c in cursor.description], row, strict=True)))
+
+    def _load(self, conn: sqlite3.Connection, delivery_id: str) -> Delivery:
+        delivery = self._get(conn, delivery_id)
+        if delivery is None:
+            raise LookupError(f"delivery {delivery_id} vanished inside a transaction")
+        return delivery
 
     @staticmethod
     def _check_lease(conn: sqlite3.Connection, delivery_id: str, owner: str, now: float) -> None:
@@ -478,4 +510,3 @@ class Ledger:
             "INSERT INTO events (delivery_id, at, step, outcome, detail) VALUES (?, ?, ?, ?, ?)",
             (delivery_id, now, step, outcome, detail),
         )
-

@@ -16,7 +16,7 @@ from typing import Any
 from .config import Settings
 from .errors import ConfigError, DeliveryError, IntakeError, RetriableError
 from .lead import LeadResult, build_lead
-from .ledger import Delivery, Ledger, LeaseLostError, Status
+from .ledger import Delivery, LeaseLostError, Ledger, Status
 from .mapping import Mapping, load_mapping
 from .ports import CRM, ContactResult, ContactWrite, Notifier, Source, build_crm, build_notifier, build_source
 from .retry import next_attempt_at
@@ -42,7 +42,9 @@ def load_sources(settings: Settings) -> dict[str, SourceKit]:
             problems.extend(exc.problems)
             continue
         if mapping.source_type != spec.type:
-            problems.append(f"{spec.mapping.name}: maps {mapping.source_type!r} deliveries but source {spec.name!r} is {spec.type!r}")
+            problems.append(
+                f"{spec.mapping.name}: maps {mapping.source_type!r} deliveries but source {spec.name!r} is {spec.type!r}"
+            )
         kits[spec.name] = SourceKit(spec.name, build_source(spec.type), mapping)
     if problems:
         raise ConfigError(problems)
@@ -105,8 +107,7 @@ class Pipeline:
             return "deferred"
         attempt = ledger.begin_attempt(delivery.id, owner)
         ledger.record_step(delivery.id, owner, "map", {"lead": lead.model_dump(mode="json", exclude_defaults=True)})
-        ledger.record_step(delivery.id, owner, "validate", {"ok": True, "problems": result.problems},
-                           "; ".join(result.problems))
+        ledger.record_step(delivery.id, owner, "validate", {"ok": True, "problems": result.problems}, "; ".join(result.problems))
         step = "contact"
         try:
             done = ledger.steps(delivery.id)
@@ -115,8 +116,9 @@ class Pipeline:
             if "notify" not in done:
                 ledger.renew(delivery.id, owner, lease)
                 notice = self.notifier.notify(lead, contact, delivery.source)
-                ledger.record_step(delivery.id, owner, "notify", {"channel": notice.channel, "ts": notice.ts},
-                                   f"posted to {notice.channel}")
+                ledger.record_step(
+                    delivery.id, owner, "notify", {"channel": notice.channel, "ts": notice.ts}, f"posted to {notice.channel}"
+                )
         except LeaseLostError:
             raise
         except DeliveryError as exc:
@@ -130,7 +132,8 @@ class Pipeline:
 
     def _contact(self, delivery: Delivery, owner: str, lead: Any, keys: list[str]) -> ContactResult:
         self.ledger.renew(delivery.id, owner, self.settings.worker.lease_seconds)
-        write = ContactWrite(delivery.id, lead, self.ledger.contact_for(keys))
+        known = self.ledger.contact_for(lead.identity_key) if lead.identity_key else None
+        write = ContactWrite(delivery.id, lead, known)
         outcome = self.crm.upsert_contacts([write])[delivery.id]
         if isinstance(outcome, DeliveryError):
             raise outcome
@@ -151,5 +154,3 @@ class Pipeline:
         self.ledger.finish(delivery.id, owner, Status.DEAD, message, step)
         log.error("delivery %s dead: %s", delivery.id, message)
         return Status.DEAD
-
-

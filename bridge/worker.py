@@ -46,8 +46,7 @@ class Worker:
                 claimed = self.ledger.claim(self.owner, min(free, cfg.claim_batch), cfg.lease_seconds) if free else []
                 running |= {pool.submit(self._process_one, d) for d in claimed}
                 if running:
-                    done, running = wait(running, timeout=cfg.poll_seconds, return_when=FIRST_COMPLETED)
-                    running = set(running)
+                    running = set(wait(running, timeout=cfg.poll_seconds, return_when=FIRST_COMPLETED).not_done)
                 if not claimed:
                     self.stopping.wait(cfg.poll_seconds)
             wait(running)

@@ -74,10 +74,8 @@ def lead_message(lead: Lead, contact: ContactResult, source: str) -> dict[str, A
     if lead.message:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip(f"*Message*\n{_escape(lead.message)}")}})
     verb = "New contact" if contact.created else "Updated contact"
-    blocks.append(
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"{verb} · <{contact.url}|Open in HubSpot>"}]}
-    )
-    reach = lead.phone and _pretty_phone(lead.phone) or lead.email or ""
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"{verb} · <{contact.url}|Open in HubSpot>"}]})
+    reach = (lead.phone and _pretty_phone(lead.phone)) or lead.email or ""
     text = f"New lead: {name} {reach} ({lead.service or 'no service given'}) from {source}. HubSpot: {contact.url}"
     return {"text": text, "blocks": blocks}
 

@@ -22,16 +22,30 @@ from .conftest import ROOT, example_config, typeform_payload
 @pytest.mark.parametrize(
     ("values", "expected", "problems"),
     [
-        ({"email": " Jane.Doe@Example.COM ", "first_name": " Jane "}, {"email": "jane.doe@example.com", "first_name": "Jane"}, []),
+        (
+            {"email": " Jane.Doe@Example.COM ", "first_name": " Jane "},
+            {"email": "jane.doe@example.com", "first_name": "Jane"},
+            [],
+        ),
         ({"phone": "(650) 253-0000"}, {"phone": "+16502530000"}, []),
         ({"phone": "011 44 20 8366 1177"}, {"phone": "+442083661177"}, []),
-        ({"phone": "555-1234", "email": "a@b.co"}, {"email": "a@b.co"}, ["phone is not a valid number for its region (default region US)"]),
-        ({"email": "Jane <j@x.com>", "phone": "+1 650 253 0000"}, {"phone": "+16502530000"}, ["email is not valid (A display name and angle brackets around the email address are not permitted here)"]),
+        (
+            {"phone": "555-1234", "email": "a@b.co"},
+            {"email": "a@b.co"},
+            ["phone is not a valid number for its region (default region US)"],
+        ),
+        (
+            {"email": "Jane <j@x.com>", "phone": "+1 650 253 0000"},
+            {"phone": "+16502530000"},
+            ["email is not valid (A display name and angle brackets around the email address are not permitted here)"],
+        ),
         ({"email": "", "phone": "   ", "company": ""}, {}, ["no valid email or phone: nobody could call or write back"]),
         ({"email": "j@x.com", "service": ["Roofing", "", "Gutters"]}, {"email": "j@x.com", "service": "Roofing, Gutters"}, []),
     ],
 )
-def test_build_lead_normalises_and_names_its_problems(values: dict[str, Any], expected: dict[str, Any], problems: list[str]) -> None:
+def test_build_lead_normalises_and_names_its_problems(
+    values: dict[str, Any], expected: dict[str, Any], problems: list[str]
+) -> None:
     result = build_lead(values, "US")
     assert result.lead.model_dump(exclude_defaults=True) == expected
     assert result.problems == problems
@@ -76,7 +90,10 @@ def test_a_mapping_with_an_unknown_field_names_it(tmp_path: Path) -> None:
 
 
 def test_typeform_signature_matches_the_published_vector() -> None:
-    body = b'{"event_id":"01J9ZQ3K7M2X8B4T6R0N5V1C9E","event_type":"form_response","form_response":{"form_id":"aBcD1234","token":"k7q2r9x4m1p8s3t6","submitted_at":"2025-03-14T16:42:07Z","answers":[]}}'
+    body = (
+        b'{"event_id":"01J9ZQ3K7M2X8B4T6R0N5V1C9E","event_type":"form_response","form_response":'
+        b'{"form_id":"aBcD1234","token":"k7q2r9x4m1p8s3t6","submitted_at":"2025-03-14T16:42:07Z","answers":[]}}'
+    )
     header = "sha256=FULa60L1LVtuUBpXCYr5L9wnstuNjpzoYmnl49L6lPQ="
     assert typeform_signature("tf-demo-secret", body) == header
     verify_typeform(body, header, ["old-secret", "tf-demo-secret"])
@@ -88,7 +105,15 @@ def test_typeform_signature_matches_the_published_vector() -> None:
 def test_retry_schedule_is_the_configured_one_with_bounded_jitter() -> None:
     policy = RetrySettings()
     assert [next_attempt_at(n, 0.0, policy.model_copy(update={"jitter": 0})) for n in range(1, 10)] == [
-        10, 30, 120, 600, 1800, 7200, 21600, 43200, None,
+        10,
+        30,
+        120,
+        600,
+        1800,
+        7200,
+        21600,
+        43200,
+        None,
     ]
     rng = random.Random(7)
     jittered = [next_attempt_at(1, 1000.0, policy, rng=rng) for _ in range(200)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.ledger import Ledger, LeaseLostError, Status
+from bridge.ledger import LeaseLostError, Ledger, Status
 
 
 @pytest.fixture
@@ -16,8 +16,9 @@ def db(tmp_path: Path) -> Ledger:
 
 
 def accept(db: Ledger, key: str = "k1", now: float = 100.0) -> str:
-    delivery_id, _ = db.accept(source="typeform", idem_key=key, body=b"{}", content_type="application/json",
-                               headers={}, config_version="v1", now=now)
+    delivery_id, _ = db.accept(
+        source="typeform", idem_key=key, body=b"{}", content_type="application/json", headers={}, config_version="v1", now=now
+    )
     return delivery_id
 
 
@@ -47,14 +48,17 @@ def test_a_lease_keeps_others_out_until_it_expires(db: Ledger) -> None:
     db.record_step(delivery_id, "b", "contact", {"contact_id": "1"}, now=132)
     assert db.steps(delivery_id) == {"contact": {"contact_id": "1"}}
     assert [(e["step"], e["outcome"]) for e in db.events(delivery_id)] == [
-        ("intake", "received"), ("claim", "lease_expired"), ("contact", "ok"),
+        ("intake", "received"),
+        ("claim", "lease_expired"),
+        ("contact", "ok"),
     ]
 
 
 def test_one_persons_deliveries_run_one_at_a_time_and_in_order(db: Ledger) -> None:
     def take(key: str, keys: list[str]) -> str:
-        delivery_id, _ = db.accept(source="s", idem_key=key, body=b"", content_type="", headers={},
-                                   config_version="v", person_keys=keys, now=100)
+        delivery_id, _ = db.accept(
+            source="s", idem_key=key, body=b"", content_type="", headers={}, config_version="v", person_keys=keys, now=100
+        )
         return delivery_id
 
     first = take("k1", ["email:a@b.co", "phone:+16502530000"])

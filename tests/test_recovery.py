@@ -20,7 +20,6 @@ from bridge.cli import main
 from bridge.config import settings_from_dict
 from bridge.ledger import Ledger, Status
 from bridge.worker import Worker
-
 from connectors.typeform import typeform_signature
 
 from .conftest import ROOT, Sandbox, post_typeform, typeform_payload
@@ -44,7 +43,9 @@ def test_a_permanent_400_goes_dead_with_hubspots_message_and_replay_delivers_onc
     ledger = Ledger(settings.ledger.path)
     body = json.dumps(typeform_payload()).encode()
     sent = Client(create_app(settings)).post(
-        "/hooks/typeform", data=body, content_type="application/json",
+        "/hooks/typeform",
+        data=body,
+        content_type="application/json",
         headers={"Typeform-Signature": typeform_signature("tf-test-secret", body)},
     )
     delivery_id = sent.get_json()["delivery_id"]
@@ -60,7 +61,20 @@ def test_a_permanent_400_goes_dead_with_hubspots_message_and_replay_delivers_onc
     listed = CliRunner().invoke(main, ["deliveries", "--status", "dead", "--config", str(config)])
     assert listed.exit_code == 0 and delivery_id in listed.output
 
-    assert sandbox.hubspot("POST", "/crm/v3/properties/contacts", json={"name": "roof_age", "label": "Roof age", "type": "string", "fieldType": "text", "groupName": "contactinformation"}).status_code == 201
+    assert (
+        sandbox.hubspot(
+            "POST",
+            "/crm/v3/properties/contacts",
+            json={
+                "name": "roof_age",
+                "label": "Roof age",
+                "type": "string",
+                "fieldType": "text",
+                "groupName": "contactinformation",
+            },
+        ).status_code
+        == 201
+    )
     dry = CliRunner().invoke(main, ["replay", "--status", "dead", "--dry-run", "--config", str(config)])
     assert dry.exit_code == 0 and dry.stdout.strip() == delivery_id
     assert ledger.get(delivery_id).status == Status.DEAD
@@ -88,7 +102,9 @@ def test_a_worker_killed_between_contact_and_slack_resumes_without_repeating(
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", "worker", "--config", str(config)],
-        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 20

@@ -70,7 +70,11 @@ def test_signed_webhook_becomes_one_normalised_contact_and_one_message(
     delivery = ledger.get(body["delivery_id"])
     assert (delivery.status, delivery.attempts) == (Status.DELIVERED, 1)
     steps = ledger.steps(delivery.id)
-    assert steps["contact"] == {"contact_id": contact["id"], "created": True, "url": f"{sandbox.url}/__sandbox/contacts/{contact['id']}"}
+    assert steps["contact"] == {
+        "contact_id": contact["id"],
+        "created": True,
+        "url": f"{sandbox.url}/__sandbox/contacts/{contact['id']}",
+    }
     assert steps["notify"]["ts"] == message["ts"]
 
 
@@ -133,9 +137,7 @@ def test_hubspot_503_three_times_is_retried_until_delivered(
     assert ("contact", "retrying") in outcomes
 
 
-def test_rate_limit_is_rescheduled_after_the_policy_window(
-    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
-) -> None:
+def test_rate_limit_is_rescheduled_after_the_policy_window(intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger) -> None:
     sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=429, times=1)
     delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
     before = time.time()
@@ -146,9 +148,7 @@ def test_rate_limit_is_rescheduled_after_the_policy_window(
     assert delivery.next_attempt_at - before >= 9.9
 
 
-def test_slack_failure_retries_only_the_message(
-    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
-) -> None:
+def test_slack_failure_retries_only_the_message(intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger) -> None:
     sandbox.fault(path="/api/chat.postMessage", status=429, times=1, headers={"Retry-After": "0"})
     delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
     worker.drain()
@@ -161,8 +161,15 @@ def test_slack_failure_retries_only_the_message(
 def test_a_batch_upsert_409_ends_as_an_update_of_the_existing_contact(
     intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
 ) -> None:
-    existing = sandbox.hubspot("POST", "/crm/v3/objects/contacts", json={"properties": {"email": "someone@else.example", "firstname": "Old"}}).json()
-    conflict = {"status": "error", "message": f"Contact already exists. Existing ID: {existing['id']}", "correlationId": "c0ffee", "category": "CONFLICT"}
+    existing = sandbox.hubspot(
+        "POST", "/crm/v3/objects/contacts", json={"properties": {"email": "someone@else.example", "firstname": "Old"}}
+    ).json()
+    conflict = {
+        "status": "error",
+        "message": f"Contact already exists. Existing ID: {existing['id']}",
+        "correlationId": "c0ffee",
+        "category": "CONFLICT",
+    }
     sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=409, times=1, body=conflict)
     delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
     worker.drain()
@@ -172,9 +179,7 @@ def test_a_batch_upsert_409_ends_as_an_update_of_the_existing_contact(
     assert ledger.steps(delivery_id)["contact"]["created"] is False
 
 
-def test_phone_only_leads_find_the_same_contact_through_the_ledger(
-    intake: str, sandbox: Sandbox, worker: Worker
-) -> None:
+def test_phone_only_leads_find_the_same_contact_through_the_ledger(intake: str, sandbox: Sandbox, worker: Worker) -> None:
     sandbox.search_lag(30)  # search cannot help: the ledger's identity table must
     for n in (1, 2):
         payload = answer(typeform_payload(event_id=f"evt-{n}", token=f"tok-{n}"), "email", None)
@@ -184,11 +189,11 @@ def test_phone_only_leads_find_the_same_contact_through_the_ledger(
     assert contact["properties"]["phone"] == "+14155550132" and "email" not in contact["properties"]
 
 
-def test_a_phone_only_lead_matches_an_existing_contact_through_search(
-    intake: str, sandbox: Sandbox, worker: Worker
-) -> None:
+def test_a_phone_only_lead_matches_an_existing_contact_through_search(intake: str, sandbox: Sandbox, worker: Worker) -> None:
     sandbox.search_lag(0)
-    existing = sandbox.hubspot("POST", "/crm/v3/objects/contacts", json={"properties": {"phone": "+1 415 555 0132", "lastname": "Doe"}}).json()
+    existing = sandbox.hubspot(
+        "POST", "/crm/v3/objects/contacts", json={"properties": {"phone": "+1 415 555 0132", "lastname": "Doe"}}
+    ).json()
     post_typeform(intake, answer(typeform_payload(), "email", None))
     worker.drain()
     contact = only_contact(sandbox)
@@ -215,11 +220,21 @@ def test_a_lead_nobody_can_reach_is_rejected_without_any_crm_call(
     ("case", "make", "status", "code"),
     [
         ("bad signature", lambda url: post_typeform(url, typeform_payload(), secret="wrong"), 401, "bad_signature"),
-        ("no signature", lambda url: __import__("requests").post(f"{url}/hooks/typeform", json=typeform_payload(), timeout=5), 401, "bad_signature"),
+        (
+            "no signature",
+            lambda url: __import__("requests").post(f"{url}/hooks/typeform", json=typeform_payload(), timeout=5),
+            401,
+            "bad_signature",
+        ),
         ("malformed json", lambda url: post_typeform(url, b'{"event_id": "x", '), 400, "malformed_body"),
         ("not a typeform body", lambda url: post_typeform(url, b'{"hello": "world"}'), 400, "malformed_body"),
         ("oversized", lambda url: post_typeform(url, b" " * 262145), 413, "body_too_large"),
-        ("unknown source", lambda url: __import__("requests").post(f"{url}/hooks/nope", data=b"{}", timeout=5), 404, "unknown_source"),
+        (
+            "unknown source",
+            lambda url: __import__("requests").post(f"{url}/hooks/nope", data=b"{}", timeout=5),
+            404,
+            "unknown_source",
+        ),
     ],
 )
 def test_bad_requests_get_a_clear_4xx_and_store_nothing(
@@ -257,5 +272,24 @@ def test_rotated_secrets_are_both_accepted(
 
     for n, secret in enumerate(("tf-test-secret", "the-new-one", "neither")):
         body = json.dumps(typeform_payload(event_id=f"e{n}")).encode()
-        response = client.post("/hooks/typeform", data=body, headers={"Typeform-Signature": typeform_signature(secret, body)}, content_type="application/json")
+        response = client.post(
+            "/hooks/typeform",
+            data=body,
+            headers={"Typeform-Signature": typeform_signature(secret, body)},
+            content_type="application/json",
+        )
         assert response.status_code == (401 if secret == "neither" else 200)
+
+
+def test_two_people_sharing_a_phone_stay_two_contacts(intake: str, sandbox: Sandbox, worker: Worker) -> None:
+    post_typeform(intake, typeform_payload())
+    worker.drain()
+    spouse = answer(
+        answer(typeform_payload(event_id="evt-spouse", token="tok-spouse"), "email", "john@acme-plumbing.com"),
+        "first_name",
+        "John",
+    )
+    post_typeform(intake, spouse)
+    worker.drain()
+    contacts = sorted((c["properties"]["email"], c["properties"]["firstname"]) for c in sandbox.state()["contacts"])
+    assert contacts == [("jane.doe@acme-plumbing.com", "Jane"), ("john@acme-plumbing.com", "John")]

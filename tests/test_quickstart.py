@@ -1,0 +1,84 @@
+"""The README's quick start: `make run`'s command starts everything and the README's curl works."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+from .conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def readme_block(name: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- {name}.*?-->\s*```bash\n(.*?)```", text, re.S)
+    assert match, f"README has no {name} block"
+    return match.group(1)
+
+
+def makefile_run_command() -> str:
+    makefile = (ROOT / "Makefile").read_text()
+    return re.search(r"^run: install\n\t(.*)$", makefile, re.M).group(1)
+
+
+def wait_for(url: str, deadline: float) -> None:
+    while True:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline, f"{url} never came up"
+            time.sleep(0.1)
+
+
+def test_make_run_starts_everything_and_the_readme_curl_makes_a_contact(tmp_path: Path) -> None:
+    assert "leadbridge run --sandbox --config config.example.yaml" in makefile_run_command()
+    relay, sandbox = free_port(), free_port()
+    config = yaml.safe_load((ROOT / "config.example.yaml").read_text().replace(":8025", f":{sandbox}"))
+    config["server"]["port"] = relay
+    config["ledger"]["path"] = str(tmp_path / "ledger.db")
+    config["sources"][0]["mapping"] = str(ROOT / config["sources"][0]["mapping"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("TYPEFORM_SECRET", "HUBSPOT_TOKEN", "SLACK_BOT_TOKEN")}
+    # The same environment `make run` gives the relay.
+    env.update(TYPEFORM_SECRET="dev-typeform-secret", HUBSPOT_TOKEN="sandbox-token", SLACK_BOT_TOKEN="xoxb-sandbox")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "run", "--sandbox", "--config", str(tmp_path / "config.yaml")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        wait_for(f"http://127.0.0.1:{relay}/healthz", deadline)
+        wait_for(f"http://127.0.0.1:{sandbox}/__sandbox/state", deadline)
+        script = readme_block("quickstart-send").replace("127.0.0.1:8080", f"127.0.0.1:{relay}")
+        script = script.replace(".venv/bin/python", sys.executable)
+        sent = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert sent.returncode == 0, sent.stderr
+        assert '"ok":true' in sent.stdout.replace(" ", "")
+        while True:
+            state = requests.get(f"http://127.0.0.1:{sandbox}/__sandbox/state", timeout=5).json()
+            if state["contacts"] and state["messages"]:
+                break
+            assert time.monotonic() < deadline, "no contact appeared in the sandbox"
+            time.sleep(0.1)
+        assert [c["properties"]["email"] for c in state["contacts"]] == ["jane.doe@acme-plumbing.com"]
+        assert len(state["messages"]) == 1
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
