@@ -12,6 +12,7 @@ Every SDK or transport error is translated here into RetriableError or Permanent
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +49,8 @@ T = TypeVar("T")
 class HubSpotCRM:
     def __init__(self, settings: HubSpotSettings) -> None:
         self.settings = settings
+        # The SDK logs response bodies (lead data) at DEBUG; keep it to warnings whatever the root level.
+        logging.getLogger("hubspot").setLevel(logging.WARNING)
         client = HubSpot(access_token=os.environ.get(settings.token_env, ""), host=settings.base_url)
         # Each attribute access builds a new ApiClient and pool (hubspot.md §12): keep them.
         contacts = client.crm.contacts

@@ -9,6 +9,7 @@ reschedules only this step instead of blocking a worker thread in a sleep.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -29,10 +30,14 @@ SECTION_LIMIT = 3000
 class SlackNotifier:
     def __init__(self, settings: SlackSettings) -> None:
         self.settings = settings
+        # slack_sdk logs whole request bodies (lead data) at DEBUG: give it a logger that doesn't.
+        quiet = logging.getLogger("leadbridge.vendor.slack_sdk")
+        quiet.setLevel(logging.WARNING)
         self.client = WebClient(
             token=os.environ.get(settings.token_env, ""),
             base_url=settings.base_url,
             timeout=int(settings.timeout_seconds),
+            logger=quiet,
         )
 
     def notify(self, lead: Lead, contact: ContactResult, source: str) -> Notice:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -293,3 +294,17 @@ def test_two_people_sharing_a_phone_stay_two_contacts(intake: str, sandbox: Sand
     worker.drain()
     contacts = sorted((c["properties"]["email"], c["properties"]["firstname"]) for c in sandbox.state()["contacts"])
     assert contacts == [("jane.doe@acme-plumbing.com", "Jane"), ("john@acme-plumbing.com", "John")]
+
+
+def test_logs_carry_no_secret_token_or_personal_data(
+    intake: str, sandbox: Sandbox, worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    post_typeform(intake, typeform_payload())
+    post_typeform(intake, typeform_payload(), secret="wrong")
+    sandbox.fault(path="/api/chat.postMessage", status=500, times=1)
+    worker.drain()
+    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("werkzeug"))
+    assert "delivered" in logged and "rejected request" in logged
+    for secret in ("tf-test-secret", "test-hubspot-token", "xoxb-test", "Jane", "Doe", "acme-plumbing", "415", "94107"):
+        assert secret.lower() not in logged.lower(), secret
