@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -24,8 +25,8 @@ from .errors import (
     UnknownSourceError,
 )
 from .ledger import Ledger
-from .pipeline import SourceKit, interpret_payload, load_sources
 from .ports import Request
+from .sources import SourceKit, interpret, load_sources
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,12 @@ class Intake:
             raise LedgerUnavailableError("this source has no secret configured yet")
         kit.source.verify(req, secrets)
         payload = kit.source.parse(req.body, req.content_type)
-        key = kit.source.idempotency_key(payload)
+        received_at = time.time()
+        key = kit.source.idempotency_key(payload, received_at)
         headers = {k: v for k, v in req.headers.items() if k.lower() in kit.source.recorded_headers}
         try:
             # Who this is about, so the worker keeps one person's submissions in order.
-            person_keys = interpret_payload(kit, payload, self.settings.lead.default_region).lead.person_keys()
+            person_keys = interpret(kit, payload, self.settings.lead.default_region).lead.person_keys()
         except Exception:  # a mapping problem is the worker's to report, never a reason to refuse
             person_keys = []
         try:
@@ -67,6 +69,7 @@ class Intake:
                 headers=headers,
                 config_version=self.settings.version,
                 person_keys=person_keys,
+                now=received_at,
             )
         except sqlite3.Error as exc:
             log.error("ledger write failed for source %s: %s", source_name, type(exc).__name__)
@@ -104,6 +107,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         except sqlite3.Error:
             return jsonify(ok=False, ledger="unavailable"), 503
         return jsonify(ok=True, version=settings.version, deliveries=counts), 200
+
+    if settings.server.staging:
+        from .staging import register_staging
+
+        register_staging(app, intake)
 
     @app.errorhandler(IntakeError)
     def intake_error(exc: IntakeError) -> tuple[Response, int]:

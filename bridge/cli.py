@@ -24,7 +24,8 @@ import click
 from .config import CONFIG_ENV, Settings, config_path, load_settings
 from .errors import ConfigError
 from .ledger import Ledger, Status
-from .pipeline import Pipeline, load_sources
+from .pipeline import Pipeline
+from .sources import load_sources
 
 config_option = click.option(
     "--config",

@@ -26,11 +26,23 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RateLimitSettings(Model):
+    # Requests per minute before intake answers 429 (never touching the ledger); 0 = no limit.
+    # Counted per intake process: with N gunicorn workers the effective limit is up to N times this.
+    per_client_ip: int = Field(120, ge=0)
+    per_source: int = Field(1200, ge=0)
+    # Trust X-Forwarded-For's first address (only behind a proxy you run).
+    trust_forwarded_for: bool = False
+
+
 class ServerSettings(Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(256 * 1024, gt=0)
     gunicorn_workers: int = Field(2, ge=1)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    # GET /staging/<source>: an HTML form that posts in the source's wire format. Off in production.
+    staging: bool = False
 
 
 class LedgerSettings(Model):
@@ -116,7 +128,16 @@ class SourceSettings(Model):
     type: str
     # One or more environment variables holding the secret; several allow rotation.
     secret_env: list[str] = Field(min_length=1)
-    mapping: Path
+    # The mapping for this source's deliveries, and per-form mappings chosen by the
+    # connector's form key (Typeform form_id, Google form_id, Gravity form_id...).
+    mapping: Path | None = None
+    forms: dict[str, Path] = Field(default_factory=dict)
+    # Connector-specific settings, validated by the connector (see its Options model).
+    options: dict[str, Any] = Field(default_factory=dict)
+    # Flattened keys that humans never fill: a value there means spam (answered 200, not forwarded).
+    honeypot: list[str] = Field(default_factory=list)
+    # Slack channel for the vendor's test leads (Google "send test data"); unset: record only.
+    test_channel: str | None = None
 
     @field_validator("type")
     @classmethod
@@ -134,6 +155,13 @@ class SourceSettings(Model):
 
     def secrets(self) -> list[str]:
         return [os.environ[name] for name in self.secret_env if os.environ.get(name)]
+
+    def mapping_paths(self) -> dict[str | None, Path]:
+        """Mapping files by form key; the key None is the source-wide default."""
+        paths: dict[str | None, Path] = {key: path for key, path in self.forms.items()}
+        if self.mapping is not None:
+            paths[None] = self.mapping
+        return paths
 
 
 class Settings(Model):
@@ -223,17 +251,26 @@ def _resolve(settings: Settings, file: Path, raw: bytes) -> Settings:
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"sources: name {dup!r} is used more than once")
     for i, source in enumerate(settings.sources):
-        if not source.mapping.is_absolute():
-            source.mapping = root / source.mapping
-        try:
-            digest.update(source.mapping.read_bytes())
-        except OSError:
-            problems.append(f"sources.{i}.mapping: file {source.mapping} not found")
+        if source.mapping is None and not source.forms:
+            problems.append(f"sources.{i}: source {source.name!r} has no mapping (set mapping or forms)")
+        if source.mapping is not None:
+            source.mapping = _under(root, source.mapping)
+        source.forms = {key: _under(root, path) for key, path in source.forms.items()}
+        for key, path in source.mapping_paths().items():
+            where = f"sources.{i}.mapping" if key is None else f"sources.{i}.forms.{key}"
+            try:
+                digest.update(path.read_bytes())
+            except OSError:
+                problems.append(f"{where}: file {path} not found")
     if problems:
         raise ConfigError(problems)
     settings.path = file
     settings.version = digest.hexdigest()[:12]
     return settings
+
+
+def _under(root: Path, path: Path) -> Path:
+    return path if path.is_absolute() else root / path
 
 
 def validation_problems(exc: ValidationError) -> list[str]:

@@ -110,6 +110,22 @@ def build_lead(values: dict[str, Any], default_region: str) -> LeadResult:
     return result
 
 
+# Placeholder data that vendors' "send test" buttons and people trying a form use.
+TEST_EMAIL_DOMAINS = {"example.com", "example.org", "example.net", "test.com"}
+TEST_NAMES = {("firstname", "lastname"), ("first name", "last name"), ("test", "test"), ("test", "user")}
+
+
+def looks_like_test(lead: Lead) -> str | None:
+    """Why a lead is obviously test data, or None."""
+    if lead.email and lead.email.split("@")[-1] in TEST_EMAIL_DOMAINS:
+        return "an example.* or test.com email address"
+    if lead.email and lead.email.split("@")[0] in {"test", "testing", "asdf"}:
+        return "a test email address"
+    if (str(lead.first_name).lower(), str(lead.last_name).lower()) in TEST_NAMES:
+        return "a placeholder name"
+    return None
+
+
 def normalise_email(raw: str, problems: list[str]) -> str | None:
     try:
         checked = validate_email(raw, check_deliverability=False)

@@ -10,55 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings
-from .errors import ConfigError, DeliveryError, IntakeError, RetriableError
-from .lead import LeadResult, build_lead
+from .errors import DeliveryError, IntakeError, RetriableError
+from .lead import Lead, looks_like_test
 from .ledger import Delivery, LeaseLostError, Ledger, Status
-from .mapping import Mapping, load_mapping
-from .ports import CRM, ContactResult, ContactWrite, Notifier, Source, build_crm, build_notifier, build_source
+from .ports import CRM, ContactResult, ContactWrite, Notifier, build_crm, build_notifier
 from .retry import next_attempt_at
+from .sources import Interpretation, interpret_body, load_sources
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SourceKit:
-    """A configured source: its connector and its mapping."""
-
-    name: str
-    source: Source
-    mapping: Mapping
-
-
-def load_sources(settings: Settings) -> dict[str, SourceKit]:
-    kits, problems = {}, []
-    for spec in settings.sources:
-        try:
-            mapping = load_mapping(spec.mapping)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        if mapping.source_type != spec.type:
-            problems.append(
-                f"{spec.mapping.name}: maps {mapping.source_type!r} deliveries but source {spec.name!r} is {spec.type!r}"
-            )
-        kits[spec.name] = SourceKit(spec.name, build_source(spec.type), mapping)
-    if problems:
-        raise ConfigError(problems)
-    return kits
-
-
-def interpret(kit: SourceKit, body: bytes, content_type: str, default_region: str) -> LeadResult:
-    """What a stored delivery says, as a normalised lead (pure: no I/O)."""
-    return interpret_payload(kit, kit.source.parse(body, content_type), default_region)
-
-
-def interpret_payload(kit: SourceKit, payload: Any, default_region: str) -> LeadResult:
-    values = kit.mapping.apply(kit.source.fields(payload), payload)
-    return build_lead(values, default_region)
 
 
 class Pipeline:
@@ -84,38 +46,39 @@ class Pipeline:
             return "lease_lost"
 
     def _process(self, delivery: Delivery, owner: str) -> str:
-        ledger, lease = self.ledger, self.settings.worker.lease_seconds
+        ledger = self.ledger
         kit = self.kits.get(delivery.source)
         if kit is None:
             ledger.finish(delivery.id, owner, Status.DEAD, f"source {delivery.source!r} is no longer configured", "map")
             return Status.DEAD
         try:
-            result = interpret(kit, delivery.body, delivery.content_type, self.settings.lead.default_region)
+            seen = interpret_body(kit, delivery.body, delivery.content_type, self.settings.lead.default_region)
         except IntakeError as exc:
-            ledger.finish(delivery.id, owner, Status.DEAD, f"stored body no longer parses: {exc}", "map")
+            # The body was accepted once, so this is a config change (e.g. a form's mapping removed): replayable.
+            ledger.finish(delivery.id, owner, Status.DEAD, f"cannot be mapped: {exc}", "map")
             return Status.DEAD
-        lead = result.lead
-        if not result.reachable:
-            ledger.record_step(delivery.id, owner, "validate", {"ok": False, "problems": result.problems})
-            ledger.finish(delivery.id, owner, Status.REJECTED, "; ".join(result.problems), "validate")
-            log.info("delivery %s rejected: %s", delivery.id, "; ".join(result.problems))
-            return Status.REJECTED
-        keys = lead.person_keys()
-        if not ledger.lock_person(delivery.id, owner, keys):
+        screened = self._screen(delivery, owner, seen)
+        if screened:
+            return screened
+        lead = seen.lead
+        if not ledger.lock_person(delivery.id, owner, lead.person_keys()):
             delay = self.settings.worker.person_busy_delay_seconds
             ledger.defer(delivery.id, owner, time.time() + delay, "another delivery of this person is in progress")
             return "deferred"
         attempt = ledger.begin_attempt(delivery.id, owner)
         ledger.record_step(delivery.id, owner, "map", {"lead": lead.model_dump(mode="json", exclude_defaults=True)})
-        ledger.record_step(delivery.id, owner, "validate", {"ok": True, "problems": result.problems}, "; ".join(result.problems))
-        step = "contact"
+        problems = seen.result.problems
+        ledger.record_step(delivery.id, owner, "validate", {"ok": True, "problems": problems}, "; ".join(problems))
+        test = seen.kind == "test" or looks_like_test(lead)
+        step = "notify" if test else "contact"
         try:
             done = ledger.steps(delivery.id)
-            contact = ContactResult(**done["contact"]) if "contact" in done else self._contact(delivery, owner, lead, keys)
+            contact = None if test else self._contact(delivery, owner, lead, done)
             step = "notify"
-            if "notify" not in done:
-                ledger.renew(delivery.id, owner, lease)
-                notice = self.notifier.notify(lead, contact, delivery.source)
+            channel = kit.spec.test_channel if test else None
+            if "notify" not in done and (channel or not test):
+                ledger.renew(delivery.id, owner, self.settings.worker.lease_seconds)
+                notice = self.notifier.notify(lead, contact, delivery.source, channel)
                 ledger.record_step(
                     delivery.id, owner, "notify", {"channel": notice.channel, "ts": notice.ts}, f"posted to {notice.channel}"
                 )
@@ -126,18 +89,39 @@ class Pipeline:
         except Exception as exc:  # a bug or an untranslated vendor error: keep the lead, retry later
             log.exception("delivery %s: unexpected error in %s", delivery.id, step)
             return self._failed(delivery, owner, attempt, step, RetriableError(f"unexpected {type(exc).__name__}"))
+        if test:
+            why = "the sender marked it as a test" if seen.kind == "test" else f"looks like test data ({looks_like_test(lead)})"
+            ledger.finish(delivery.id, owner, Status.TEST, f"{why}; not sent to the CRM or to reps", "finish")
+            return Status.TEST
         ledger.finish(delivery.id, owner, Status.DELIVERED, None, "finish")
-        log.info("delivery %s delivered (contact %s)", delivery.id, contact.contact_id)
+        log.info("delivery %s delivered (contact %s)", delivery.id, contact.contact_id if contact else "-")
         return Status.DELIVERED
 
-    def _contact(self, delivery: Delivery, owner: str, lead: Any, keys: list[str]) -> ContactResult:
+    def _screen(self, delivery: Delivery, owner: str, seen: Interpretation) -> str | None:
+        """End deliveries that must not reach the CRM: partial forms, spam, nobody to call."""
+        if seen.kind == "partial":
+            outcome, reason = Status.PARTIAL, "partial response: kept, not forwarded"
+        elif seen.spam:
+            outcome, reason = Status.SPAM, seen.spam
+        elif not seen.result.reachable:
+            outcome, reason = Status.REJECTED, "; ".join(seen.result.problems)
+        else:
+            return None
+        self.ledger.record_step(delivery.id, owner, "validate", {"ok": False, "problems": [reason]})
+        self.ledger.finish(delivery.id, owner, outcome, reason, "validate")
+        log.info("delivery %s %s: %s", delivery.id, outcome, reason)
+        return outcome
+
+    def _contact(self, delivery: Delivery, owner: str, lead: Lead, done: dict[str, dict[str, Any]]) -> ContactResult:
+        if "contact" in done:
+            return ContactResult(**done["contact"])
         self.ledger.renew(delivery.id, owner, self.settings.worker.lease_seconds)
         known = self.ledger.contact_for(lead.identity_key) if lead.identity_key else None
         write = ContactWrite(delivery.id, lead, known)
         outcome = self.crm.upsert_contacts([write])[delivery.id]
         if isinstance(outcome, DeliveryError):
             raise outcome
-        self.ledger.remember_contact(keys, outcome.contact_id)
+        self.ledger.remember_contact(lead.person_keys(), outcome.contact_id)
         verb = "created" if outcome.created else "updated"
         self.ledger.record_step(delivery.id, owner, "contact", outcome.__dict__, f"{verb} contact {outcome.contact_id}")
         return outcome

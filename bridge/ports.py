@@ -11,14 +11,19 @@ only when used, so the core never imports a vendor SDK.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
-from .config import Settings
+from .config import Settings, SourceSettings
 from .errors import DeliveryError
 from .lead import Lead
+
+# What a delivery is: a lead to forward, an unfinished form to keep only, or a vendor's test.
+Kind = Literal["lead", "partial", "test"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,9 @@ class Request:
 
 
 class Source(Protocol):
+    """One vendor's webhook format. Built once per configured source with its ``options``
+    (the connector validates them and raises ConfigError naming what is wrong)."""
+
     # Headers worth keeping with a delivery (lowercase); never a secret or a signature.
     recorded_headers: ClassVar[tuple[str, ...]]
 
@@ -41,11 +49,29 @@ class Source(Protocol):
     def parse(self, body: bytes, content_type: str) -> Any:
         """Raise PayloadError unless the body is a delivery this source understands."""
 
-    def idempotency_key(self, payload: Any) -> str:
-        """A key that is the same for every retry of one submission."""
+    def idempotency_key(self, payload: Any, received_at: float) -> str:
+        """A key that is the same for every retry (or double click) of one submission."""
 
     def fields(self, payload: Any) -> dict[str, Any]:
         """Flatten a parsed payload into the keys a mapping file reads."""
+
+    def kind(self, payload: Any) -> Kind:
+        """Whether this is a lead, a partial (unfinished) form or a vendor's test."""
+
+    def form_key(self, payload: Any) -> str | None:
+        """Which form sent it, to pick a per-form mapping (``sources[].forms``); None if unknown."""
+
+    def wire_request(self, values: Mapping[str, str], secret: str) -> Request:
+        """A request as this vendor would send it for a submission with these flat values,
+        signed with ``secret``: used by the staging form and by ``leadbridge try``."""
+
+
+def content_key(values: Mapping[str, Any], received_at: float, window_seconds: float) -> str:
+    """An idempotency key for senders without an entry id: a hash of the normalised content
+    and a time bucket, so a double click is caught and a real resubmission days later is not."""
+    normalised = {k: str(v).strip().lower() for k, v in values.items() if v not in (None, "", [], {})}
+    digest = hashlib.sha256(json.dumps(normalised, sort_keys=True).encode()).hexdigest()[:32]
+    return f"content:{digest}:{int(received_at // window_seconds)}"
 
 
 @dataclass(frozen=True)
@@ -77,8 +103,9 @@ class CRM(Protocol):
 
 
 class Notifier(Protocol):
-    def notify(self, lead: Lead, contact: ContactResult, source: str) -> Notice:
-        """Send one message about a delivered lead; raise DeliveryError on failure."""
+    def notify(self, lead: Lead, contact: ContactResult | None, source: str, channel: str | None = None) -> Notice:
+        """Send one message about a lead (contact None: a test lead that never reached the CRM)
+        to ``channel`` or the default one; raise DeliveryError on failure."""
 
 
 def load(spec: str) -> Any:
@@ -87,10 +114,11 @@ def load(spec: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def build_source(type_name: str) -> Source:
+def build_source(spec: SourceSettings) -> Source:
     from connectors import SOURCE_TYPES
 
-    return load(SOURCE_TYPES[type_name])()
+    source: Source = load(SOURCE_TYPES[spec.type])(spec.options)
+    return source
 
 
 def build_crm(settings: Settings) -> CRM:

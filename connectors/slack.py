@@ -40,10 +40,11 @@ class SlackNotifier:
             logger=quiet,
         )
 
-    def notify(self, lead: Lead, contact: ContactResult, source: str) -> Notice:
+    def notify(self, lead: Lead, contact: ContactResult | None, source: str, channel: str | None = None) -> Notice:
         message = lead_message(lead, contact, source)
+        channel = channel or self.settings.channel
         try:
-            response = self.client.chat_postMessage(channel=self.settings.channel, unfurl_links=False, **message)
+            response = self.client.chat_postMessage(channel=channel, unfurl_links=False, **message)
         except SlackApiError as exc:
             status = exc.response.status_code
             error = str(exc.response.get("error", "")) if isinstance(exc.response.data, dict) else ""
@@ -53,10 +54,10 @@ class SlackNotifier:
             raise PermanentError(f"Slack {status} {error}".strip()) from exc
         except (SlackClientError, OSError) as exc:
             raise RetriableError(f"Slack unreachable ({type(exc).__name__})") from exc
-        return Notice(channel=str(response.get("channel") or self.settings.channel), ts=str(response["ts"]))
+        return Notice(channel=str(response.get("channel") or channel), ts=str(response["ts"]))
 
 
-def lead_message(lead: Lead, contact: ContactResult, source: str) -> dict[str, Any]:
+def lead_message(lead: Lead, contact: ContactResult | None, source: str) -> dict[str, Any]:
     """chat.postMessage arguments (text fallback and blocks) for one lead."""
     name = lead.name
     campaign = " / ".join(p for p in (lead.utm_source, lead.utm_medium, lead.utm_campaign) if p)
@@ -78,10 +79,14 @@ def lead_message(lead: Lead, contact: ContactResult, source: str) -> dict[str, A
     ]
     if lead.message:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip(f"*Message*\n{_escape(lead.message)}")}})
-    verb = "New contact" if contact.created else "Updated contact"
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"{verb} · <{contact.url}|Open in HubSpot>"}]})
+    if contact is None:
+        footer, link = "TEST lead: not sent to HubSpot", "Test lead, not in HubSpot."
+    else:
+        footer = f"{'New contact' if contact.created else 'Updated contact'} · <{contact.url}|Open in HubSpot>"
+        link = f"HubSpot: {contact.url}"
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": footer}]})
     reach = (lead.phone and _pretty_phone(lead.phone)) or lead.email or ""
-    text = f"New lead: {name} {reach} ({lead.service or 'no service given'}) from {source}. HubSpot: {contact.url}"
+    text = f"New lead: {name} {reach} ({lead.service or 'no service given'}) from {source}. {link}"
     return {"text": text, "blocks": blocks}
 
 

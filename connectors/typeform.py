@@ -12,11 +12,15 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from bridge.errors import PayloadError, SignatureError
-from bridge.ports import Request
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from bridge.config import validation_problems
+from bridge.errors import ConfigError, PayloadError, SignatureError
+from bridge.ports import Kind, Request
 
 SIGNATURE_HEADER = "typeform-signature"
 
@@ -48,8 +52,18 @@ def answer_value(answer: dict[str, Any]) -> Any:
     return value
 
 
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
 class TypeformSource:
     recorded_headers: ClassVar[tuple[str, ...]] = ("content-type", "user-agent", "x-forwarded-for")
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        try:
+            self.options = Options.model_validate(options or {})
+        except ValidationError as exc:
+            raise ConfigError(validation_problems(exc)) from exc
 
     def verify(self, request: Request, secrets: Sequence[str]) -> None:
         verify_typeform(request.body, request.headers.get(SIGNATURE_HEADER), secrets)
@@ -68,8 +82,29 @@ class TypeformSource:
             raise PayloadError("form_response.answers is not a list")
         return payload
 
-    def idempotency_key(self, payload: dict[str, Any]) -> str:
+    def idempotency_key(self, payload: dict[str, Any], received_at: float) -> str:
         return str(payload.get("event_id") or payload["form_response"]["token"])
+
+    def kind(self, payload: dict[str, Any]) -> Kind:
+        return "partial" if payload.get("event_type") == "form_response_partial" else "lead"
+
+    def form_key(self, payload: dict[str, Any]) -> str | None:
+        form_id = payload["form_response"].get("form_id")
+        return str(form_id) if form_id else None
+
+    def wire_request(self, values: Mapping[str, str], secret: str) -> Request:
+        """A form_response whose answers are text answers with the given refs; hidden.* keys become hidden fields."""
+        token = uuid.uuid4().hex
+        answers = [
+            {"type": "text", "text": value, "field": {"id": f"f-{ref}", "type": "short_text", "ref": ref}}
+            for ref, value in values.items()
+            if not ref.startswith("hidden.")
+        ]
+        hidden = {key.removeprefix("hidden."): value for key, value in values.items() if key.startswith("hidden.")}
+        response = {"form_id": values.get("form_id", "staging"), "token": token, "answers": answers, "hidden": hidden}
+        body = json.dumps({"event_id": token, "event_type": "form_response", "form_response": response}).encode()
+        headers = {"content-type": "application/json", SIGNATURE_HEADER: typeform_signature(secret, body)}
+        return Request(body=body, content_type="application/json", headers=headers, query={})
 
     def fields(self, payload: dict[str, Any]) -> dict[str, Any]:
         response = payload["form_response"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ from bridge.config import RetrySettings, load_settings, settings_from_dict
 from bridge.errors import ConfigError, SignatureError
 from bridge.lead import build_lead
 from bridge.mapping import load_mapping
-from bridge.pipeline import interpret, load_sources
 from bridge.retry import next_attempt_at
+from bridge.sources import interpret_body, load_sources
 from connectors.typeform import typeform_signature, verify_typeform
 
 from .conftest import ROOT, example_config, typeform_payload
@@ -54,7 +55,7 @@ def test_build_lead_normalises_and_names_its_problems(
 def test_the_example_typeform_mapping_reads_every_field_of_the_recorded_payload() -> None:
     settings = settings_from_dict(example_config(), ROOT)
     kit = load_sources(settings)["typeform"]
-    result = interpret(kit, __import__("json").dumps(typeform_payload()).encode(), "application/json", "US")
+    result = interpret_body(kit, json.dumps(typeform_payload()).encode(), "application/json", "US").result
     assert result.problems == []
     assert result.lead.model_dump(mode="json", exclude_defaults=True) == {
         "email": "jane.doe@acme-plumbing.com",
