@@ -70,7 +70,11 @@ DEFAULT_PROPERTIES = {
     "utm_term": "utm_term",
     "utm_content": "utm_content",
     "gclid": "gclid",
+    "fbclid": "fbclid",
     "landing_page": "landing_page",
+    "referrer": "referrer",
+    "state": "state",
+    "country": "country",
     "submitted_at": "submitted_at",
 }
 
@@ -85,6 +89,8 @@ class HubSpotSettings(Model):
     portal_id: str = ""
     # Canonical lead field -> HubSpot contact property; fields mapped to "" are not written.
     properties: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_PROPERTIES))
+    # Consent evidence name (from a mapping's consent section) -> contact property; unmapped ones stay in the ledger only.
+    consent_properties: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("base_url")
     @classmethod

@@ -16,16 +16,6 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict
 
-ATTRIBUTION_FIELDS = (
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_term",
-    "utm_content",
-    "gclid",
-    "landing_page",
-)
-
 
 class Lead(BaseModel):
     """One person's inquiry, normalised. Empty values are None, never ""."""
@@ -47,10 +37,16 @@ class Lead(BaseModel):
     utm_term: str | None = None
     utm_content: str | None = None
     gclid: str | None = None
+    fbclid: str | None = None
     landing_page: str | None = None
+    referrer: str | None = None
+    state: str | None = None
+    country: str | None = None
     submitted_at: datetime | None = None
     # Extra CRM properties named by the mapping (property name -> value).
     custom: dict[str, str] = {}
+    # Consent evidence (flags, policy version, IP, user agent), for the audit trail.
+    consent: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -88,13 +84,13 @@ def build_lead(values: dict[str, Any], default_region: str) -> LeadResult:
     """Normalise mapped values into a Lead; problems name fields, never their values."""
     problems: list[str] = []
     clean: dict[str, Any] = {}
-    custom = {}
+    extras: dict[str, dict[str, str]] = {"custom": {}, "consent": {}}
     for key, value in values.items():
         text = _text(value)
         if text is None:
             continue
-        if key == "custom":
-            custom = {k: t for k, v in dict(value).items() if (t := _text(v)) is not None}
+        if key in extras:
+            extras[key] = {k: t for k, v in dict(value).items() if (t := _text(v)) is not None}
         else:
             clean[key] = text
     if "email" in clean:
@@ -103,7 +99,7 @@ def build_lead(values: dict[str, Any], default_region: str) -> LeadResult:
         clean["phone"] = normalise_phone(clean["phone"], default_region, problems)
     if "submitted_at" in clean:
         clean["submitted_at"] = _timestamp(clean["submitted_at"], problems)
-    lead = Lead(**{k: v for k, v in clean.items() if v is not None}, custom=custom)
+    lead = Lead(**{k: v for k, v in clean.items() if v is not None}, **extras)
     result = LeadResult(lead, problems)
     if not result.reachable:
         problems.append("no valid email or phone: nobody could call or write back")

@@ -2,15 +2,21 @@
 
 A source connector flattens a delivery into ``{key: value}`` (for Typeform: answer refs,
 ``hidden.<name>``, ``submitted_at``...). A mapping names, for each canonical field, the
-key(s) to read, with an optional value map and default. Keys not in the flat record are
-tried as dotted paths into the parsed payload, so a mapping can reach any value.
+key(s) to read, first non-empty wins; keys not in the flat record are tried as dotted
+paths into the parsed payload, so a mapping can reach any value. A key may carry its own
+transforms after ``|`` (``FULL_NAME|first_name``); a rule may add transforms, a value
+map, a default, and a merge policy for the CRM property it feeds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -18,22 +24,130 @@ from .config import validation_problems
 from .errors import ConfigError
 from .lead import Lead
 
-LEAD_FIELDS = frozenset(Lead.model_fields) - {"custom"}
+LEAD_FIELDS = frozenset(Lead.model_fields) - {"custom", "consent"}
+
+
+class Merge(StrEnum):
+    """How a value meets what the CRM already has."""
+
+    OVERWRITE = "overwrite"  # last touch: always update (the default)
+    SET_IF_EMPTY = "set_if_empty"  # first touch: never overwrite a value that is there
+    APPEND = "append"  # add to what is there, once
+
+
+def _split_name(value: str) -> list[str]:
+    return value.split(None, 1) if value.strip() else []
+
+
+def _first_name(value: str, _: str | None) -> str | None:
+    parts = _split_name(value)
+    return parts[0] if parts else None
+
+
+def _last_name(value: str, _: str | None) -> str | None:
+    parts = _split_name(value)
+    return parts[1] if len(parts) > 1 else None
+
+
+def _phone_e164(value: str, region: str | None) -> str:
+    # Numbers this cannot read are passed on as they are: the lead's own check reports them.
+    try:
+        number = phonenumbers.parse(value, (region or "").upper() or None)
+    except phonenumbers.NumberParseException:
+        return value
+    if not phonenumbers.is_valid_number(number):
+        return value
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%B %d, %Y", "%b %d, %Y", "%m/%d/%Y", "%d.%m.%Y", "%Y/%m/%d")
+
+
+def _date(value: str, _: str | None) -> str:
+    text = value.strip()
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
+    except ValueError:
+        pass
+    for fmt in DATE_FORMATS:
+        try:
+            return datetime.strptime(text, fmt).isoformat()
+        except ValueError:
+            continue
+    return value
+
+
+# name -> function(text, argument after ":" or None)
+TRANSFORMS: dict[str, Callable[[str, str | None], str | None]] = {
+    "trim": lambda v, _: v.strip(),
+    "lower": lambda v, _: v.lower(),
+    "upper": lambda v, _: v.upper(),
+    "title": lambda v, _: v.title(),
+    "digits": lambda v, _: "".join(c for c in v if c.isdigit()),
+    "first_name": _first_name,
+    "last_name": _last_name,
+    "phone_e164": _phone_e164,
+    "date": _date,
+}
+
+
+def check_transform(spec: str) -> str:
+    name = spec.partition(":")[0]
+    if name not in TRANSFORMS:
+        raise ValueError(f"unknown transform {name!r}; known: {', '.join(sorted(TRANSFORMS))}")
+    return spec
+
+
+def apply_transforms(value: Any, specs: list[str]) -> Any:
+    for spec in specs:
+        if value is None:
+            return None
+        name, _, arg = spec.partition(":")
+        if isinstance(value, list):
+            value = [TRANSFORMS[name](str(v), arg or None) for v in value]
+        else:
+            value = TRANSFORMS[name](str(value), arg or None)
+    return value
 
 
 class FieldRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # Keys to read, first non-empty wins.
-    from_: list[str] = Field(alias="from", min_length=1)
+    # Keys to read, first non-empty wins; "KEY|transform|transform" transforms that key only.
+    from_: list[str] = Field(default_factory=list, alias="from")
     default: str | None = None
-    # Value map applied after reading, e.g. {"Roof repair": "roofing"}.
+    # Applied to whichever key matched, before the value map.
+    transform: list[str] = Field(default_factory=list)
+    # Value map, e.g. {"Roof repair": "roofing"}.
     values: dict[str, str] = Field(default_factory=dict)
+    merge: Merge = Merge.OVERWRITE
 
-    @field_validator("from_", mode="before")
+    @field_validator("from_", "transform", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("from_")
+    @classmethod
+    def _key_transforms(cls, value: list[str]) -> list[str]:
+        for key in value:
+            for spec in key.split("|")[1:]:
+                check_transform(spec)
+        return value
+
+    @field_validator("transform")
+    @classmethod
+    def _transforms(cls, value: list[str]) -> list[str]:
+        return [check_transform(spec) for spec in value]
+
+    def read(self, flat: dict[str, Any], payload: Any) -> Any:
+        for source in self.from_:
+            key, *specs = source.split("|")
+            value = apply_transforms(flat[key] if key in flat else _dotted(payload, key), specs)
+            if value not in (None, "", [], {}):
+                value = apply_transforms(value, self.transform)
+                return self.values.get(value, value) if isinstance(value, str) else value
+        return self.default
 
 
 class Mapping(BaseModel):
@@ -44,8 +158,11 @@ class Mapping(BaseModel):
     fields: dict[str, FieldRule]
     # Extra CRM properties: property name -> rule.
     custom: dict[str, FieldRule] = Field(default_factory=dict)
+    # Consent evidence (flags, privacy-policy version, IP, user agent): kept in the
+    # delivery's event log; hubspot.consent_properties says which reach the CRM.
+    consent: dict[str, FieldRule] = Field(default_factory=dict)
 
-    @field_validator("fields", "custom", mode="before")
+    @field_validator("fields", "custom", "consent", mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         # `email: email` is short for `email: {from: email}`.
@@ -63,9 +180,15 @@ class Mapping(BaseModel):
 
     def apply(self, flat: dict[str, Any], payload: Any) -> dict[str, Any]:
         """Canonical values (not yet normalised) for one delivery."""
-        values: dict[str, Any] = {name: _read(rule, flat, payload) for name, rule in self.fields.items()}
-        values["custom"] = {prop: _read(rule, flat, payload) for prop, rule in self.custom.items()}
+        values: dict[str, Any] = {name: rule.read(flat, payload) for name, rule in self.fields.items()}
+        values["custom"] = {prop: rule.read(flat, payload) for prop, rule in self.custom.items()}
+        values["consent"] = {name: rule.read(flat, payload) for name, rule in self.consent.items()}
         return values
+
+    def merge_policies(self) -> dict[str, Merge]:
+        """Non-default merge policies by canonical field or custom property name."""
+        rules = {**self.fields, **self.custom}
+        return {name: rule.merge for name, rule in rules.items() if rule.merge is not Merge.OVERWRITE}
 
 
 def load_mapping(path: Path) -> Mapping:
@@ -77,14 +200,6 @@ def load_mapping(path: Path) -> Mapping:
         return Mapping.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([f"{path.name}: {line}" for line in validation_problems(exc)]) from exc
-
-
-def _read(rule: FieldRule, flat: dict[str, Any], payload: Any) -> Any:
-    for key in rule.from_:
-        value = flat[key] if key in flat else _dotted(payload, key)
-        if value not in (None, "", [], {}):
-            return rule.values.get(value, value) if isinstance(value, str) else value
-    return rule.default
 
 
 def _dotted(payload: Any, path: str) -> Any:

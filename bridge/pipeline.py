@@ -8,13 +8,14 @@ fixed mapping takes effect on replay.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
 
 from .config import Settings
 from .errors import DeliveryError, IntakeError, RetriableError
-from .lead import Lead, looks_like_test
+from .lead import looks_like_test
 from .ledger import Delivery, LeaseLostError, Ledger, Status
 from .ports import CRM, ContactResult, ContactWrite, Notifier, build_crm, build_notifier
 from .retry import next_attempt_at
@@ -67,13 +68,16 @@ class Pipeline:
             return "deferred"
         attempt = ledger.begin_attempt(delivery.id, owner)
         ledger.record_step(delivery.id, owner, "map", {"lead": lead.model_dump(mode="json", exclude_defaults=True)})
+        if lead.consent and attempt == 1:
+            # Consent evidence goes in the append-only log, where an audit can find it.
+            ledger.note(delivery.id, "consent", "recorded", json.dumps(lead.consent, sort_keys=True))
         problems = seen.result.problems
         ledger.record_step(delivery.id, owner, "validate", {"ok": True, "problems": problems}, "; ".join(problems))
         test = seen.kind == "test" or looks_like_test(lead)
         step = "notify" if test else "contact"
         try:
             done = ledger.steps(delivery.id)
-            contact = None if test else self._contact(delivery, owner, lead, done)
+            contact = None if test else self._contact(delivery, owner, seen, done)
             step = "notify"
             channel = kit.spec.test_channel if test else None
             if "notify" not in done and (channel or not test):
@@ -112,12 +116,13 @@ class Pipeline:
         log.info("delivery %s %s: %s", delivery.id, outcome, reason)
         return outcome
 
-    def _contact(self, delivery: Delivery, owner: str, lead: Lead, done: dict[str, dict[str, Any]]) -> ContactResult:
+    def _contact(self, delivery: Delivery, owner: str, seen: Interpretation, done: dict[str, dict[str, Any]]) -> ContactResult:
         if "contact" in done:
             return ContactResult(**done["contact"])
         self.ledger.renew(delivery.id, owner, self.settings.worker.lease_seconds)
+        lead, merge = seen.lead, {name: str(policy) for name, policy in seen.mapping.merge_policies().items()}
         known = self.ledger.contact_for(lead.identity_key) if lead.identity_key else None
-        write = ContactWrite(delivery.id, lead, known)
+        write = ContactWrite(delivery.id, lead, known, merge)
         outcome = self.crm.upsert_contacts([write])[delivery.id]
         if isinstance(outcome, DeliveryError):
             raise outcome

@@ -15,7 +15,7 @@ import hashlib
 import importlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
 from .config import Settings, SourceSettings
@@ -82,6 +82,8 @@ class ContactWrite:
     lead: Lead
     # A contact id the ledger already knows for this person (from an earlier delivery).
     known_contact_id: str | None = None
+    # Merge policy ("set_if_empty", "append") by canonical field or custom property; others overwrite.
+    merge: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

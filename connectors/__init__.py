@@ -7,6 +7,8 @@ lazily by name (see ``bridge.ports.load``), so a relay only loads the vendors it
 # Source type name -> "module:Class"; a new source type is one line here plus its module.
 SOURCE_TYPES = {
     "typeform": "connectors.typeform:TypeformSource",
+    "wordpress": "connectors.wordpress:WordPressSource",
+    "google": "connectors.google:GoogleAdsSource",
 }
 CRM = "connectors.hubspot:HubSpotCRM"
 NOTIFIER = "connectors.slack:SlackNotifier"

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import phonenumbers
@@ -35,10 +36,10 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from bridge.config import HubSpotSettings
 from bridge.errors import DeliveryError, PermanentError, RetriableError
-from bridge.lead import Lead
 from bridge.ports import ContactResult, ContactWrite
 
 BATCH_LIMIT = 100
+OVERWRITE, SET_IF_EMPTY, APPEND = "overwrite", "set_if_empty", "append"
 EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 # 429 policies (hubspot.md §4): the ten-second burst window vs the search API's per-second limit.
 RATE_LIMIT_WAIT = {"TEN_SECONDLY_ROLLING": 10.0, "SECONDLY": 1.0}
@@ -62,34 +63,60 @@ class HubSpotCRM:
 
     def upsert_contacts(self, writes: Sequence[ContactWrite]) -> dict[str, ContactResult | DeliveryError]:
         results: dict[str, ContactResult | DeliveryError] = {}
-        by_email = [w for w in writes if w.lead.email and not w.known_contact_id]
-        for chunk in _chunks(by_email):
-            results.update(self._upsert_by_email(chunk))
+        plans: dict[str, Plan] = {}
         for write in writes:
-            if write in by_email:
+            try:
+                plans[write.trace_id] = self._plan(write)
+            except DeliveryError as exc:
+                results[write.trace_id] = exc
+        by_email = [w for w in writes if w.trace_id in plans and w.lead.email and not w.known_contact_id]
+        for chunk in _chunks(by_email):
+            results.update(self._upsert_by_email(chunk, plans))
+        for write in writes:
+            if write.trace_id not in plans or write in by_email:
                 continue
             try:
-                results[write.trace_id] = self._write_one(write)
+                results[write.trace_id] = self._write_one(write, plans[write.trace_id])
             except DeliveryError as exc:
                 results[write.trace_id] = exc
         return results
 
-    def properties(self, lead: Lead) -> dict[str, str]:
-        """HubSpot properties for a lead: mapped, non-empty values only."""
-        props = {}
+    def planned(self, write: ContactWrite) -> dict[str, tuple[str, str]]:
+        """Contact property -> (value, merge policy) for a lead: mapped, non-empty values only."""
+        lead, merge = write.lead, write.merge
+        planned: dict[str, tuple[str, str]] = {}
         for field, prop in self.settings.properties.items():
             value = getattr(lead, field, None)
             if prop and value is not None:
-                props[prop] = value.isoformat() if hasattr(value, "isoformat") else str(value)
-        props.update(lead.custom)
-        return props
+                text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+                planned[prop] = (text, merge.get(field, OVERWRITE))
+        for prop, value in lead.custom.items():
+            planned[prop] = (value, merge.get(prop, OVERWRITE))
+        for name, prop in self.settings.consent_properties.items():
+            if name in lead.consent:
+                planned[prop] = (lead.consent[name], OVERWRITE)
+        return planned
 
     # -- paths --------------------------------------------------------------------
 
-    def _upsert_by_email(self, writes: list[ContactWrite]) -> dict[str, ContactResult | DeliveryError]:
+    def _plan(self, write: ContactWrite) -> Plan:
+        """What to send, given what HubSpot has where a merge policy needs to know."""
+        planned = self.planned(write)
+        careful = sorted(p for p, (_, merge) in planned.items() if merge != OVERWRITE)
+        contact_id, current = write.known_contact_id, dict[str, str]()
+        if not contact_id and not write.lead.email:
+            contact_id, current = self._find_by_phone(write.lead.phone, careful)
+        elif careful:
+            current = self._read(contact_id or str(write.lead.email), careful, by_email=contact_id is None)
+        return Plan(merged(planned, current), contact_id)
+
+    def _upsert_by_email(self, writes: list[ContactWrite], plans: dict[str, Plan]) -> dict[str, ContactResult | DeliveryError]:
         inputs = [
             SimplePublicObjectBatchInputUpsert(
-                id=w.lead.email, id_property="email", properties=self.properties(w.lead), object_write_trace_id=w.trace_id
+                id=w.lead.email,
+                id_property="email",
+                properties=plans[w.trace_id].properties,
+                object_write_trace_id=w.trace_id,
             )
             for w in writes
         ]
@@ -97,7 +124,7 @@ class HubSpotCRM:
             response = self._call(self._batch.upsert, BatchInputSimplePublicObjectBatchInputUpsert(inputs=inputs))
         except ApiException as exc:
             if exc.status == 409 and len(writes) == 1:
-                return {writes[0].trace_id: self._update_existing(exc, writes[0])}
+                return {writes[0].trace_id: self._update_existing(exc, plans[writes[0].trace_id].properties)}
             error = self._translate(exc)
             return {w.trace_id: error for w in writes}
         except DeliveryError as exc:
@@ -118,21 +145,20 @@ class HubSpotCRM:
                 results[w.trace_id] = failed.get(w.trace_id) or RetriableError("HubSpot returned no result for this contact")
         return results
 
-    def _write_one(self, write: ContactWrite) -> ContactResult:
-        props = self.properties(write.lead)
-        contact_id = write.known_contact_id or self._find_by_phone(write.lead.phone)
-        if contact_id:
+    def _write_one(self, write: ContactWrite, plan: Plan) -> ContactResult:
+        props = plan.properties
+        if plan.contact_id:
             try:
-                self._call(self._basic.update, contact_id, SimplePublicObjectInput(properties=props))
-                return self._result(contact_id, False)
+                self._call(self._basic.update, plan.contact_id, SimplePublicObjectInput(properties=props))
+                return self._result(plan.contact_id, False)
             except ApiException as exc:
                 if exc.status == 409:
-                    return self._update_existing(exc, write)
+                    return self._update_existing(exc, props)
                 if exc.status != 404:
                     raise self._translate(exc) from exc
                 # The known contact was deleted or merged away: fall through and write anew.
             if write.lead.email:
-                outcome = self._upsert_by_email([write])[write.trace_id]
+                outcome = self._upsert_by_email([write], {write.trace_id: plan})[write.trace_id]
                 if isinstance(outcome, DeliveryError):
                     raise outcome
                 return outcome
@@ -140,37 +166,51 @@ class HubSpotCRM:
             created = self._call(self._basic.create, SimplePublicObjectInputForCreate(properties=props, associations=[]))
         except ApiException as exc:
             if exc.status == 409:
-                return self._update_existing(exc, write)
+                return self._update_existing(exc, props)
             raise self._translate(exc) from exc
         return self._result(str(created.id), True)
 
-    def _update_existing(self, conflict: ApiException, write: ContactWrite) -> ContactResult:
+    def _update_existing(self, conflict: ApiException, props: dict[str, str]) -> ContactResult:
         """A 409 names the contact that already has this email: update it instead."""
         match = EXISTING_ID.search(_body(conflict).get("message", ""))
         if not match:
             raise PermanentError(f"HubSpot 409 without an existing id: {_body(conflict).get('message', '')}")
         contact_id = match.group(1)
         try:
-            self._call(self._basic.update, contact_id, SimplePublicObjectInput(properties=self.properties(write.lead)))
+            self._call(self._basic.update, contact_id, SimplePublicObjectInput(properties=props))
         except ApiException as exc:
             raise self._translate(exc) from exc
         return self._result(contact_id, False)
 
-    def _find_by_phone(self, phone: str | None) -> str | None:
+    def _find_by_phone(self, phone: str | None, names: list[str]) -> tuple[str | None, dict[str, str]]:
+        """The contact with this phone (id and the named properties), or (None, {})."""
         if not phone:
-            return None
+            return None, {}
         # HubSpot's calculated phone properties hold the number without its country code.
         national = str(phonenumbers.parse(phone).national_number)
         groups = [
             FilterGroup(filters=[Filter(property_name=prop, operator="EQ", value=national)])
             for prop in ("hs_searchable_calculated_phone", "hs_searchable_calculated_mobile_number")
         ]
-        request = PublicObjectSearchRequest(filter_groups=groups, properties=["email", "phone"], limit=1)
+        request = PublicObjectSearchRequest(filter_groups=groups, properties=["email", "phone", *names], limit=1)
         try:
             found = self._call(self._search.do_search, public_object_search_request=request)
         except ApiException as exc:
             raise self._translate(exc) from exc
-        return str(found.results[0].id) if found.results else None
+        if not found.results:
+            return None, {}
+        hit = found.results[0]
+        return str(hit.id), {k: v for k, v in (hit.properties or {}).items() if v is not None}
+
+    def _read(self, contact: str, names: list[str], *, by_email: bool) -> dict[str, str]:
+        """Current values of some properties; {} for a contact HubSpot does not have yet."""
+        try:
+            found = self._call(self._basic.get_by_id, contact, properties=names, id_property="email" if by_email else None)
+        except ApiException as exc:
+            if exc.status == 404:
+                return {}
+            raise self._translate(exc) from exc
+        return {k: v for k, v in (found.properties or {}).items() if v is not None}
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -206,6 +246,28 @@ class HubSpotCRM:
         if status in RETRIABLE_STATUSES:
             return RetriableError(f"HubSpot {status}: {message}")
         return PermanentError(f"HubSpot {status} {body.get('category', '')}: {message}".replace("  ", " "))
+
+
+@dataclass(frozen=True)
+class Plan:
+    properties: dict[str, str]
+    # The contact to update by id (known to the ledger, or found by phone); None: upsert or create.
+    contact_id: str | None
+
+
+def merged(planned: dict[str, tuple[str, str]], current: dict[str, str]) -> dict[str, str]:
+    """Apply merge policies: set_if_empty keeps a first-touch value; append adds a new value once."""
+    props = {}
+    for prop, (value, merge) in planned.items():
+        have = (current.get(prop) or "").strip()
+        if merge == SET_IF_EMPTY and have:
+            continue
+        if merge == APPEND and have:
+            if value in have.split("\n"):
+                continue
+            value = f"{have}\n{value}"
+        props[prop] = value
+    return props
 
 
 def _is_blip(exc: BaseException) -> bool:

@@ -73,7 +73,15 @@ def test_the_example_typeform_mapping_reads_every_field_of_the_recorded_payload(
         "gclid": "Cj0KCQjw-example",
         "landing_page": "https://acme-plumbing.example/quote",
         "submitted_at": "2025-03-14T16:42:07Z",
-        "custom": {"budget": "$10k-$50k"},
+        "custom": {
+            "budget": "$10k-$50k",
+            "first_utm_source": "google",
+            "first_utm_medium": "cpc",
+            "first_utm_campaign": "spring-remodel",
+            "first_gclid": "Cj0KCQjw-example",
+            "first_landing_page": "https://acme-plumbing.example/quote",
+        },
+        "consent": {"contact_ok": "true", "privacy_policy_version": "2025-01"},
     }
 
 
@@ -134,7 +142,7 @@ def test_config_rejects_unknown_keys_and_names_each_path(tmp_path: Path) -> None
     assert caught.value.problems == [
         "hubspot.tokn_env: unknown key",
         "worker.concurrency: Input should be greater than or equal to 1",
-        "sources.0.type: Value error, unknown source type 'jotform'; known: typeform",
+        "sources.0.type: Value error, unknown source type 'jotform'; known: google, typeform, wordpress",
     ]
 
 
