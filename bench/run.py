@@ -73,7 +73,10 @@ def config(tmp: Path, sandbox_url: str, port: int) -> dict:
     data["slack"]["base_url"] = sandbox_url + "/api/"
     data["ledger"]["path"] = str(tmp / "bench.db")
     data["worker"].update(poll_seconds=0.05, concurrency=8)
-    data["sources"][0]["mapping"] = str(ROOT / data["sources"][0]["mapping"])
+    for source in data["sources"]:
+        if "mapping" in source:
+            source["mapping"] = str(ROOT / source["mapping"])
+        source["forms"] = {key: str(ROOT / path) for key, path in source.get("forms", {}).items()}
     return data
 
 

@@ -9,6 +9,7 @@ a webhook off when it sees either.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 from typing import Any
@@ -26,6 +27,7 @@ from .errors import (
 )
 from .ledger import Ledger
 from .ports import Request
+from .ratelimit import RateLimiter
 from .sources import SourceKit, interpret, load_sources
 
 log = logging.getLogger(__name__)
@@ -87,8 +89,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     intake = Intake(settings)
     app.extensions["leadbridge"] = intake
 
+    limits = settings.server.rate_limit
+    per_ip, per_source = RateLimiter(limits.per_client_ip), RateLimiter(limits.per_source)
+
     @app.post("/hooks/<source>")
     def hook(source: str) -> tuple[Response, int]:
+        client = request.remote_addr or "-"
+        if limits.trust_forwarded_for and request.headers.get("X-Forwarded-For"):
+            client = request.headers["X-Forwarded-For"].split(",")[0].strip()
+        wait = per_ip.allow(client) or per_source.allow(source)
+        if wait:
+            response, status = _error(429, "rate_limited", "too many requests; retry later")
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response, status
         req = Request(
             body=request.get_data(cache=False),
             content_type=request.content_type or "",

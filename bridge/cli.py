@@ -16,16 +16,19 @@ import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import click
 
 from .config import CONFIG_ENV, Settings, config_path, load_settings
-from .errors import ConfigError
+from .errors import ConfigError, IntakeError
+from .lead import looks_like_test
 from .ledger import Ledger, Status
 from .pipeline import Pipeline
-from .sources import load_sources
+from .ports import ContactWrite, build_crm
+from .sources import Interpretation, load_sources
 
 config_option = click.option(
     "--config",
@@ -78,6 +81,8 @@ def check_config(config_file: str | None, show: bool) -> None:
         problems.extend(exc.problems)
     if settings is not None:
         problems.extend(settings.env_problems())
+        for warning in unused_mappings(settings):
+            click.echo(f"warning: {warning}", err=True)
         if show:
             click.echo(json.dumps(settings.redacted(), indent=2))
     for problem in problems:
@@ -85,6 +90,69 @@ def check_config(config_file: str | None, show: bool) -> None:
     if problems:
         raise SystemExit(1)
     click.echo(f"ok: {config_path(config_file)} (version {settings.version if settings else '?'})")
+
+
+@main.command("try")
+@config_option
+@click.argument("source_name", metavar="SOURCE")
+@click.argument("sample", type=click.Path(exists=True, dir_okay=False))
+@click.option("--content-type", help="Content type of the sample (default: from its extension).")
+@click.option("--json", "as_json", is_flag=True)
+def try_(config_file: str | None, source_name: str, sample: str, content_type: str | None, as_json: bool) -> None:
+    """Show what a sample delivery would become, touching neither HubSpot, Slack nor the ledger.
+
+    Prints the normalised lead, the HubSpot properties it would write and the outcome;
+    exits 1 unless the lead would be delivered.
+
+    Example: leadbridge try typeform tests/fixtures/typeform/quote.json
+    """
+    from .sources import interpret_body
+
+    settings = _settings(config_file)
+    kits = load_sources(settings)
+    if source_name not in kits:
+        raise click.UsageError(f"no source named {source_name!r}; configured: {', '.join(kits)}")
+    body = Path(sample).read_bytes()
+    kind = content_type or ("application/json" if sample.endswith(".json") else "application/x-www-form-urlencoded")
+    try:
+        seen = interpret_body(kits[source_name], body, kind, settings.lead.default_region)
+    except IntakeError as exc:
+        click.echo(f"the relay would answer {exc.status}: {exc}", err=True)
+        raise SystemExit(1) from exc
+    outcome, reasons = _outcome(seen)
+    planned = build_crm(settings).planned(ContactWrite("try", seen.lead, None, seen.mapping.merge_policies()))
+    report = {
+        "lead": seen.lead.model_dump(mode="json", exclude_defaults=True),
+        "hubspot_properties": {prop: {"value": v, "merge": m} for prop, (v, m) in sorted(planned.items())},
+        "validation": {"outcome": outcome, "kind": seen.kind, "reasons": reasons, "problems": seen.result.problems},
+    }
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        click.echo("Normalised lead:")
+        for key, value in report["lead"].items():
+            click.echo(f"  {key}: {value}")
+        click.echo("HubSpot properties it would write:")
+        for prop, (value, merge) in sorted(planned.items()):
+            click.echo(f"  {prop} = {value!r}" + (f"  ({merge})" if merge != "overwrite" else ""))
+        click.echo(f"Outcome: {outcome}" + (f" ({'; '.join(reasons)})" if reasons else ""))
+        for problem in seen.result.problems:
+            click.echo(f"  problem: {problem}")
+    if outcome != "deliver":
+        raise SystemExit(1)
+
+
+def _outcome(seen: Interpretation) -> tuple[str, list[str]]:
+    """What the worker would do with it: the same screening order as the pipeline."""
+    if seen.kind == "partial":
+        return str(Status.PARTIAL), ["partial response: kept, not forwarded"]
+    if seen.spam:
+        return str(Status.SPAM), [seen.spam]
+    if not seen.result.reachable:
+        return str(Status.REJECTED), list(seen.result.problems)
+    if seen.kind == "test" or looks_like_test(seen.lead):
+        return str(Status.TEST), [looks_like_test(seen.lead) or "the sender marked it as a test"]
+    return "deliver", []
 
 
 @main.command()
@@ -96,6 +164,16 @@ def serve(config_file: str | None) -> None:
     """
     settings = _settings(config_file)
     raise SystemExit(_gunicorn(settings).wait())
+
+
+def unused_mappings(settings: Settings) -> list[str]:
+    """Mapping files next to the config (mappings/) or beside used ones that no source uses."""
+    used = {path.resolve() for spec in settings.sources for path in spec.mapping_paths().values()}
+    folders = {path.parent for path in used}
+    if settings.path is not None:
+        folders.add(settings.path.parent / "mappings")
+    found = {p.resolve() for folder in folders if folder.is_dir() for p in folder.glob("*.y*ml")}
+    return [f"{path.name}: no source uses this mapping" for path in sorted(found - used)]
 
 
 @main.command()

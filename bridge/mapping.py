@@ -14,11 +14,11 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import phonenumbers
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .config import validation_problems
 from .errors import ConfigError
@@ -110,6 +110,16 @@ def apply_transforms(value: Any, specs: list[str]) -> Any:
     return value
 
 
+def _canonical(name: str) -> str:
+    if name not in LEAD_FIELDS:
+        raise ValueError(f"unknown canonical field {name!r}; known: {', '.join(sorted(LEAD_FIELDS))}")
+    return name
+
+
+# A mapping key that must name a canonical lead field; each unknown one is its own error.
+CanonicalField = Annotated[str, AfterValidator(_canonical)]
+
+
 class FieldRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -155,7 +165,7 @@ class Mapping(BaseModel):
 
     source_type: str
     description: str = ""
-    fields: dict[str, FieldRule]
+    fields: dict[CanonicalField, FieldRule]
     # Extra CRM properties: property name -> rule.
     custom: dict[str, FieldRule] = Field(default_factory=dict)
     # Consent evidence (flags, privacy-policy version, IP, user agent): kept in the
@@ -168,14 +178,6 @@ class Mapping(BaseModel):
         # `email: email` is short for `email: {from: email}`.
         if isinstance(value, dict):
             return {k: {"from": v} if isinstance(v, (str, list)) else v for k, v in value.items()}
-        return value
-
-    @field_validator("fields")
-    @classmethod
-    def _known_fields(cls, value: dict[str, FieldRule]) -> dict[str, FieldRule]:
-        unknown = sorted(set(value) - LEAD_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown canonical field(s) {', '.join(unknown)}; known: {', '.join(sorted(LEAD_FIELDS))}")
         return value
 
     def apply(self, flat: dict[str, Any], payload: Any) -> dict[str, Any]:

@@ -103,6 +103,9 @@ class CRM(Protocol):
     def upsert_contacts(self, writes: Sequence[ContactWrite]) -> dict[str, ContactResult | DeliveryError]:
         """Create or update each contact; results by trace_id, a failure as its DeliveryError."""
 
+    def planned(self, write: ContactWrite) -> dict[str, tuple[str, str]]:
+        """The properties it would write, with their merge policies, without calling anyone."""
+
 
 class Notifier(Protocol):
     def notify(self, lead: Lead, contact: ContactResult | None, source: str, channel: str | None = None) -> Notice:

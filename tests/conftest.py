@@ -81,6 +81,15 @@ def example_config() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "config.example.yaml").read_text())
 
 
+def with_absolute_mappings(data: dict[str, Any]) -> dict[str, Any]:
+    """Mapping paths resolved against the repo, so the config can be written anywhere."""
+    for source in data["sources"]:
+        if "mapping" in source:
+            source["mapping"] = str(ROOT / source["mapping"])
+        source["forms"] = {key: str(ROOT / path) for key, path in source.get("forms", {}).items()}
+    return data
+
+
 @pytest.fixture
 def config_data(tmp_path: Path, sandbox: Sandbox) -> dict[str, Any]:
     """The example config, pointed at this test's sandbox and ledger, with fast retries."""
@@ -91,9 +100,7 @@ def config_data(tmp_path: Path, sandbox: Sandbox) -> dict[str, Any]:
     data["ledger"]["path"] = str(tmp_path / "ledger.db")
     data["retry"] = {"schedule_seconds": [0.05, 0.05, 0.05, 0.05], "jitter": 0}
     data["worker"].update(poll_seconds=0.05, person_busy_delay_seconds=0.05)
-    for source in data["sources"]:
-        source["mapping"] = str(ROOT / source["mapping"])
-    return data
+    return with_absolute_mappings(data)
 
 
 @pytest.fixture

@@ -31,13 +31,14 @@ def run(*args: str) -> Any:
 def test_check_config_passes_on_the_example() -> None:
     result = run("check-config", "--config", str(ROOT / "config.example.yaml"))
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("ok: ")
+    assert result.stdout.startswith("ok: ")
+    assert "warning" not in result.output  # every shipped mapping is used by the example
 
 
 def test_check_config_lists_every_problem_and_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SLACK_BOT_TOKEN")
     data = yaml.safe_load((ROOT / "config.example.yaml").read_text())
-    data["sources"][0]["mapping"] = str(ROOT / "mappings/typeform.yaml")
+    data["sources"] = [{**data["sources"][0], "mapping": str(ROOT / "mappings/typeform.yaml"), "forms": {}}]
     data["slack"]["chanel"] = "#typo"
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
     result = run("check-config", "--config", str(tmp_path / "c.yaml"))
@@ -82,3 +83,49 @@ def test_replay_misuse_exits_2(config: str) -> None:
 @pytest.mark.parametrize(("text", "expected"), [("90s", 910.0), ("15m", 100.0), ("2h", -6200.0), ("1970-01-01T00:00:10Z", 10.0)])
 def test_since_accepts_durations_and_times(text: str, expected: float) -> None:
     assert parse_since(text, now=1000.0) == expected
+
+
+def test_try_shows_lead_properties_and_outcome_and_touches_nothing(config: str, sandbox: Any, tmp_path: Path) -> None:
+    result = run("try", "typeform", str(ROOT / "tests/fixtures/typeform/quote.json"), "--config", config, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["validation"] == {"outcome": "deliver", "kind": "lead", "reasons": [], "problems": []}
+    assert report["lead"]["email"] == "jane.doe@acme-plumbing.com"
+    assert report["hubspot_properties"]["first_utm_source"] == {"value": "google", "merge": "set_if_empty"}
+    assert report["hubspot_properties"]["zip"] == {"value": "94107", "merge": "overwrite"}
+    assert sandbox.state()["requests"] == []
+    assert not (tmp_path / "ledger.db").exists()
+
+
+def test_try_names_why_a_lead_would_not_be_delivered(config: str, tmp_path: Path) -> None:
+    sample = json.loads((ROOT / "tests/fixtures/typeform/quote.json").read_text())
+    sample["form_response"]["answers"] = [
+        a for a in sample["form_response"]["answers"] if a["type"] not in ("email", "phone_number")
+    ]
+    (tmp_path / "nobody.json").write_text(json.dumps(sample))
+    result = run("try", "typeform", str(tmp_path / "nobody.json"), "--config", config)
+    assert result.exit_code == 1
+    assert "Outcome: rejected (no valid email or phone: nobody could call or write back)" in result.stdout
+    assert run("try", "nope", str(tmp_path / "nobody.json"), "--config", config).exit_code == 2
+
+
+def test_check_config_reports_mapping_problems(tmp_path: Path, config_data: dict[str, Any]) -> None:
+    (tmp_path / "mappings").mkdir()
+    (tmp_path / "mappings" / "bad.yaml").write_text(
+        "source_type: typeform\nfields:\n  emial: email\n  phone: {from: phone, transform: [phone_e165]}\n"
+    )
+    (tmp_path / "mappings" / "orphan.yaml").write_text("source_type: typeform\nfields:\n  email: email\n")
+    config_data["sources"][0]["mapping"] = "mappings/bad.yaml"
+    config_data["sources"][0]["forms"] = {}
+    config_data["sources"].append({"name": "second", "type": "typeform", "secret_env": "TYPEFORM_SECRET"})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config_data))
+    result = run("check-config", "--config", str(tmp_path / "c.yaml"))
+    assert result.exit_code == 1
+    assert "problem: sources.1: source 'second' has no mapping (set mapping or forms)" in result.output
+    config_data["sources"].pop()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config_data))
+    result = run("check-config", "--config", str(tmp_path / "c.yaml"))
+    assert result.exit_code == 1
+    assert "problem: bad.yaml: fields.emial.[key]: Value error, unknown canonical field 'emial'; known: city," in result.output
+    assert "problem: bad.yaml: fields.phone.transform: Value error, unknown transform 'phone_e165';" in result.output
+    assert "warning: orphan.yaml: no source uses this mapping" in result.output

@@ -95,7 +95,7 @@ def test_a_mapping_with_an_unknown_field_names_it(tmp_path: Path) -> None:
     bad.write_text("source_type: typeform\nfields:\n  emial: email\n")
     with pytest.raises(ConfigError) as caught:
         load_mapping(bad)
-    assert caught.value.problems[0].startswith("bad.yaml: fields: Value error, unknown canonical field(s) emial;")
+    assert caught.value.problems[0].startswith("bad.yaml: fields.emial.[key]: Value error, unknown canonical field 'emial';")
 
 
 def test_typeform_signature_matches_the_published_vector() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from .conftest import ROOT
+from .conftest import ROOT, with_absolute_mappings
 
 
 def free_port() -> int:
@@ -50,7 +50,7 @@ def test_make_run_starts_everything_and_the_readme_curl_makes_a_contact(tmp_path
     config = yaml.safe_load((ROOT / "config.example.yaml").read_text().replace(":8025", f":{sandbox}"))
     config["server"]["port"] = relay
     config["ledger"]["path"] = str(tmp_path / "ledger.db")
-    config["sources"][0]["mapping"] = str(ROOT / config["sources"][0]["mapping"])
+    with_absolute_mappings(config)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if k not in ("TYPEFORM_SECRET", "HUBSPOT_TOKEN", "SLACK_BOT_TOKEN")}
     # The same environment `make run` gives the relay.

@@ -9,11 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import requests
+from werkzeug.test import Client
 
+from bridge.app import create_app
+from bridge.config import settings_from_dict
 from bridge.ledger import Ledger, Status
 from bridge.worker import Worker
+from connectors.typeform import typeform_signature
 
-from .conftest import Sandbox, answer, post_typeform, typeform_payload
+from .conftest import ROOT, Sandbox, answer, post_typeform, typeform_payload
 
 
 def only_contact(sandbox: Sandbox) -> dict[str, Any]:
@@ -223,7 +228,7 @@ def test_a_lead_nobody_can_reach_is_rejected_without_any_crm_call(
         ("bad signature", lambda url: post_typeform(url, typeform_payload(), secret="wrong"), 401, "bad_signature"),
         (
             "no signature",
-            lambda url: __import__("requests").post(f"{url}/hooks/typeform", json=typeform_payload(), timeout=5),
+            lambda url: requests.post(f"{url}/hooks/typeform", json=typeform_payload(), timeout=5),
             401,
             "bad_signature",
         ),
@@ -232,7 +237,7 @@ def test_a_lead_nobody_can_reach_is_rejected_without_any_crm_call(
         ("oversized", lambda url: post_typeform(url, b" " * 262145), 413, "body_too_large"),
         (
             "unknown source",
-            lambda url: __import__("requests").post(f"{url}/hooks/nope", data=b"{}", timeout=5),
+            lambda url: requests.post(f"{url}/hooks/nope", data=b"{}", timeout=5),
             404,
             "unknown_source",
         ),
@@ -259,18 +264,9 @@ def test_a_source_without_its_secret_refuses_with_a_retriable_503(
 def test_rotated_secrets_are_both_accepted(
     config_data: dict[str, Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch, sandbox: Sandbox
 ) -> None:
-    from werkzeug.test import Client
-
-    from bridge.app import create_app
-    from bridge.config import settings_from_dict
-
-    from .conftest import ROOT
-
     monkeypatch.setenv("TYPEFORM_SECRET_NEXT", "the-new-one")
     config_data["sources"][0]["secret_env"] = ["TYPEFORM_SECRET", "TYPEFORM_SECRET_NEXT"]
     client = Client(create_app(settings_from_dict(config_data, ROOT)))
-    from connectors.typeform import typeform_signature
-
     for n, secret in enumerate(("tf-test-secret", "the-new-one", "neither")):
         body = json.dumps(typeform_payload(event_id=f"e{n}")).encode()
         response = client.post(
@@ -308,3 +304,22 @@ def test_logs_carry_no_secret_token_or_personal_data(
     assert "delivered" in logged and "rejected request" in logged
     for secret in ("tf-test-secret", "test-hubspot-token", "xoxb-test", "Jane", "Doe", "acme-plumbing", "415", "94107"):
         assert secret.lower() not in logged.lower(), secret
+
+
+def test_intake_rate_limits_per_client_and_never_touches_the_ledger(config_data: dict[str, Any], sandbox: Sandbox) -> None:
+    config_data["server"]["rate_limit"] = {"per_client_ip": 3, "per_source": 100}
+    settings = settings_from_dict(config_data, ROOT)
+    client = Client(create_app(settings))
+    statuses = []
+    for n in range(5):
+        body = json.dumps(typeform_payload(event_id=f"rl-{n}")).encode()
+        response = client.post(
+            "/hooks/typeform",
+            data=body,
+            content_type="application/json",
+            headers={"Typeform-Signature": typeform_signature("tf-test-secret", body)},
+        )
+        statuses.append(response.status_code)
+    assert statuses == [200, 200, 200, 429, 429]
+    assert response.headers["Retry-After"] == "20" and response.json["error"]["code"] == "rate_limited"
+    assert len(Ledger(settings.ledger.path).deliveries()) == 3
