@@ -86,6 +86,8 @@ LEADBRIDGE_CONTACT_PROPERTIES = (
     "lead_segment",
     "lead_score_rules",
     "budget",
+    "google_campaign_id",
+    "google_form_id",
 )
 # HubSpot returns these for a contact read or search that names no properties.
 CONTACT_DEFAULT_READ_PROPERTIES = (

@@ -28,7 +28,12 @@ from connectors.typeform import typeform_signature
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SECRET = "tf-test-secret"
-ENV = {"TYPEFORM_SECRET": SECRET, "HUBSPOT_TOKEN": "test-hubspot-token", "SLACK_BOT_TOKEN": "xoxb-test"}
+ENV = {
+    "TYPEFORM_SECRET": SECRET,
+    "GOOGLE_ADS_KEY": "test-google-key",
+    "HUBSPOT_TOKEN": "test-hubspot-token",
+    "SLACK_BOT_TOKEN": "xoxb-test",
+}
 
 
 class Sandbox:
@@ -117,7 +122,8 @@ def ledger(settings: Settings) -> Ledger:
 def intake(settings: Settings) -> Iterator[str]:
     """The intake app served over real HTTP; yields its base URL."""
     server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval makes shutdown quick; the default 0.5 s costs every test half a second.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()

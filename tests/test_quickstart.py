@@ -34,6 +34,11 @@ def makefile_run_command() -> str:
     return re.search(r"^run: install\n\t(.*)$", makefile, re.M).group(1)
 
 
+def makefile_sandbox_env() -> dict[str, str]:
+    line = re.search(r"^SANDBOX_ENV := (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    return dict(re.findall(r"(\w+)=\$\$\{\w+:-([^}]*)\}", line))
+
+
 def wait_for(url: str, deadline: float) -> None:
     while True:
         try:
@@ -46,15 +51,16 @@ def wait_for(url: str, deadline: float) -> None:
 
 def test_make_run_starts_everything_and_the_readme_curl_makes_a_contact(tmp_path: Path) -> None:
     assert "leadbridge run --sandbox --config config.example.yaml" in makefile_run_command()
+    assert makefile_sandbox_env()["TYPEFORM_SECRET"] == "dev-typeform-secret"  # the README's curl signs with it
     relay, sandbox = free_port(), free_port()
     config = yaml.safe_load((ROOT / "config.example.yaml").read_text().replace(":8025", f":{sandbox}"))
     config["server"]["port"] = relay
     config["ledger"]["path"] = str(tmp_path / "ledger.db")
     with_absolute_mappings(config)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k not in ("TYPEFORM_SECRET", "HUBSPOT_TOKEN", "SLACK_BOT_TOKEN")}
-    # The same environment `make run` gives the relay.
-    env.update(TYPEFORM_SECRET="dev-typeform-secret", HUBSPOT_TOKEN="sandbox-token", SLACK_BOT_TOKEN="xoxb-sandbox")
+    # The same environment `make run` gives the relay, read from the Makefile.
+    sandbox_env = makefile_sandbox_env()
+    env = {k: v for k, v in os.environ.items() if k not in sandbox_env} | sandbox_env
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", "run", "--sandbox", "--config", str(tmp_path / "config.yaml")],
         cwd=ROOT,
