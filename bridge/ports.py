@@ -75,6 +75,23 @@ def content_key(values: Mapping[str, Any], received_at: float, window_seconds: f
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """A contact as the CRM has it now: its id (None: no such contact yet) and some properties."""
+
+    contact_id: str | None
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Link:
+    """An association to create inline with a record (HubSpot type ids: hubspot.md §5)."""
+
+    to_type: str
+    to_id: str
+    type_id: int
+
+
+@dataclass(frozen=True)
 class ContactWrite:
     """One contact to create or update; ``trace_id`` (the delivery id) matches results to inputs."""
 
@@ -84,6 +101,10 @@ class ContactWrite:
     known_contact_id: str | None = None
     # Merge policy ("set_if_empty", "append") by canonical field or custom property; others overwrite.
     merge: Mapping[str, str] = field(default_factory=dict)
+    # What the CRM had, if the caller already looked (saves the connector a read).
+    current: Snapshot | None = None
+    # Properties decided by the relay itself (owner, score, routing reason), always written.
+    extra: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,6 +126,21 @@ class CRM(Protocol):
 
     def planned(self, write: ContactWrite) -> dict[str, tuple[str, str]]:
         """The properties it would write, with their merge policies, without calling anyone."""
+
+    def lookup_contact(self, write: ContactWrite, properties: Sequence[str]) -> Snapshot:
+        """Find the person's contact (known id, else email, else phone) and read some properties."""
+
+    def create_record(self, object_type: str, properties: Mapping[str, str], links: Sequence[Link]) -> str:
+        """Create a deal, lead, note or task with inline associations; returns its id."""
+
+    def owner_id_for_email(self, email: str) -> str | None:
+        """The CRM owner id (never a user id) for an email, or None."""
+
+    def owner_active(self, owner_id: str) -> bool:
+        """Whether this owner exists and is not archived."""
+
+    def record_url(self, object_type: str, record_id: str) -> str:
+        """A link a person can open."""
 
 
 class Notifier(Protocol):

@@ -15,13 +15,14 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import phonenumbers
 import urllib3
 from hubspot import HubSpot
+from hubspot.crm import objects, owners
 from hubspot.crm.contacts import (
     ApiException,
     BatchInputSimplePublicObjectBatchInputUpsert,
@@ -36,7 +37,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from bridge.config import HubSpotSettings
 from bridge.errors import DeliveryError, PermanentError, RetriableError
-from bridge.ports import ContactResult, ContactWrite
+from bridge.ports import ContactResult, ContactWrite, Link, Snapshot
 
 BATCH_LIMIT = 100
 OVERWRITE, SET_IF_EMPTY, APPEND = "overwrite", "set_if_empty", "append"
@@ -45,6 +46,9 @@ EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 RATE_LIMIT_WAIT = {"TEN_SECONDLY_ROLLING": 10.0, "SECONDLY": 1.0}
 RETRIABLE_STATUSES = {423, 429, 477, 500, 502, 503, 504, 521, 523, 524}
 T = TypeVar("T")
+# Each SDK module has its own exception class with no shared base (hubspot.md §12).
+API_ERRORS = (ApiException, objects.ApiException, owners.ApiException)
+OBJECT_TYPE_IDS = {"contacts": "0-1", "deals": "0-3", "notes": "0-46", "tasks": "0-27", "leads": "0-136"}
 
 
 class HubSpotCRM:
@@ -58,6 +62,9 @@ class HubSpotCRM:
         self._basic = contacts.basic_api
         self._batch = contacts.batch_api
         self._search = contacts.search_api
+        self._objects = client.crm.objects.basic_api
+        self._owners = client.crm.owners.owners_api
+        self._owner_ids: dict[str, str | None] = {}
 
     # -- the CRM interface --------------------------------------------------------
 
@@ -81,6 +88,61 @@ class HubSpotCRM:
                 results[write.trace_id] = exc
         return results
 
+    def lookup_contact(self, write: ContactWrite, properties: Sequence[str]) -> Snapshot:
+        names = sorted(set(properties))
+        if write.known_contact_id:
+            return Snapshot(write.known_contact_id, self._read(write.known_contact_id, names, by_email=False) or {})
+        if write.lead.email:
+            found = self._read(write.lead.email, names, by_email=True)
+            return Snapshot(found.pop("hs_object_id", None), found) if found is not None else Snapshot(None)
+        contact_id, props = self._find_by_phone(write.lead.phone, names)
+        return Snapshot(contact_id, props)
+
+    def create_record(self, object_type: str, properties: Mapping[str, str], links: Sequence[Link]) -> str:
+        associations = [
+            objects.PublicAssociationsForObject(
+                to=objects.PublicObjectId(id=link.to_id),
+                types=[objects.AssociationSpec(association_category="HUBSPOT_DEFINED", association_type_id=link.type_id)],
+            )
+            for link in links
+        ]
+        body = objects.SimplePublicObjectInputForCreate(properties=dict(properties), associations=associations)
+        try:
+            created = self._call(self._objects.create, object_type, body)
+        except objects.ApiException as exc:
+            raise self._translate(exc) from exc
+        return str(created.id)
+
+    def owner_id_for_email(self, email: str) -> str | None:
+        """Resolved once per process and cached (owners change rarely; a restart refreshes)."""
+        key = email.strip().lower()
+        if key not in self._owner_ids:
+            try:
+                page = self._call(self._owners.get_page, email=key, limit=1, archived=False)
+            except owners.ApiException as exc:
+                raise self._translate(exc) from exc
+            found = [o for o in page.results or [] if str(o.email or "").lower() == key]
+            self._owner_ids[key] = str(found[0].id) if found else None
+        return self._owner_ids[key]
+
+    def owner_active(self, owner_id: str) -> bool:
+        try:
+            owner = self._call(self._owners.get_by_id, owner_id, archived=False)
+        except owners.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise self._translate(exc) from exc
+        return not bool(owner.archived)
+
+    def record_url(self, object_type: str, record_id: str) -> str:
+        type_id = OBJECT_TYPE_IDS.get(object_type, object_type)
+        template = self.settings.contact_url
+        if object_type != "contacts":
+            template = template.replace("/0-1/", f"/{type_id}/").replace(
+                "/contacts/{contact_id}", f"/{object_type}/{{contact_id}}"
+            )
+        return template.format(portal_id=self.settings.portal_id, contact_id=record_id)
+
     def planned(self, write: ContactWrite) -> dict[str, tuple[str, str]]:
         """Contact property -> (value, merge policy) for a lead: mapped, non-empty values only."""
         lead, merge = write.lead, write.merge
@@ -103,12 +165,15 @@ class HubSpotCRM:
         """What to send, given what HubSpot has where a merge policy needs to know."""
         planned = self.planned(write)
         careful = sorted(p for p, (_, merge) in planned.items() if merge != OVERWRITE)
-        contact_id, current = write.known_contact_id, dict[str, str]()
-        if not contact_id and not write.lead.email:
-            contact_id, current = self._find_by_phone(write.lead.phone, careful)
-        elif careful:
-            current = self._read(contact_id or str(write.lead.email), careful, by_email=contact_id is None)
-        return Plan(merged(planned, current), contact_id)
+        snapshot = write.current
+        if snapshot is None and (careful or not (write.known_contact_id or write.lead.email)):
+            snapshot = self.lookup_contact(write, careful)
+        contact_id = write.known_contact_id or (snapshot.contact_id if snapshot else None)
+        props = merged(planned, snapshot.properties if snapshot else {})
+        props.update(write.extra)
+        if contact_id is None and write.lead.email:
+            return Plan(props, None)  # upsert by email
+        return Plan(props, contact_id)
 
     def _upsert_by_email(self, writes: list[ContactWrite], plans: dict[str, Plan]) -> dict[str, ContactResult | DeliveryError]:
         inputs = [
@@ -202,15 +267,17 @@ class HubSpotCRM:
         hit = found.results[0]
         return str(hit.id), {k: v for k, v in (hit.properties or {}).items() if v is not None}
 
-    def _read(self, contact: str, names: list[str], *, by_email: bool) -> dict[str, str]:
-        """Current values of some properties; {} for a contact HubSpot does not have yet."""
+    def _read(self, contact: str, names: list[str], *, by_email: bool) -> dict[str, str] | None:
+        """Current values of some properties (and hs_object_id); None when HubSpot has no such contact."""
         try:
             found = self._call(self._basic.get_by_id, contact, properties=names, id_property="email" if by_email else None)
         except ApiException as exc:
             if exc.status == 404:
-                return {}
+                return None
             raise self._translate(exc) from exc
-        return {k: v for k, v in (found.properties or {}).items() if v is not None}
+        props = {k: v for k, v in (found.properties or {}).items() if v is not None}
+        props["hs_object_id"] = str(found.id)
+        return props
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -236,7 +303,7 @@ class HubSpotCRM:
             raise RetriableError(f"HubSpot unreachable ({type(exc).__name__})") from exc
 
     @staticmethod
-    def _translate(exc: ApiException) -> DeliveryError:
+    def _translate(exc: Any) -> DeliveryError:
         body = _body(exc)
         message = body.get("message") or exc.reason or "no message"
         status = exc.status or 0
@@ -271,12 +338,12 @@ def merged(planned: dict[str, tuple[str, str]], current: dict[str, str]) -> dict
 
 
 def _is_blip(exc: BaseException) -> bool:
-    if isinstance(exc, ApiException):
+    if isinstance(exc, API_ERRORS):
         return (exc.status or 0) >= 500
     return isinstance(exc, urllib3.exceptions.HTTPError)
 
 
-def _body(exc: ApiException) -> dict[str, Any]:
+def _body(exc: Any) -> dict[str, Any]:
     raw = exc.body
     try:
         data = json.loads(raw.decode() if isinstance(raw, bytes) else raw or "{}")

@@ -115,6 +115,7 @@ def test_check_config_reports_mapping_problems(tmp_path: Path, config_data: dict
         "source_type: typeform\nfields:\n  emial: email\n  phone: {from: phone, transform: [phone_e165]}\n"
     )
     (tmp_path / "mappings" / "orphan.yaml").write_text("source_type: typeform\nfields:\n  email: email\n")
+    config_data["sources"] = config_data["sources"][:1]
     config_data["sources"][0]["mapping"] = "mappings/bad.yaml"
     config_data["sources"][0]["forms"] = {}
     config_data["sources"].append({"name": "second", "type": "typeform", "secret_env": "TYPEFORM_SECRET"})
