@@ -74,6 +74,19 @@ def content_key(values: Mapping[str, Any], received_at: float, window_seconds: f
     return f"content:{digest}:{int(received_at // window_seconds)}"
 
 
+def key_aliases(key: str) -> list[str]:
+    """Other keys the same submission may have been stored under.
+
+    A content key's time bucket has edges: a double click just across one must still be
+    caught, so the previous bucket's key counts as the same submission.
+    """
+    kind, _, rest = key.partition(":")
+    digest, _, bucket = rest.rpartition(":")
+    if kind != "content" or not bucket.isdigit():
+        return []
+    return [f"content:{digest}:{int(bucket) - 1}"]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A contact as the CRM has it now: its id (None: no such contact yet) and some properties."""
@@ -115,6 +128,26 @@ class ContactResult:
 
 
 @dataclass(frozen=True)
+class Alert:
+    """Everything a notifier needs for one lead message."""
+
+    lead: Lead
+    source: str
+    # None: a test lead that never reached the CRM.
+    contact: ContactResult | None = None
+    # None: the notifier's default channel.
+    channel: str | None = None
+    deal_url: str | None = None
+    # Chat user id of the owner to mention, and the owner's display name.
+    mention: str | None = None
+    owner_name: str | None = None
+    # A short prefix such as "HOT lead" or "Unassigned lead (triage)".
+    headline: str | None = None
+    # Why: score rules, routing reason. No personal data beyond the lead's own fields.
+    details: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Notice:
     channel: str
     ts: str
@@ -144,9 +177,14 @@ class CRM(Protocol):
 
 
 class Notifier(Protocol):
-    def notify(self, lead: Lead, contact: ContactResult | None, source: str, channel: str | None = None) -> Notice:
-        """Send one message about a lead (contact None: a test lead that never reached the CRM)
-        to ``channel`` or the default one; raise DeliveryError on failure."""
+    def notify(self, alert: Alert) -> Notice:
+        """Send one message about a lead; raise DeliveryError on failure (ThrottledError: not yet)."""
+
+    def post_digest(self, channel: str, title: str, lines: Sequence[str]) -> Notice:
+        """Send one summary message covering many leads."""
+
+    def user_id_for_email(self, email: str) -> str | None:
+        """The chat user id for an email (cached), or None."""
 
 
 def load(spec: str) -> Any:
