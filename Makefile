@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Harmless values for the local sandbox; real deployments set real secrets in the environment.
-SANDBOX_ENV := TYPEFORM_SECRET=$${TYPEFORM_SECRET:-dev-typeform-secret} GOOGLE_ADS_KEY=$${GOOGLE_ADS_KEY:-configured-secret-7f3c2a} HUBSPOT_TOKEN=$${HUBSPOT_TOKEN:-sandbox-token} SLACK_BOT_TOKEN=$${SLACK_BOT_TOKEN:-xoxb-sandbox}
+SANDBOX_ENV := TYPEFORM_SECRET=$${TYPEFORM_SECRET:-dev-typeform-secret} GOOGLE_ADS_KEY=$${GOOGLE_ADS_KEY:-configured-secret-7f3c2a} WORDPRESS_SECRET=$${WORDPRESS_SECRET:-dev-wordpress-secret} HUBSPOT_TOKEN=$${HUBSPOT_TOKEN:-sandbox-token} SLACK_BOT_TOKEN=$${SLACK_BOT_TOKEN:-xoxb-sandbox}
 
 .PHONY: install run test lint bench clean
 

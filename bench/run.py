@@ -153,7 +153,9 @@ def report(url: str, data: dict) -> None:
     median = statistics.median(latencies)
     worst = max(latencies)
     ratio = median / 5000
-    print(f"end to end (200 -> Slack message) n=20: p50 {median:.0f} ms  max {worst:.0f} ms  (p50 / 5000 ms target = {ratio:.3f})")
+    print(
+        f"end to end (200 -> Slack message) n=20: p50 {median:.0f} ms  max {worst:.0f} ms  (p50 / 5000 ms target = {ratio:.3f})"
+    )
 
 
 if __name__ == "__main__":

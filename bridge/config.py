@@ -10,20 +10,19 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .model import Model
+from .routing import RoutingSettings
+from .scoring import ScoringSettings
 
 CONFIG_ENV = "LEADBRIDGE_CONFIG"
 DEFAULT_CONFIG = "config.yaml"
 EXAMPLE_CONFIG = "config.example.yaml"
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class RateLimitSettings(Model):
@@ -104,6 +103,8 @@ class SlackSettings(Model):
     token_env: str = "SLACK_BOT_TOKEN"
     channel: str = "#leads"
     timeout_seconds: float = Field(10.0, gt=0)
+    # Slack allows about one message per second per channel.
+    min_seconds_between_posts: float = Field(1.0, ge=0)
 
     @field_validator("base_url")
     @classmethod
@@ -129,6 +130,33 @@ class RetrySettings(Model):
     jitter: float = Field(0.2, ge=0, le=1)
 
 
+class DealSettings(Model):
+    """What a delivered lead opens in the sales pipeline."""
+
+    # "deal", HubSpot's "lead" object (portals that have it), or "none".
+    object: Literal["deal", "lead", "none"] = "deal"
+    pipeline: str = "default"
+    stage: str = "appointmentscheduled"
+    # Placeholders are lead fields ({service}, {last_name}, {city}, {name}...); empty ones drop out.
+    name_template: str = "{service} — {last_name}, {city}"
+    # A lead field or custom property holding a budget ("$10k-$50k" gives 10000).
+    amount_field: str = "budget"
+
+
+class TaskSettings(Model):
+    enabled: bool = True
+    subject_template: str = "Call {name} — {service}"
+    type: Literal["CALL", "EMAIL", "TODO"] = "CALL"
+
+
+class DigestSettings(Model):
+    """When each channel's digest of cold leads goes out (once a day)."""
+
+    time: str = Field("17:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    timezone: str = "UTC"
+    title: str = "Leads today, no rush"
+
+
 class SourceSettings(Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     type: str
@@ -144,6 +172,8 @@ class SourceSettings(Model):
     honeypot: list[str] = Field(default_factory=list)
     # Slack channel for the vendor's test leads (Google "send test data"); unset: record only.
     test_channel: str | None = None
+    # Overrides the top-level `deals:` for this source.
+    deal: DealSettings | None = None
 
     @field_validator("type")
     @classmethod
@@ -178,6 +208,11 @@ class Settings(Model):
     slack: SlackSettings = Field(default_factory=SlackSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    deals: DealSettings = Field(default_factory=DealSettings)
+    tasks: TaskSettings = Field(default_factory=TaskSettings)
+    digest: DigestSettings = Field(default_factory=DigestSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     sources: list[SourceSettings] = Field(default_factory=list)
     # Set by load_settings: where the file was and a hash of it and its mappings.
     path: Path | None = None

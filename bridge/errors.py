@@ -79,5 +79,9 @@ class RetriableError(DeliveryError):
         self.retry_after = retry_after
 
 
+class ThrottledError(RetriableError):
+    """Our own client-side limit (e.g. one Slack message per second per channel) says wait."""
+
+
 class PermanentError(DeliveryError):
     """Retrying cannot help: the delivery goes to ``dead`` with this message."""

@@ -173,6 +173,59 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX person_keys_key ON person_keys (key)")
 
 
+@migrations()
+def m002_sales_memory(db: sqlite_utils.Database) -> None:
+    """What routing, deals and digests must remember across deliveries and restarts."""
+    # How many leads each pool member was given: the weighted round robin's memory.
+    db.execute(
+        """
+        CREATE TABLE pool_assignments (
+            pool TEXT NOT NULL,
+            member TEXT NOT NULL,
+            assigned INTEGER NOT NULL DEFAULT 0,
+            last_delivery_id TEXT,
+            PRIMARY KEY (pool, member)
+        )"""
+    )
+    # Deals (or HubSpot leads) leadbridge created, so a returning person gets a note, not a second deal.
+    db.execute(
+        """
+        CREATE TABLE deals (
+            contact_id TEXT NOT NULL,
+            object_type TEXT NOT NULL,
+            record_id TEXT NOT NULL,
+            delivery_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            closed_at REAL,
+            PRIMARY KEY (object_type, record_id)
+        )"""
+    )
+    db.execute("CREATE INDEX deals_contact ON deals (contact_id, object_type)")
+    # Cold leads waiting for their channel's daily digest, and the digests sent (one per channel and day).
+    db.execute(
+        """
+        CREATE TABLE digest_items (
+            delivery_id TEXT PRIMARY KEY REFERENCES deliveries(id),
+            channel TEXT NOT NULL,
+            line TEXT NOT NULL,
+            queued_at REAL NOT NULL,
+            digest_id INTEGER REFERENCES digests(id)
+        )"""
+    )
+    db.execute(
+        """
+        CREATE TABLE digests (
+            id INTEGER PRIMARY KEY,
+            channel TEXT NOT NULL,
+            day TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('sending', 'sent')),
+            started_at REAL NOT NULL,
+            ts TEXT,
+            UNIQUE (channel, day)
+        )"""
+    )
+
+
 class Ledger:
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
@@ -222,13 +275,21 @@ class Ledger:
         headers: dict[str, str],
         config_version: str,
         person_keys: Sequence[str] = (),
+        aliases: Sequence[str] = (),
         now: float | None = None,
     ) -> tuple[str, bool]:
-        """Record a delivery once; returns (delivery id, whether this call created it)."""
+        """Record a delivery once; returns (delivery id, whether this call created it).
+
+        ``aliases`` are other keys under which the same submission counts as already stored.
+        """
         now = time.time() if now is None else now
         new_id = "dlv_" + uuid.uuid4().hex[:20]
+        keys = [idem_key, *aliases]
+        marks = ",".join("?" * len(keys))
         with self._write() as conn:
-            existing = conn.execute("SELECT id FROM deliveries WHERE source = ? AND idem_key = ?", (source, idem_key)).fetchone()
+            existing = conn.execute(
+                f"SELECT id FROM deliveries WHERE source = ? AND idem_key IN ({marks}) ORDER BY rowid LIMIT 1", (source, *keys)
+            ).fetchone()
             if existing:
                 return existing[0], False
             conn.execute(
@@ -390,11 +451,15 @@ class Ledger:
             )
             self._event(conn, delivery_id, step, "retrying", f"{error} (next attempt in {at - now:.0f}s)", now)
 
-    def defer(self, delivery_id: str, owner: str, at: float, why: str, now: float | None = None) -> None:
-        """Put a claimed delivery back untouched, without counting an attempt."""
+    def defer(
+        self, delivery_id: str, owner: str, at: float, why: str, *, refund_attempt: bool = False, now: float | None = None
+    ) -> None:
+        """Put a claimed delivery back without counting an attempt (refund one already begun)."""
         now = time.time() if now is None else now
         with self._write() as conn:
             self._check_lease(conn, delivery_id, owner, now)
+            if refund_attempt:
+                conn.execute("UPDATE deliveries SET attempts = max(attempts - 1, 0) WHERE id = ?", (delivery_id,))
             attempts = conn.execute("SELECT attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
             conn.execute(
                 """UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL,
@@ -440,6 +505,114 @@ class Ledger:
                     "INSERT OR REPLACE INTO identities (kind, value, contact_id, updated_at) VALUES (?, ?, ?, ?)",
                     (kind, value, contact_id, now),
                 )
+
+    # -- sales memory -------------------------------------------------------------
+
+    def assigned_counts(self, pool: str) -> dict[str, int]:
+        rows = self.db.execute("SELECT member, assigned FROM pool_assignments WHERE pool = ?", (pool,)).fetchall()
+        return {member: int(n) for member, n in rows}
+
+    def record_assignment(self, pool: str, member: str, delivery_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                """INSERT INTO pool_assignments (pool, member, assigned, last_delivery_id) VALUES (?, ?, 1, ?)
+                   ON CONFLICT (pool, member)
+                   DO UPDATE SET assigned = assigned + 1, last_delivery_id = excluded.last_delivery_id""",
+                (pool, member, delivery_id),
+            )
+
+    def raise_count(self, pool: str, member: str, count: int) -> None:
+        """Start a newly added pool member at the pool's fair share, so they are not flooded."""
+        with self._write() as conn:
+            conn.execute(
+                """INSERT INTO pool_assignments (pool, member, assigned) VALUES (?, ?, ?)
+                   ON CONFLICT (pool, member) DO UPDATE SET assigned = max(assigned, excluded.assigned)""",
+                (pool, member, count),
+            )
+
+    def open_deal(self, contact_id: str, object_type: str) -> str | None:
+        """The newest open deal (or lead) leadbridge created for this contact."""
+        row = self.db.execute(
+            """SELECT record_id FROM deals WHERE contact_id = ? AND object_type = ? AND closed_at IS NULL
+               ORDER BY created_at DESC LIMIT 1""",
+            (contact_id, object_type),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def remember_deal(
+        self, contact_id: str, object_type: str, record_id: str, delivery_id: str, now: float | None = None
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                """INSERT OR IGNORE INTO deals (contact_id, object_type, record_id, delivery_id, created_at)
+                   VALUES (?, ?, ?, ?, ?)""",
+                (contact_id, object_type, record_id, delivery_id, time.time() if now is None else now),
+            )
+
+    def close_deal(self, object_type: str, record_id: str, now: float | None = None) -> None:
+        """Mark a deal closed (won or lost): the person's next inquiry opens a new one."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE deals SET closed_at = ? WHERE object_type = ? AND record_id = ?",
+                (time.time() if now is None else now, object_type, record_id),
+            )
+
+    def previous_delivery_at(self, delivery_id: str) -> float | None:
+        """When this person's previous delivered lead arrived (for 'returning within N days')."""
+        row = self.db.execute(
+            f"""SELECT max(other.received_at) FROM person_keys AS mine
+                JOIN person_keys AS theirs ON theirs.key = mine.key AND theirs.delivery_id != mine.delivery_id
+                JOIN deliveries AS other ON other.id = theirs.delivery_id
+                JOIN deliveries AS d ON d.id = mine.delivery_id
+                WHERE mine.delivery_id = ? AND other.rowid < d.rowid AND other.status = '{Status.DELIVERED}'""",
+            (delivery_id,),
+        ).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
+    def queue_digest(self, delivery_id: str, channel: str, line: str, now: float | None = None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO digest_items (delivery_id, channel, line, queued_at) VALUES (?, ?, ?, ?)",
+                (delivery_id, channel, line, time.time() if now is None else now),
+            )
+
+    def digest_channels_waiting(self) -> list[str]:
+        rows = self.db.execute("SELECT DISTINCT channel FROM digest_items WHERE digest_id IS NULL ORDER BY channel").fetchall()
+        return [str(r[0]) for r in rows]
+
+    def start_digest(self, channel: str, day: str, now: float | None = None) -> tuple[int, list[str]] | None:
+        """Claim the one digest of this channel and day, with the lines it covers; None if already claimed.
+
+        The claim is written before anything is posted, so a restart never sends a day's
+        digest twice (a crash between claim and post loses that digest instead; it shows
+        as status 'sending' in the ledger).
+        """
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM digests WHERE channel = ? AND day = ?", (channel, day)).fetchone():
+                return None
+            cursor = conn.execute(
+                "INSERT INTO digests (channel, day, status, started_at) VALUES (?, ?, 'sending', ?)", (channel, day, now)
+            )
+            digest_id = int(cursor.lastrowid or 0)
+            conn.execute("UPDATE digest_items SET digest_id = ? WHERE channel = ? AND digest_id IS NULL", (digest_id, channel))
+            lines = [
+                r[0] for r in conn.execute("SELECT line FROM digest_items WHERE digest_id = ? ORDER BY queued_at", (digest_id,))
+            ]
+        return digest_id, lines
+
+    def abandon_digest(self, digest_id: int) -> None:
+        """The post failed: release the claim and its leads so a later loop sends them."""
+        with self._write() as conn:
+            conn.execute("UPDATE digest_items SET digest_id = NULL WHERE digest_id = ?", (digest_id,))
+            conn.execute("DELETE FROM digests WHERE id = ? AND status = 'sending'", (digest_id,))
+
+    def finish_digest(self, digest_id: int, ts: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE digests SET status = 'sent', ts = ? WHERE id = ?", (ts, digest_id))
+
+    def digests(self) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT id, channel, day, status, ts FROM digests ORDER BY id"))
 
     # -- reading ------------------------------------------------------------------
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
 
 from .config import Settings
-from .errors import DeliveryError, IntakeError, RetriableError
+from .errors import DeliveryError, IntakeError, RetriableError, ThrottledError
 from .lead import looks_like_test
 from .ledger import Delivery, LeaseLostError, Ledger, Status
-from .ports import CRM, ContactResult, ContactWrite, Notifier, build_crm, build_notifier
+from .ports import CRM, Alert, Notifier, build_crm, build_notifier
 from .retry import next_attempt_at
+from .sales import Run, Sales
 from .sources import Interpretation, interpret_body, load_sources
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class Pipeline:
         self.kits = load_sources(settings)
         self.crm = crm or build_crm(settings)
         self.notifier = notifier or build_notifier(settings)
+        self.sales = Sales(settings, ledger, self.crm, self.notifier)
 
     def process(self, delivery: Delivery, owner: str) -> str:
         """Run one claimed delivery as far as it can go; returns its outcome."""
@@ -76,30 +77,31 @@ class Pipeline:
         test = seen.kind == "test" or looks_like_test(lead)
         step = "notify" if test else "contact"
         try:
-            done = ledger.steps(delivery.id)
-            contact = None if test else self._contact(delivery, owner, seen, done)
-            step = "notify"
-            channel = kit.spec.test_channel if test else None
-            if "notify" not in done and (channel or not test):
-                ledger.renew(delivery.id, owner, self.settings.worker.lease_seconds)
-                notice = self.notifier.notify(lead, contact, delivery.source, channel)
-                ledger.record_step(
-                    delivery.id, owner, "notify", {"channel": notice.channel, "ts": notice.ts}, f"posted to {notice.channel}"
-                )
+            run = Run(delivery, owner, seen, ledger.steps(delivery.id))
+            if test:
+                self._notify_test(run, kit.spec.test_channel)
+            else:
+                contact = self.sales.deliver(run)
         except LeaseLostError:
             raise
         except DeliveryError as exc:
-            return self._failed(delivery, owner, attempt, step, exc)
+            return self._failed(delivery, owner, attempt, exc.step or step, exc)
         except Exception as exc:  # a bug or an untranslated vendor error: keep the lead, retry later
-            log.exception("delivery %s: unexpected error in %s", delivery.id, step)
+            log.exception("delivery %s: unexpected error", delivery.id)
             return self._failed(delivery, owner, attempt, step, RetriableError(f"unexpected {type(exc).__name__}"))
         if test:
             why = "the sender marked it as a test" if seen.kind == "test" else f"looks like test data ({looks_like_test(lead)})"
             ledger.finish(delivery.id, owner, Status.TEST, f"{why}; not sent to the CRM or to reps", "finish")
             return Status.TEST
         ledger.finish(delivery.id, owner, Status.DELIVERED, None, "finish")
-        log.info("delivery %s delivered (contact %s)", delivery.id, contact.contact_id if contact else "-")
+        log.info("delivery %s delivered (contact %s)", delivery.id, contact.contact_id)
         return Status.DELIVERED
+
+    def _notify_test(self, run: Run, channel: str | None) -> None:
+        """A test lead reaches nobody but the source's test channel, if it has one."""
+        if channel and "notify" not in run.done:
+            notice = self.notifier.notify(Alert(lead=run.seen.lead, source=run.delivery.source, channel=channel))
+            self.ledger.record_step(run.lead_id, run.owner, "notify", {"channel": notice.channel, "ts": notice.ts})
 
     def _screen(self, delivery: Delivery, owner: str, seen: Interpretation) -> str | None:
         """End deliveries that must not reach the CRM: partial forms, spam, nobody to call."""
@@ -116,22 +118,11 @@ class Pipeline:
         log.info("delivery %s %s: %s", delivery.id, outcome, reason)
         return outcome
 
-    def _contact(self, delivery: Delivery, owner: str, seen: Interpretation, done: dict[str, dict[str, Any]]) -> ContactResult:
-        if "contact" in done:
-            return ContactResult(**done["contact"])
-        self.ledger.renew(delivery.id, owner, self.settings.worker.lease_seconds)
-        lead, merge = seen.lead, {name: str(policy) for name, policy in seen.mapping.merge_policies().items()}
-        known = self.ledger.contact_for(lead.identity_key) if lead.identity_key else None
-        write = ContactWrite(delivery.id, lead, known, merge)
-        outcome = self.crm.upsert_contacts([write])[delivery.id]
-        if isinstance(outcome, DeliveryError):
-            raise outcome
-        self.ledger.remember_contact(lead.person_keys(), outcome.contact_id)
-        verb = "created" if outcome.created else "updated"
-        self.ledger.record_step(delivery.id, owner, "contact", outcome.__dict__, f"{verb} contact {outcome.contact_id}")
-        return outcome
-
     def _failed(self, delivery: Delivery, owner: str, attempt: int, step: str, exc: DeliveryError) -> str:
+        if isinstance(exc, ThrottledError):
+            # Our own pacing, not a failure: back in the queue shortly, the attempt given back.
+            self.ledger.defer(delivery.id, owner, time.time() + (exc.retry_after or 1.0), str(exc), refund_attempt=True)
+            return "deferred"
         message = f"{step}: {exc}"
         if isinstance(exc, RetriableError):
             at = next_attempt_at(attempt, time.time(), self.settings.retry, retry_after=exc.retry_after)

@@ -15,8 +15,10 @@ import threading
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
 
 from .config import Settings
+from .digest import send_due_digests
 from .ledger import Delivery, Ledger
 from .pipeline import Pipeline
 
@@ -45,12 +47,19 @@ class Worker:
                 free = cfg.concurrency - len(running)
                 claimed = self.ledger.claim(self.owner, min(free, cfg.claim_batch), cfg.lease_seconds) if free else []
                 running |= {pool.submit(self._process_one, d) for d in claimed}
+                self._digests()
                 if running:
                     running = set(wait(running, timeout=cfg.poll_seconds, return_when=FIRST_COMPLETED).not_done)
                 if not claimed:
                     self.stopping.wait(cfg.poll_seconds)
             wait(running)
         log.info("worker %s stopped", self.owner)
+
+    def _digests(self) -> None:
+        try:
+            send_due_digests(self.settings.digest, self.ledger, self.pipeline.notifier, datetime.now(UTC))
+        except Exception:
+            log.exception("digest run failed; will try again")
 
     def stop(self) -> None:
         self.stopping.set()

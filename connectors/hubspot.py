@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ from bridge.errors import DeliveryError, PermanentError, RetriableError
 from bridge.ports import ContactResult, ContactWrite, Link, Snapshot
 
 BATCH_LIMIT = 100
+OWNER_CACHE_SECONDS = 300
 OVERWRITE, SET_IF_EMPTY, APPEND = "overwrite", "set_if_empty", "append"
 EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 # 429 policies (hubspot.md §4): the ten-second burst window vs the search API's per-second limit.
@@ -65,6 +67,7 @@ class HubSpotCRM:
         self._objects = client.crm.objects.basic_api
         self._owners = client.crm.owners.owners_api
         self._owner_ids: dict[str, str | None] = {}
+        self._owner_active: dict[str, tuple[bool, float]] = {}
 
     # -- the CRM interface --------------------------------------------------------
 
@@ -126,13 +129,19 @@ class HubSpotCRM:
         return self._owner_ids[key]
 
     def owner_active(self, owner_id: str) -> bool:
+        """Cached for a few minutes: routing asks for every lead, and owners rarely change."""
+        cached = self._owner_active.get(owner_id)
+        if cached and time.monotonic() - cached[1] < OWNER_CACHE_SECONDS:
+            return cached[0]
         try:
             owner = self._call(self._owners.get_by_id, owner_id, archived=False)
+            active = not bool(owner.archived)
         except owners.ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise self._translate(exc) from exc
-        return not bool(owner.archived)
+            if exc.status != 404:
+                raise self._translate(exc) from exc
+            active = False
+        self._owner_active[owner_id] = (active, time.monotonic())
+        return active
 
     def record_url(self, object_type: str, record_id: str) -> str:
         type_id = OBJECT_TYPE_IDS.get(object_type, object_type)

@@ -1,16 +1,22 @@
-"""Slack through ``slack_sdk.WebClient``: one Block Kit message per delivered lead.
+"""Slack through ``slack_sdk.WebClient``: one Block Kit message per lead, and daily digests.
 
 The message has what a rep needs to call back at once: name, phone as a ``tel:`` link,
-email, service, location, source and campaign, and a link to the HubSpot contact, with
-a plain-text fallback. Lead text is escaped, so a form cannot inject ``<!channel>`` or a
-fake link. A 429 becomes a RetriableError carrying Slack's Retry-After, so the ledger
-reschedules only this step instead of blocking a worker thread in a sleep.
+email, service, location, source and campaign, links to the HubSpot contact and deal,
+and the owner mentioned, with a plain-text fallback. Lead text is escaped, so a form
+cannot inject ``<!channel>`` or a fake link, and clipped to Block Kit's limits.
+Posting is paced to one message per second per channel (Slack's posting limit): a post
+that comes too soon raises ThrottledError and the ledger puts the delivery back for a
+moment, so one busy channel never holds a worker thread or delays the others. A 429
+becomes a RetriableError carrying Slack's Retry-After.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import phonenumbers
@@ -18,13 +24,14 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bridge.config import SlackSettings
-from bridge.errors import PermanentError, RetriableError
-from bridge.lead import Lead
-from bridge.ports import ContactResult, Notice
+from bridge.errors import PermanentError, RetriableError, ThrottledError
+from bridge.ports import Alert, Notice
 
 # Errors that retrying may fix; anything else (bad channel, bad token) needs a person.
 TRANSIENT = {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
-SECTION_LIMIT = 3000
+# Block Kit limits (sources.md §4.2).
+SECTION_LIMIT, HEADER_LIMIT, MAX_FIELDS, MAX_BLOCKS = 3000, 150, 10, 50
+CUT = "… (cut; full text in HubSpot)"
 
 
 class SlackNotifier:
@@ -39,55 +46,130 @@ class SlackNotifier:
             timeout=int(settings.timeout_seconds),
             logger=quiet,
         )
+        self._last_post: dict[str, float] = {}
+        self._pace = threading.Lock()
+        self._users: dict[str, str | None] = {}
 
-    def notify(self, lead: Lead, contact: ContactResult | None, source: str, channel: str | None = None) -> Notice:
-        message = lead_message(lead, contact, source)
-        channel = channel or self.settings.channel
+    def notify(self, alert: Alert) -> Notice:
+        channel = alert.channel or self.settings.channel
+        return self._post(channel, lead_message(alert))
+
+    def post_digest(self, channel: str, title: str, lines: Sequence[str]) -> Notice:
+        return self._post(channel, digest_message(title, lines))
+
+    def user_id_for_email(self, email: str) -> str | None:
+        """users.lookupByEmail, cached per process including misses (Tier 3: ~50 a minute)."""
+        key = email.strip().lower()
+        if key not in self._users:
+            try:
+                response = self.client.users_lookupByEmail(email=key)
+                user = response.get("user") or {}
+                self._users[key] = None if user.get("deleted") else str(user.get("id") or "") or None
+            except SlackApiError as exc:
+                if exc.response.get("error") not in ("users_not_found", "user_not_found"):
+                    raise _translate(exc) from exc
+                self._users[key] = None
+        return self._users[key]
+
+    def _post(self, channel: str, message: dict[str, Any]) -> Notice:
+        self._take_turn(channel)
         try:
             response = self.client.chat_postMessage(channel=channel, unfurl_links=False, **message)
         except SlackApiError as exc:
-            status = exc.response.status_code
-            error = str(exc.response.get("error", "")) if isinstance(exc.response.data, dict) else ""
-            if status == 429 or status >= 500 or error in TRANSIENT:
-                retry_after = float(exc.response.headers.get("Retry-After", 1) or 1)
-                raise RetriableError(f"Slack {status} {error}".strip(), retry_after=retry_after) from exc
-            raise PermanentError(f"Slack {status} {error}".strip()) from exc
+            raise _translate(exc) from exc
         except (SlackClientError, OSError) as exc:
             raise RetriableError(f"Slack unreachable ({type(exc).__name__})") from exc
         return Notice(channel=str(response.get("channel") or channel), ts=str(response["ts"]))
 
+    def _take_turn(self, channel: str) -> None:
+        gap = self.settings.min_seconds_between_posts
+        with self._pace:
+            now = time.monotonic()
+            wait = self._last_post.get(channel, -gap) + gap - now
+            if wait > 0:
+                raise ThrottledError(f"Slack channel {channel} paced", retry_after=wait)
+            self._last_post[channel] = now
 
-def lead_message(lead: Lead, contact: ContactResult | None, source: str) -> dict[str, Any]:
+
+def _translate(exc: SlackApiError) -> RetriableError | PermanentError:
+    status = exc.response.status_code
+    error = str(exc.response.get("error", "")) if isinstance(exc.response.data, dict) else ""
+    if status == 429 or status >= 500 or error in TRANSIENT:
+        retry_after = float(exc.response.headers.get("Retry-After", 1) or 1)
+        return RetriableError(f"Slack {status} {error}".strip(), retry_after=retry_after)
+    return PermanentError(f"Slack {status} {error}".strip())
+
+
+def lead_message(alert: Alert) -> dict[str, Any]:
     """chat.postMessage arguments (text fallback and blocks) for one lead."""
-    name = lead.name
+    lead, contact = alert.lead, alert.contact
     campaign = " / ".join(p for p in (lead.utm_source, lead.utm_medium, lead.utm_campaign) if p)
     location = " ".join(p for p in (lead.city, lead.postal_code) if p)
+    owner = f"<@{alert.mention}>" if alert.mention else _escape(alert.owner_name)
     fields = [
         ("Phone", f"<tel:{lead.phone}|{_escape(_pretty_phone(lead.phone))}>" if lead.phone else None),
         ("Email", f"<mailto:{lead.email}|{_escape(lead.email)}>" if lead.email else None),
         ("Service", _escape(lead.service)),
         ("Location", _escape(location)),
         ("Company", _escape(lead.company)),
-        ("Source", _escape(f"{source}" + (f" · {campaign}" if campaign else ""))),
+        ("Source", _escape(f"{alert.source}" + (f" · {campaign}" if campaign else ""))),
+        ("Owner", owner),
     ]
+    headline = f"{alert.headline}: {lead.name}" if alert.headline else f"New lead: {lead.name}"
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": f"New lead: {name}"[:150]}},
+        {"type": "header", "text": {"type": "plain_text", "text": _cut(headline, HEADER_LIMIT)}},
         {
             "type": "section",
-            "fields": [{"type": "mrkdwn", "text": f"*{label}*\n{value}"} for label, value in fields if value],
+            "fields": [{"type": "mrkdwn", "text": _cut(f"*{label}*\n{value}", 2000)} for label, value in fields if value][
+                :MAX_FIELDS
+            ],
         },
     ]
     if lead.message:
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip(f"*Message*\n{_escape(lead.message)}")}})
-    if contact is None:
-        footer, link = "TEST lead: not sent to HubSpot", "Test lead, not in HubSpot."
-    else:
-        footer = f"{'New contact' if contact.created else 'Updated contact'} · <{contact.url}|Open in HubSpot>"
-        link = f"HubSpot: {contact.url}"
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": footer}]})
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": _cut(f"*Message*\n{_escape(lead.message)}", SECTION_LIMIT)}}
+        )
+    if alert.details:
+        context = "\n".join(_escape(d) or "" for d in alert.details)
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(context, SECTION_LIMIT)}})
+    links = _links(alert)
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(" · ".join(links), SECTION_LIMIT)}]})
     reach = (lead.phone and _pretty_phone(lead.phone)) or lead.email or ""
-    text = f"New lead: {name} {reach} ({lead.service or 'no service given'}) from {source}. {link}"
-    return {"text": text, "blocks": blocks}
+    mention = f" {owner}" if alert.mention else ""
+    text = f"{headline} {reach} ({lead.service or 'no service given'}) from {alert.source}.{mention} " + (
+        f"HubSpot: {contact.url}" if contact else "Test lead, not in HubSpot."
+    )
+    return {"text": text, "blocks": blocks[:MAX_BLOCKS]}
+
+
+def _links(alert: Alert) -> list[str]:
+    if alert.contact is None:
+        return ["TEST lead: not sent to HubSpot"]
+    verb = "New contact" if alert.contact.created else "Updated contact"
+    links = [f"{verb} · <{alert.contact.url}|Open contact in HubSpot>"]
+    if alert.deal_url:
+        links.append(f"<{alert.deal_url}|Open deal>")
+    return links
+
+
+def digest_message(title: str, lines: Sequence[str]) -> dict[str, Any]:
+    """One message for many leads: a count, then one line each, packed into sections within Slack's limits."""
+    header = f"{title}: {len(lines)} lead{'s' if len(lines) != 1 else ''}"
+    sections: list[str] = []
+    current = ""
+    for line in lines:
+        if current and len(current) + 1 + len(line) > SECTION_LIMIT:
+            sections.append(current)
+            current = ""
+        current = f"{current}\n{line}" if current else _cut(line, SECTION_LIMIT)
+    if current:
+        sections.append(current)
+    room = MAX_BLOCKS - 2
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": _cut(header, HEADER_LIMIT)}}]
+    blocks += [{"type": "section", "text": {"type": "mrkdwn", "text": text}} for text in sections[:room]]
+    if len(sections) > room:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": "… and more: see HubSpot"}]})
+    return {"text": header, "blocks": blocks}
 
 
 def _escape(value: str | None) -> str | None:
@@ -96,9 +178,8 @@ def _escape(value: str | None) -> str | None:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _clip(text: str) -> str:
-    marker = "… (cut; full text in HubSpot)"
-    return text if len(text) <= SECTION_LIMIT else text[: SECTION_LIMIT - len(marker)] + marker
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - len(CUT)] + CUT
 
 
 def _pretty_phone(e164: str) -> str:

@@ -31,6 +31,7 @@ SECRET = "tf-test-secret"
 ENV = {
     "TYPEFORM_SECRET": SECRET,
     "GOOGLE_ADS_KEY": "test-google-key",
+    "WORDPRESS_SECRET": "wp-dev-secret",
     "HUBSPOT_TOKEN": "test-hubspot-token",
     "SLACK_BOT_TOKEN": "xoxb-test",
 }
@@ -102,6 +103,9 @@ def config_data(tmp_path: Path, sandbox: Sandbox) -> dict[str, Any]:
     data["hubspot"]["base_url"] = sandbox.url
     data["hubspot"]["contact_url"] = sandbox.url + "/__sandbox/contacts/{contact_id}"
     data["slack"]["base_url"] = sandbox.url + "/api/"
+    data["slack"]["min_seconds_between_posts"] = 0  # pacing has its own test
+    # Routing needs owners seeded in the sandbox; test_sales and test_routing cover it.
+    data["routing"] = {}
     data["ledger"]["path"] = str(tmp_path / "ledger.db")
     data["retry"] = {"schedule_seconds": [0.05, 0.05, 0.05, 0.05], "jitter": 0}
     data["worker"].update(poll_seconds=0.05, person_busy_delay_seconds=0.05)

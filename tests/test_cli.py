@@ -66,12 +66,12 @@ def test_deliveries_and_show_tell_an_admin_what_happened(config: str, intake: st
     assert shown.exit_code == 0
     assert "status: delivered" in shown.output
     assert "contact   ok             created contact" in shown.output
-    assert "notify    ok             posted to #leads" in shown.output
+    assert "notify    ok             posted to #leads-hot" in shown.output
     for secret in ENV.values():
         assert secret not in shown.output
     assert "typeform-signature" not in shown.output.lower()
     data = json.loads(run("show", delivery_id, "--config", config, "--json").output)
-    assert set(data["steps"]) == {"map", "validate", "contact", "notify"}
+    assert set(data["steps"]) == {"map", "validate", "score", "route", "contact", "deal", "note", "task", "notify"}
 
 
 def test_replay_misuse_exits_2(config: str) -> None:

@@ -144,7 +144,7 @@ def test_golden_lead_becomes_one_contact_and_one_message_and_a_repeat_changes_no
     }
     assert {k: props.get(k) for k in wanted} == wanted
     messages = sandbox.state()["messages"]
-    assert [(m["channel"], m["text"].startswith("New lead: Jane Doe")) for m in messages] == [("#leads", True)]
+    assert [(m["channel"], m["text"].split(" +1")[0]) for m in messages] == [("#leads", "WARM lead (50): Jane Doe")]
     delivery = ledger.get(delivery_id)
     assert (delivery.status, delivery.idem_key, delivery.headers) == (
         Status.DELIVERED,

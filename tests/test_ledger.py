@@ -26,7 +26,7 @@ def test_wal_mode_and_migrations_are_applied_once(tmp_path: Path) -> None:
     first = Ledger(tmp_path / "l.db")
     Ledger(tmp_path / "l.db")  # reopening applies nothing twice
     assert first.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert [r["name"] for r in first.db.query("SELECT name FROM _sqlite_migrations")] == ["m001_initial"]
+    assert [r["name"] for r in first.db.query("SELECT name FROM _sqlite_migrations")] == ["m001_initial", "m002_sales_memory"]
 
 
 def test_the_same_key_is_accepted_once(db: Ledger) -> None:
@@ -97,3 +97,21 @@ def test_states_are_a_closed_set(db: Ledger) -> None:
     delivery_id = accept(db)
     with pytest.raises(sqlite3.IntegrityError):
         db.db.execute("UPDATE deliveries SET status = 'lost' WHERE id = ?", [delivery_id])
+
+
+def test_a_double_click_across_a_content_window_edge_is_still_one_delivery(db: Ledger) -> None:
+    from bridge.ports import content_key, key_aliases
+
+    values = {"email": "a@b.co", "message": "Roof leak"}
+    first = content_key(values, received_at=599.9, window_seconds=600)
+    second = content_key(values, received_at=600.1, window_seconds=600)
+    assert first != second and key_aliases(second) == [first]
+    stored = db.accept(source="s", idem_key=first, body=b"", content_type="", headers={}, config_version="v")
+    again = db.accept(
+        source="s", idem_key=second, body=b"", content_type="", headers={}, config_version="v", aliases=key_aliases(second)
+    )
+    assert again == (stored[0], False)
+    later = content_key(values, received_at=2000, window_seconds=600)
+    assert db.accept(
+        source="s", idem_key=later, body=b"", content_type="", headers={}, config_version="v", aliases=key_aliases(later)
+    )[1]

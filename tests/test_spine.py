@@ -65,13 +65,13 @@ def test_signed_webhook_becomes_one_normalised_contact_and_one_message(
     messages = sandbox.state()["messages"]
     assert len(messages) == 1
     message = messages[0]
-    assert message["channel"] == "#leads"
+    assert message["channel"] == "#leads-hot"  # the example config's scoring finds this lead hot
     rendered = json.dumps(message["blocks"])
     assert f"/__sandbox/contacts/{contact['id']}" in rendered
     assert "<tel:+14155550132|+1 415-555-0132>" in rendered
     # Lead text is escaped so a form cannot inject Slack markup.
     assert "&amp; a water heater &lt;soon&gt;" in rendered
-    assert message["text"].startswith("New lead: Jane Doe")
+    assert message["text"].startswith("HOT lead (80): Jane Doe")
 
     delivery = ledger.get(body["delivery_id"])
     assert (delivery.status, delivery.attempts) == (Status.DELIVERED, 1)

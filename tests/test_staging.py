@@ -163,7 +163,7 @@ def test_a_form_filled_in_chromium_becomes_one_contact_and_one_message(
     assert {k: contacts[0]["properties"].get(k) for k in expected} == expected
     messages = sandbox.state()["messages"]
     summary = [(m["channel"], m["text"].split(" from ")[0]) for m in messages]
-    assert summary == [("#leads", "New lead: Maria Lopez +1 415-555-0187 (Roof repair)")], messages
+    assert summary == [("#leads", "WARM lead (40): Maria Lopez +1 415-555-0187 (Roof repair)")], messages
     assert staging_ledger.get(delivery_id).status == Status.DELIVERED
 
 

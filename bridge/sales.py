@@ -1,0 +1,314 @@
+"""The sales side of a delivered lead: score, route, contact, deal, note, task, alert.
+
+Every step that changes something outside (a pool's round-robin count, a HubSpot
+record, a Slack message) is checkpointed in the ledger before the next starts, so a
+retry, a replay or a restarted worker resumes without a second deal, note, task or
+message. Scoring and routing are explainable: their reasons are written to HubSpot
+properties and to the ledger.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .config import DealSettings, Settings
+from .errors import DeliveryError
+from .ledger import Delivery, Ledger
+from .ports import CRM, Alert, ContactResult, ContactWrite, Link, Notifier, Snapshot
+from .routing import Decision, OwnerSpec, RouteContext, route
+from .scoring import Score, ScoreContext, due_at, parse_budget, score_lead
+from .sources import Interpretation
+
+# HubSpot-defined association type ids (hubspot.md §5).
+DEAL_TO_CONTACT, LEAD_TO_PRIMARY_CONTACT = 3, 578
+NOTE_TO_CONTACT, NOTE_TO_DEAL, NOTE_TO_LEAD = 202, 214, 855
+TASK_TO_CONTACT, TASK_TO_DEAL, TASK_TO_LEAD = 204, 216, 647
+NOTE_LIMIT = 65_536
+
+
+class CrmOwners:
+    """Routing's owner directory, answered by the CRM (ids as given, emails resolved and cached)."""
+
+    def __init__(self, crm: CRM) -> None:
+        self.crm = crm
+
+    def owner_id(self, spec: OwnerSpec) -> str | None:
+        if spec.id:
+            return spec.id
+        return self.crm.owner_id_for_email(spec.email) if spec.email else None
+
+    def is_active(self, owner_id: str) -> bool:
+        return self.crm.owner_active(owner_id)
+
+
+@dataclass
+class Run:
+    """One attempt at one delivery: what is known so far."""
+
+    delivery: Delivery
+    owner: str
+    seen: Interpretation
+    done: dict[str, dict[str, Any]]
+
+    @property
+    def lead_id(self) -> str:
+        return self.delivery.id
+
+
+class Sales:
+    def __init__(self, settings: Settings, ledger: Ledger, crm: CRM, notifier: Notifier) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.crm = crm
+        self.notifier = notifier
+        self.owners = CrmOwners(crm)
+
+    def deliver(self, run: Run) -> ContactResult:
+        """All side-effect steps for a lead that passed validation; raises DeliveryError naming its step."""
+        with _step("score"):
+            score = self.score(run)
+        with _step("route"):
+            snapshot = None if "contact" in run.done else self._lookup(run)
+            decision = self.route(run, score, snapshot)
+        with _step("contact"):
+            contact = self._contact(run, score, decision, snapshot)
+        with _step("deal"):
+            deal_type, deal_id = self._deal(run, contact, decision)
+        with _step("note"):
+            self._note(run, contact, deal_type, deal_id)
+        with _step("task"):
+            self._task(run, contact, deal_type, deal_id, score, decision)
+        with _step("notify"):
+            self._alert(run, contact, deal_type, deal_id, score, decision)
+        return contact
+
+    # -- score and route ----------------------------------------------------------
+
+    def score(self, run: Run) -> Score:
+        previous = self.ledger.previous_delivery_at(run.lead_id)
+        context = ScoreContext(
+            previous_delivery_at=datetime.fromtimestamp(previous, UTC) if previous else None,
+            now=datetime.fromtimestamp(run.delivery.received_at, UTC),
+        )
+        score = score_lead(run.seen.lead, self.settings.scoring, context)
+        if "score" not in run.done:
+            result = score.as_record() | {"summary": score.summary()}
+            self.ledger.record_step(run.lead_id, run.owner, "score", result, score.summary())
+        return score
+
+    def route(self, run: Run, score: Score, snapshot: Snapshot | None) -> Decision:
+        if "route" in run.done:
+            return Decision(**run.done["route"])
+        existing = (snapshot.properties.get("hubspot_owner_id") or None) if snapshot else None
+        context = RouteContext(
+            lead=run.seen.lead,
+            source=run.delivery.source,
+            segment=score.segment,
+            existing_owner_id=existing,
+            now=datetime.now(UTC),
+            delivery_id=run.lead_id,
+        )
+        decision = route(context, self.settings.routing, self.ledger, self.owners)
+        # Recorded at once: a retry must not take another turn from the round robin.
+        self.ledger.record_step(run.lead_id, run.owner, "route", decision.__dict__, decision.reason)
+        return decision
+
+    # -- CRM records --------------------------------------------------------------
+
+    def _write(self, run: Run, extra: dict[str, str] | None = None, current: Snapshot | None = None) -> ContactWrite:
+        lead = run.seen.lead
+        known = self.ledger.contact_for(lead.identity_key) if lead.identity_key else None
+        merge = {name: str(policy) for name, policy in run.seen.mapping.merge_policies().items()}
+        return ContactWrite(run.lead_id, lead, known, merge, current, extra or {})
+
+    def _lookup(self, run: Run) -> Snapshot:
+        write = self._write(run)
+        careful = [prop for prop, (_, merge) in self.crm.planned(write).items() if merge != "overwrite"]
+        return self.crm.lookup_contact(write, [*careful, "hubspot_owner_id"])
+
+    def _contact(self, run: Run, score: Score, decision: Decision, snapshot: Snapshot | None) -> ContactResult:
+        if "contact" in run.done:
+            return ContactResult(**run.done["contact"])
+        extra = {**score.as_properties(), "routing_reason": decision.reason}
+        if decision.owner_id:
+            extra["hubspot_owner_id"] = decision.owner_id
+        outcome = self.crm.upsert_contacts([self._write(run, extra, snapshot)])[run.lead_id]
+        if isinstance(outcome, Exception):
+            raise outcome
+        self.ledger.remember_contact(run.seen.lead.person_keys(), outcome.contact_id)
+        verb = "created" if outcome.created else "updated"
+        self.ledger.record_step(run.lead_id, run.owner, "contact", outcome.__dict__, f"{verb} contact {outcome.contact_id}")
+        return outcome
+
+    def deal_settings(self, source: str) -> DealSettings:
+        spec = self.settings.source(source)
+        return (spec.deal if spec and spec.deal else None) or self.settings.deals
+
+    def _deal(self, run: Run, contact: ContactResult, decision: Decision) -> tuple[str | None, str | None]:
+        """The open deal (or HubSpot lead) this inquiry belongs to: the one leadbridge made, else a new one."""
+        cfg = self.deal_settings(run.delivery.source)
+        if cfg.object == "none":
+            return None, None
+        object_type = "deals" if cfg.object == "deal" else "leads"
+        if "deal" in run.done:
+            return object_type, run.done["deal"]["record_id"]
+        record_id = self.ledger.open_deal(contact.contact_id, object_type)
+        created = record_id is None
+        if record_id is None:
+            record_id = self._create_deal(run, contact, decision, cfg, object_type)
+            self.ledger.remember_deal(contact.contact_id, object_type, record_id, run.lead_id)
+        verb = "created" if created else "reused open"
+        result = {"object_type": object_type, "record_id": record_id, "created": created}
+        self.ledger.record_step(run.lead_id, run.owner, "deal", result, f"{verb} {object_type[:-1]} {record_id}")
+        return object_type, record_id
+
+    def _create_deal(self, run: Run, contact: ContactResult, decision: Decision, cfg: DealSettings, object_type: str) -> str:
+        lead = run.seen.lead
+        name = render(cfg.name_template, lead_values(run.seen)) or f"Inquiry from {lead.name}"
+        owner = {"hubspot_owner_id": decision.owner_id} if decision.owner_id else {}
+        if object_type == "leads":
+            props = {"hs_lead_name": name, **owner}
+            return self.crm.create_record("leads", props, [Link("contacts", contact.contact_id, LEAD_TO_PRIMARY_CONTACT)])
+        props = {"dealname": name, "pipeline": cfg.pipeline, "dealstage": cfg.stage, **owner}
+        amount = parse_budget(str(lead_values(run.seen).get(cfg.amount_field, "")))
+        if amount:
+            props["amount"] = str(amount)
+        return self.crm.create_record("deals", props, [Link("contacts", contact.contact_id, DEAL_TO_CONTACT)])
+
+    def _note(self, run: Run, contact: ContactResult, deal_type: str | None, deal_id: str | None) -> None:
+        if "note" in run.done:
+            return
+        links = [Link("contacts", contact.contact_id, NOTE_TO_CONTACT)]
+        if deal_id and deal_type:
+            links.append(Link(deal_type, deal_id, NOTE_TO_DEAL if deal_type == "deals" else NOTE_TO_LEAD))
+        props = {"hs_timestamp": _millis(run.delivery.received_at), "hs_note_body": note_body(run)}
+        note_id = self.crm.create_record("notes", props, links)
+        self.ledger.record_step(run.lead_id, run.owner, "note", {"note_id": note_id}, f"note {note_id}")
+
+    def _task(
+        self, run: Run, contact: ContactResult, deal_type: str | None, deal_id: str | None, score: Score, decision: Decision
+    ) -> None:
+        cfg = self.settings.tasks
+        if "task" in run.done or not cfg.enabled:
+            return
+        owner = self.settings.routing.owners.get(decision.owner_name or "")
+        due = due_at(score.action, datetime.now(UTC), owner.timezone if owner else None)
+        links = [Link("contacts", contact.contact_id, TASK_TO_CONTACT)]
+        if deal_id and deal_type:
+            links.append(Link(deal_type, deal_id, TASK_TO_DEAL if deal_type == "deals" else TASK_TO_LEAD))
+        props = {
+            "hs_task_subject": render(cfg.subject_template, lead_values(run.seen)) or f"Call {run.seen.lead.name}",
+            "hs_task_body": f"{score.summary()}\n{decision.reason}",
+            "hs_timestamp": _millis(due.timestamp()),
+            "hs_task_priority": score.action.task_priority,
+            "hs_task_type": cfg.type,
+            "hs_task_status": "NOT_STARTED",
+        }
+        if decision.owner_id:
+            props["hubspot_owner_id"] = decision.owner_id
+        task_id = self.crm.create_record("tasks", props, links)
+        result = {"task_id": task_id, "due": due.isoformat()}
+        self.ledger.record_step(run.lead_id, run.owner, "task", result, f"task {task_id} due {due.isoformat()}")
+
+    # -- Slack --------------------------------------------------------------------
+
+    def _alert(
+        self, run: Run, contact: ContactResult, deal_type: str | None, deal_id: str | None, score: Score, decision: Decision
+    ) -> None:
+        if "notify" in run.done:
+            return
+        lead, action = run.seen.lead, score.action
+        channel = decision.channel or action.channel or self.settings.slack.channel
+        deal_url = self.crm.record_url(deal_type, deal_id) if deal_type and deal_id else None
+        if action.digest and not decision.triage:
+            line = digest_line(run, contact, deal_url, score)
+            self.ledger.queue_digest(run.lead_id, channel, line)
+            self.ledger.record_step(run.lead_id, run.owner, "notify", {"digest": channel}, f"queued for the {channel} digest")
+            return
+        if decision.triage:
+            channel = self.settings.routing.triage.channel or channel
+        mention = self._slack_user(decision) if action.mention_owner and not decision.triage else None
+        routed = bool(self.settings.routing.rules or self.settings.routing.owners)
+        # Without routing configured every lead is unassigned by design: say what it is, not "triage".
+        headline = "Unassigned lead (triage)" if decision.triage and routed else f"{score.segment.upper()} lead ({score.points})"
+        details = (score.summary(), f"Routing: {decision.reason}") if routed else (score.summary(),)
+        alert = Alert(
+            lead=lead,
+            source=run.delivery.source,
+            contact=contact,
+            channel=channel,
+            deal_url=deal_url,
+            mention=mention,
+            owner_name=decision.owner_name,
+            headline=headline,
+            details=details,
+        )
+        notice = self.notifier.notify(alert)
+        result = {"channel": notice.channel, "ts": notice.ts}
+        self.ledger.record_step(run.lead_id, run.owner, "notify", result, f"posted to {notice.channel}")
+
+    def _slack_user(self, decision: Decision) -> str | None:
+        spec = self.settings.routing.owners.get(decision.owner_name or "")
+        if spec is None:
+            return None
+        if spec.slack:
+            return spec.slack
+        return self.notifier.user_id_for_email(spec.email) if spec.email else None
+
+
+@contextmanager
+def _step(name: str) -> Iterator[None]:
+    try:
+        yield
+    except DeliveryError as exc:
+        exc.step = exc.step or name
+        raise
+
+
+def lead_values(seen: Interpretation) -> dict[str, Any]:
+    """A lead's fields and custom properties by name, for templates (empty ones left out)."""
+    lead = seen.lead
+    values = {k: v for k, v in lead.model_dump(exclude={"custom", "consent"}).items() if v not in (None, "")}
+    values.update(lead.custom)
+    values["name"] = lead.name
+    return values
+
+
+def render(template: str, values: dict[str, Any]) -> str:
+    """Fill a template; placeholders without a value drop out with their separators."""
+    text = re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), "")), template)
+    text = re.sub(r"\s*([,—–-])\s*(?=[,—–-]|$)", "", text)  # separators left dangling
+    return re.sub(r"^\s*[,—–-]\s*", "", text).strip()
+
+
+def note_body(run: Run) -> str:
+    """The form's answers as the note's HTML, within HubSpot's size limit."""
+    rows = [
+        f"<li><b>{html.escape(str(key))}</b>: {html.escape(_plain(value))}</li>"
+        for key, value in run.seen.flat.items()
+        if value not in (None, "", [], {})
+    ]
+    body = f"<p>Form submission via {html.escape(run.delivery.source)} (delivery {run.lead_id})</p><ul>{''.join(rows)}</ul>"
+    return body if len(body) <= NOTE_LIMIT else body[: NOTE_LIMIT - 20] + "…</ul>"
+
+
+def digest_line(run: Run, contact: ContactResult, deal_url: str | None, score: Score) -> str:
+    lead = run.seen.lead
+    what = ", ".join(p for p in (lead.service, lead.city) if p) or "no details"
+    link = f"<{deal_url}|deal>" if deal_url else f"<{contact.url}|contact>"
+    name = lead.name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return f"• {name} ({what}), score {score.points} · {link}"
+
+
+def _plain(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _millis(seconds: float) -> str:
+    return str(int(seconds * 1000))
