@@ -155,6 +155,77 @@ def _outcome(seen: Interpretation) -> tuple[str, list[str]]:
     return "deliver", []
 
 
+@main.command("route")
+@config_option
+@click.argument("source_name", metavar="SOURCE")
+@click.argument("sample", type=click.Path(exists=True, dir_okay=False))
+@click.option("--content-type", help="Content type of the sample (default: from its extension).")
+@click.option("--owner", "existing_owner", help="The contact's current HubSpot owner id, to see the returning-contact rule.")
+@click.option("--resolve", is_flag=True, help="Resolve owner emails and check owners through HubSpot (otherwise offline).")
+@click.option("--at", "at", help="Pretend it is this time (ISO 8601), to check working hours; default now.")
+@click.option("--json", "as_json", is_flag=True)
+def route_(
+    config_file: str | None,
+    source_name: str,
+    sample: str,
+    content_type: str | None,
+    existing_owner: str | None,
+    resolve: bool,
+    at: str | None,
+    as_json: bool,
+) -> None:
+    """Explain who would get a sample lead: its score, each rule checked, the next pick in a pool, and why.
+
+    Nothing is recorded: round-robin counts are read from the ledger, not advanced.
+
+    Example: leadbridge route typeform tests/fixtures/typeform/quote.json --at 2026-11-24T10:00:00-08:00
+    """
+    from datetime import UTC, datetime
+
+    from .routing import MemoryPoolStore, RouteContext, route
+    from .sales import CrmOwners
+    from .scoring import ScoreContext, score_lead
+    from .sources import interpret_body
+
+    settings = _settings(config_file)
+    kits = load_sources(settings)
+    if source_name not in kits:
+        raise click.UsageError(f"no source named {source_name!r}; configured: {', '.join(kits)}")
+    kind = content_type or ("application/json" if sample.endswith(".json") else "application/x-www-form-urlencoded")
+    seen = interpret_body(kits[source_name], Path(sample).read_bytes(), kind, settings.lead.default_region)
+    when = parse_since(at) if at else None
+    now = datetime.fromtimestamp(when, UTC) if when is not None else datetime.now(UTC)
+    score = score_lead(seen.lead, settings.scoring, ScoreContext(previous_delivery_at=None, now=now))
+    ledger_file = settings.ledger.path
+    counts = {}
+    if ledger_file.exists():
+        ledger = Ledger(ledger_file, settings.ledger.busy_timeout_seconds)
+        counts = {pool: ledger.assigned_counts(pool) for pool in settings.routing.pools}
+    directory = CrmOwners(build_crm(settings)) if resolve else OfflineOwners()
+    context = RouteContext(lead=seen.lead, source=source_name, segment=score.segment, existing_owner_id=existing_owner, now=now)
+    decision = route(context, settings.routing, MemoryPoolStore(counts), directory, dry_run=True)
+    if as_json:
+        click.echo(json.dumps({"score": score.as_record(), "decision": decision.__dict__}, indent=2, sort_keys=True))
+        return
+    click.echo(f"Score: {score.summary()}")
+    for line in decision.considered:
+        click.echo(f"  {line}")
+    owner = decision.owner_name or "nobody (triage)"
+    click.echo(f"Owner: {owner}" + (f" (HubSpot owner {decision.owner_id})" if decision.owner_id else ""))
+    click.echo(f"Channel: {decision.channel or score.action.channel or settings.slack.channel}")
+    click.echo(f"Reason: {decision.reason}")
+
+
+class OfflineOwners:
+    """For dry runs without HubSpot: ids as configured, emails shown unresolved, everyone active."""
+
+    def owner_id(self, spec: Any) -> str | None:
+        return str(spec.id) if spec.id else f"(owner {spec.email})"
+
+    def is_active(self, owner_id: str) -> bool:
+        return True
+
+
 @main.command()
 @config_option
 def serve(config_file: str | None) -> None:
@@ -228,6 +299,10 @@ def run(config_file: str | None, with_sandbox: bool) -> None:
             )
         )
     children.append(_gunicorn(settings))
+    if with_sandbox:
+        from connectors.sandbox import seed_owners
+
+        seed_owners(settings.hubspot.base_url, settings.routing.model_dump(mode="json")["owners"])
     w = Worker(settings, Ledger(settings.ledger.path, settings.ledger.busy_timeout_seconds))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: w.stop())

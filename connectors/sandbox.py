@@ -1180,3 +1180,29 @@ def serve_forever(host: str, port: int, search_lag: float) -> None:
         server.serve_forever()
     finally:
         server.server_close()
+
+
+def seed_owners(base_url: str, owners: Mapping[str, Mapping[str, Any]], timeout: float = 15.0) -> None:
+    """Give a running sandbox the owners a config routes to, with Slack users to mention.
+
+    ``leadbridge run --sandbox`` calls this so the example config's routing works with no
+    HubSpot account: owners given by id keep their id, owners given by email get one.
+    """
+    import requests  # the sandbox server itself never needs it
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            requests.get(f"{base_url}{CONTROL_PREFIX}/state", timeout=1).raise_for_status()
+            break
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    for name, spec in owners.items():
+        email = spec.get("email") or f"{name}@sandbox.example"
+        owner = {"id": spec.get("id"), "email": email, "firstName": name.title(), "lastName": "(sandbox)"}
+        requests.post(f"{base_url}{CONTROL_PREFIX}/owners", json=owner, timeout=5).raise_for_status()
+        slack_id = spec.get("slack") or "U" + re.sub(r"[^A-Z0-9]", "", name.upper())
+        user = {"id": slack_id, "email": email, "name": name}
+        requests.post(f"{base_url}{CONTROL_PREFIX}/slack_users", json=user, timeout=5).raise_for_status()

@@ -14,7 +14,7 @@ from bridge.cli import main, parse_since
 from bridge.ledger import Ledger
 from bridge.worker import Worker
 
-from .conftest import ENV, ROOT, post_typeform, typeform_payload
+from .conftest import ENV, ROOT, post_typeform, typeform_payload, with_absolute_mappings
 
 
 @pytest.fixture
@@ -130,3 +130,28 @@ def test_check_config_reports_mapping_problems(tmp_path: Path, config_data: dict
     assert "problem: bad.yaml: fields.emial.[key]: Value error, unknown canonical field 'emial'; known: city," in result.output
     assert "problem: bad.yaml: fields.phone.transform: Value error, unknown transform 'phone_e165';" in result.output
     assert "warning: orphan.yaml: no source uses this mapping" in result.output
+
+
+def test_route_explains_the_rule_the_pick_and_why_and_records_nothing(tmp_path: Path) -> None:
+    data = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    data["ledger"]["path"] = str(tmp_path / "ledger.db")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(with_absolute_mappings(data)))
+    sample = json.loads((ROOT / "tests/fixtures/typeform/quote.json").read_text())
+    for a in sample["form_response"]["answers"]:
+        if a["type"] == "choices":
+            a["choices"] = {"labels": ["Roof repair"]}
+    (tmp_path / "roof.json").write_text(json.dumps(sample))
+    tuesday_10am = ("--at", "2026-11-24T10:00:00-08:00")  # inside the crew's working hours
+    first = run("route", "typeform", str(tmp_path / "roof.json"), "--config", str(config), "--json", *tuesday_10am)
+    assert first.exit_code == 0, first.output
+    decision = json.loads(first.stdout)["decision"]
+    assert (decision["rule"], decision["pool"], decision["channel"]) == ("sf-roofing", "roofing_crew", "#leads-roofing")
+    assert decision["reason"].startswith('rule "sf-roofing" (postal prefix 941, service roof repair) → pool roofing_crew → ')
+    again = json.loads(
+        run("route", "typeform", str(tmp_path / "roof.json"), "--config", str(config), "--json", *tuesday_10am).stdout
+    )
+    assert again["decision"]["owner_name"] == decision["owner_name"]  # a dry run takes no turn
+    text = run("route", "typeform", str(tmp_path / "roof.json"), "--config", str(config), *tuesday_10am).stdout
+    assert 'rule "sf-roofing": matches (postal prefix 941, service roof repair)' in text
+    assert text.splitlines()[0].startswith("Score: hot (")

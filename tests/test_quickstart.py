@@ -83,8 +83,14 @@ def test_make_run_starts_everything_and_the_readme_curl_makes_a_contact(tmp_path
                 break
             assert time.monotonic() < deadline, "no contact appeared in the sandbox"
             time.sleep(0.1)
-        assert [c["properties"]["email"] for c in state["contacts"]] == ["jane.doe@acme-plumbing.com"]
-        assert len(state["messages"]) == 1
+        (contact,) = state["contacts"]
+        assert contact["properties"]["email"] == "jane.doe@acme-plumbing.com"
+        # The example routing works against the sandbox: its owners are seeded, so the
+        # water-heater lead goes to pat, who is mentioned in the plumbing channel.
+        pat = next(o for o in state["owners"] if o["email"] == "pat@acme-plumbing.example")
+        assert contact["properties"]["hubspot_owner_id"] == pat["id"]
+        (message,) = state["messages"]
+        assert message["channel"] == "#leads-plumbing" and "<@UPAT>" in message["text"]
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0

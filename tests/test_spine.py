@@ -323,3 +323,25 @@ def test_intake_rate_limits_per_client_and_never_touches_the_ledger(config_data:
     assert statuses == [200, 200, 200, 429, 429]
     assert response.headers["Retry-After"] == "20" and response.json["error"]["code"] == "rate_limited"
     assert len(Ledger(settings.ledger.path).deliveries()) == 3
+
+
+def test_slack_posts_are_paced_per_channel_without_counting_an_attempt(config_data: dict[str, Any], sandbox: Sandbox) -> None:
+    config_data["slack"]["min_seconds_between_posts"] = 0.5
+    settings = settings_from_dict(config_data, ROOT)
+    client, ledger = Client(create_app(settings)), Ledger(settings.ledger.path)
+    ids = []
+    for n in range(2):
+        payload = answer(typeform_payload(event_id=f"pace-{n}", token=f"pace-{n}"), "email", f"person{n}@acme-plumbing.com")
+        body = json.dumps(payload).encode()
+        headers = {"Typeform-Signature": typeform_signature("tf-test-secret", body)}
+        ids.append(
+            client.post("/hooks/typeform", data=body, headers=headers, content_type="application/json").json["delivery_id"]
+        )
+    Worker(settings, ledger).drain()
+    first, second = (ledger.get(i) for i in ids)
+    assert (first.status, second.status) == (Status.DELIVERED, Status.DELIVERED)
+    assert (first.attempts, second.attempts) == (1, 1)
+    deferred = [e for i in ids for e in ledger.events(i) if e["outcome"] == "deferred"]
+    assert len(deferred) == 1 and deferred[0]["detail"] == "Slack channel #leads-hot paced"
+    times = sorted(float(m["ts"]) for m in sandbox.state()["messages"])
+    assert times[1] - times[0] >= 0.45
