@@ -15,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import phonenumbers
 import yaml
@@ -63,18 +64,25 @@ def _phone_e164(value: str, region: str | None) -> str:
 DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%B %d, %Y", "%b %d, %Y", "%m/%d/%Y", "%d.%m.%Y", "%Y/%m/%d")
 
 
-def _date(value: str, _: str | None) -> str:
+def _date(value: str, zone: str | None) -> str:
+    """To ISO 8601; ``date:UTC`` (or any zone name) says which zone a time without an offset is in."""
     text = value.strip()
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        pass
-    for fmt in DATE_FORMATS:
-        try:
-            return datetime.strptime(text, fmt).isoformat()
-        except ValueError:
-            continue
-    return value
+        parsed = next((p for fmt in DATE_FORMATS if (p := _strptime(text, fmt))), None)
+    if parsed is None:
+        return value
+    if zone and parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=ZoneInfo(zone))
+    return parsed.isoformat()
+
+
+def _strptime(text: str, fmt: str) -> datetime | None:
+    try:
+        return datetime.strptime(text, fmt)
+    except ValueError:
+        return None
 
 
 # name -> function(text, argument after ":" or None)
@@ -92,9 +100,16 @@ TRANSFORMS: dict[str, Callable[[str, str | None], str | None]] = {
 
 
 def check_transform(spec: str) -> str:
-    name = spec.partition(":")[0]
+    name, _, arg = spec.partition(":")
     if name not in TRANSFORMS:
         raise ValueError(f"unknown transform {name!r}; known: {', '.join(sorted(TRANSFORMS))}")
+    if name == "date" and arg:
+        try:
+            ZoneInfo(arg)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"date:{arg}: not a time zone name (e.g. date:UTC, date:America/Chicago)") from exc
+    if name == "phone_e164" and arg and not phonenumbers.country_code_for_region(arg.upper()):
+        raise ValueError(f"phone_e164:{arg}: not a region code (e.g. phone_e164:GB)")
     return spec
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,40 @@ def test_redacted_config_shows_only_whether_secrets_are_set(monkeypatch: pytest.
     assert shown["slack"]["token_env"] == "SLACK_BOT_TOKEN (unset)"
     assert shown["sources"][0]["secret_env"] == ["TYPEFORM_SECRET (set)"]
     assert "test-hubspot-token" not in repr(shown) and "tf-test-secret" not in repr(shown)
+
+
+@pytest.mark.parametrize(
+    ("value", "specs", "expected"),
+    [
+        ("  Mary Ann Smith ", ["trim", "first_name"], "Mary"),
+        ("Mary Ann Smith", ["last_name"], "Ann Smith"),
+        ("Cher", ["last_name"], None),
+        ("JANE", ["lower", "title"], "Jane"),
+        ("(415) 555-0132 ext 4", ["digits"], "41555501324"),
+        ("020 8366 1177", ["phone_e164:GB"], "+442083661177"),
+        ("not a phone", ["phone_e164"], "not a phone"),
+        ("March 14, 2025", ["date"], "2025-03-14T00:00:00"),
+        ("2025-03-14 16:42:07", ["date:UTC"], "2025-03-14T16:42:07+00:00"),
+        ("2025-03-14T09:42:07-07:00", ["date:UTC"], "2025-03-14T09:42:07-07:00"),
+        (["roof", "gutter"], ["upper"], ["ROOF", "GUTTER"]),
+    ],
+)
+def test_transforms(value: Any, specs: list[str], expected: Any) -> None:
+    from bridge.mapping import apply_transforms
+
+    assert apply_transforms(value, specs) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("titel", "unknown transform 'titel'; known: date, digits, first_name, last_name, lower, phone_e164, title, trim, upper"),
+        ("date:Mars/Base", "date:Mars/Base: not a time zone name (e.g. date:UTC, date:America/Chicago)"),
+        ("phone_e164:XX", "phone_e164:XX: not a region code (e.g. phone_e164:GB)"),
+    ],
+)
+def test_bad_transforms_are_named(spec: str, message: str) -> None:
+    from bridge.mapping import check_transform
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_transform(spec)
