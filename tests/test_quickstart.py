@@ -24,7 +24,7 @@ def free_port() -> int:
 
 def readme_block(name: str) -> str:
     text = (ROOT / "README.md").read_text()
-    match = re.search(rf"<!-- {name}.*?-->\s*```bash\n(.*?)```", text, re.S)
+    match = re.search(rf"<!-- {name}.*?-->\s*```bash\n(.*?)\s*```", text, re.S)
     assert match, f"README has no {name} block"
     return match.group(1)
 
@@ -94,3 +94,13 @@ def test_make_run_starts_everything_and_the_readme_curl_makes_a_contact(tmp_path
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
+
+
+def test_the_five_minute_wordpress_example_runs(tmp_path: Path) -> None:
+    command = readme_block("five-minutes-try").strip().replace(".venv/bin/leadbridge", f"{sys.executable} -m bridge.cli")
+    env = dict(os.environ) | makefile_sandbox_env()
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Outcome: deliver" in done.stdout and "  zip = '94105'" in done.stdout
