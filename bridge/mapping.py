@@ -67,6 +67,7 @@ DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%B %d, %Y", "%b %d, %Y", "%m/%d/%Y", "%d.%
 def _date(value: str, zone: str | None) -> str:
     """To ISO 8601; ``date:UTC`` (or any zone name) says which zone a time without an offset is in."""
     text = value.strip()
+    parsed: datetime | None
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

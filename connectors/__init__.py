@@ -4,6 +4,13 @@ Each module implements a small interface defined in ``bridge.ports`` and is impo
 lazily by name (see ``bridge.ports.load``), so a relay only loads the vendors it uses.
 """
 
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+T = TypeVar("T", bound=BaseModel)
+
 # Source type name -> "module:Class"; a new source type is one line here plus its module.
 SOURCE_TYPES = {
     "typeform": "connectors.typeform:TypeformSource",
@@ -12,3 +19,16 @@ SOURCE_TYPES = {
 }
 CRM = "connectors.hubspot:HubSpotCRM"
 NOTIFIER = "connectors.slack:SlackNotifier"
+
+
+def parse_options(model: type[T], options: Mapping[str, Any] | None) -> T:
+    """A source's ``options`` validated by its own model; problems name their path."""
+    from pydantic import ValidationError
+
+    from bridge.config import validation_problems
+    from bridge.errors import ConfigError
+
+    try:
+        return model.model_validate(options or {})
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc)) from exc

@@ -22,11 +22,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bridge.config import validation_problems
-from bridge.errors import ConfigError, LedgerUnavailableError, PayloadError, SignatureError
+from bridge.errors import LedgerUnavailableError, PayloadError, SignatureError
 from bridge.ports import Kind, Request
+from connectors import parse_options
 
 KEY_FIELD = "google_key"
 # int64 fields the docs say to process as 8-byte integers.
@@ -107,10 +107,7 @@ class GoogleAdsSource:
     recorded_headers: ClassVar[tuple[str, ...]] = ("content-type", "user-agent", "x-forwarded-for")
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        try:
-            self.options = Options.model_validate(options or {})
-        except ValidationError as exc:
-            raise ConfigError(validation_problems(exc)) from exc
+        self.options = parse_options(Options, options)
 
     def verify(self, request: Request, secrets: Sequence[str]) -> None:
         try:

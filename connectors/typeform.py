@@ -16,11 +16,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from bridge.config import validation_problems
-from bridge.errors import ConfigError, PayloadError, SignatureError
+from bridge.errors import PayloadError, SignatureError
 from bridge.ports import Kind, Request
+from connectors import parse_options
 
 SIGNATURE_HEADER = "typeform-signature"
 
@@ -60,10 +60,7 @@ class TypeformSource:
     recorded_headers: ClassVar[tuple[str, ...]] = ("content-type", "user-agent", "x-forwarded-for")
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        try:
-            self.options = Options.model_validate(options or {})
-        except ValidationError as exc:
-            raise ConfigError(validation_problems(exc)) from exc
+        self.options = parse_options(Options, options)
 
     def verify(self, request: Request, secrets: Sequence[str]) -> None:
         verify_typeform(request.body, request.headers.get(SIGNATURE_HEADER), secrets)

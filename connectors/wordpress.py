@@ -29,12 +29,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from werkzeug.http import parse_options_header
 
-from bridge.config import validation_problems
-from bridge.errors import ConfigError, PayloadError, SignatureError
+from bridge.errors import PayloadError, SignatureError
 from bridge.ports import Kind, Request, content_key
+from connectors import parse_options
 
 from .formdata import build_php_query, flatten_dotted, nest_dotted, parse_body, parse_json
 
@@ -121,10 +121,7 @@ class WordPressSource:
     recorded_headers: ClassVar[tuple[str, ...]] = RECORDED_HEADERS
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        try:
-            self.options = Options.model_validate(options or {})
-        except ValidationError as exc:
-            raise ConfigError(validation_problems(exc)) from exc
+        self.options = parse_options(Options, options)
         self.plugin = self.options.plugin
 
     def verify(self, request: Request, secrets: Sequence[str]) -> None:

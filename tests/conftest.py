@@ -10,13 +10,15 @@ import copy
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 import yaml
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from bridge.app import create_app
 from bridge.config import Settings, settings_from_dict
@@ -122,16 +124,32 @@ def ledger(settings: Settings) -> Ledger:
     return Ledger(settings.ledger.path)
 
 
-@pytest.fixture
-def intake(settings: Settings) -> Iterator[str]:
-    """The intake app served over real HTTP; yields its base URL."""
-    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
+class PathOnlyLog(WSGIRequestHandler):
+    """Logs each request the way `leadbridge serve` has gunicorn log it: the path, never the
+    query (where Elementor and Ninja sources carry their token)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.log("info", '"%s %s" %s', self.command, urlsplit(self.path).path, code)
+
+
+@contextmanager
+def served(settings: Settings) -> Iterator[str]:
+    """The intake app served over real HTTP on a free port; yields its base URL."""
+    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True, request_handler=PathOnlyLog)
     # A short poll interval makes shutdown quick; the default 0.5 s costs every test half a second.
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+@pytest.fixture
+def intake(settings: Settings) -> Iterator[str]:
+    with served(settings) as url:
+        yield url
 
 
 @pytest.fixture

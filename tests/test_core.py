@@ -204,3 +204,21 @@ def test_bad_transforms_are_named(spec: str, message: str) -> None:
 
     with pytest.raises(ValueError, match=re.escape(message)):
         check_transform(spec)
+
+
+def test_a_slack_message_stays_inside_block_kit_limits() -> None:
+    from bridge.lead import Lead
+    from bridge.ports import Alert, ContactResult
+    from connectors.slack import CUT, lead_message
+
+    lead = Lead(email="a@b.co", first_name="A" * 400, message="leak " * 2000, service="x" * 2500, city="Springfield")
+    contact = ContactResult("1", True, "https://crm.example/1")
+    message = lead_message(Alert(lead=lead, source="typeform", contact=contact, details=("why " * 1000,)))
+    blocks = message["blocks"]
+    assert len(blocks) <= 50
+    assert len(blocks[0]["text"]["text"]) <= 150
+    sections = [b for b in blocks if b["type"] == "section"]
+    assert all(len(b["text"]["text"]) <= 3000 for b in sections if "text" in b)
+    assert all(len(f["text"]) <= 2000 for b in sections for f in b.get("fields", []))
+    assert len(sections[0]["fields"]) <= 10
+    assert sections[1]["text"]["text"].endswith(CUT)

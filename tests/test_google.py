@@ -4,15 +4,11 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
-from bridge.app import create_app
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from bridge.ledger import Ledger, Status
@@ -57,17 +53,6 @@ def config_data(config_data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) ->
         {"name": "google-tests", **SOURCE, "test_channel": "#lead-tests"},
     ]
     return config_data
-
-
-@pytest.fixture
-def intake(settings: Settings) -> Iterator[str]:
-    """conftest's intake server, polling for shutdown every 50 ms instead of 500 (this file starts it 30 times)."""
-    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
 
 
 @pytest.fixture

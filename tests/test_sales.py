@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 from werkzeug.test import Client
 
 from bridge.app import create_app
@@ -23,7 +22,7 @@ from bridge.ports import build_notifier
 from bridge.worker import Worker
 from connectors.typeform import typeform_signature
 
-from .conftest import ROOT, Sandbox, answer, post_typeform, typeform_payload
+from .conftest import ROOT, Sandbox, answer, post_typeform, served, typeform_payload
 
 OWNERS = [
     {"id": "501", "email": "alice@roofers.example", "firstName": "Alice", "lastName": "Ames"},
@@ -85,12 +84,8 @@ def sales_settings(sales_config: dict[str, Any]) -> Settings:
 
 @pytest.fixture
 def relay(sales_settings: Settings) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, create_app(sales_settings), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
+    with served(sales_settings) as url:
+        yield url
 
 
 @pytest.fixture
@@ -251,3 +246,21 @@ def test_a_cold_lead_pings_no_one_and_is_in_the_next_digest_exactly_once(
     assert "Jane Doe (Roofing, San Francisco), score 0" in json.dumps(digest["blocks"])
     morning = datetime(2030, 1, 7, 9, 0, tzinfo=local)
     assert send_due_digests(sales_settings.digest, ledger, build_notifier(sales_settings), morning) == []
+
+
+def test_a_portal_with_the_lead_object_gets_a_hubspot_lead_instead_of_a_deal(
+    sales_config: dict[str, Any], sandbox: Sandbox
+) -> None:
+    sales_config["deals"]["object"] = "lead"
+    settings = settings_from_dict(sales_config, ROOT)
+    body = json.dumps(roofing(typeform_payload())).encode()
+    headers = {"Typeform-Signature": typeform_signature("tf-test-secret", body)}
+    Client(create_app(settings)).post("/hooks/typeform", data=body, content_type="application/json", headers=headers)
+    Worker(settings, Ledger(settings.ledger.path)).drain()
+    (contact,) = sandbox.state()["contacts"]
+    (lead,) = objects(sandbox, "leads")
+    assert objects(sandbox, "deals") == []
+    assert lead["properties"]["hs_lead_name"] == "Roofing — Doe, San Francisco"
+    assert links(lead) == {(contact["id"], 578)}
+    (note,) = objects(sandbox, "notes")
+    assert links(note) == {(contact["id"], 202), (lead["id"], 855)}

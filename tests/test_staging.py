@@ -8,22 +8,18 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
-from bridge.app import create_app
 from bridge.config import Settings, settings_from_dict
 from bridge.ledger import Ledger, Status
 from bridge.worker import Worker
 
-from .conftest import ROOT, SECRET, Sandbox
+from .conftest import ROOT, SECRET, Sandbox, served
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -87,20 +83,6 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def staging_settings(config_data: dict[str, Any]) -> Settings:
     config_data["server"]["staging"] = True
     return settings_from_dict(config_data, ROOT)
-
-
-@contextmanager
-def served(settings: Settings) -> Iterator[str]:
-    """The intake app served over real HTTP on a free port; yields its base URL."""
-    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
-    # A short poll so shutdown() returns quickly instead of after serve_forever's default 0.5 s.
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join()
 
 
 @pytest.fixture

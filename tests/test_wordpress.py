@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 import yaml
 from click.testing import CliRunner
-from werkzeug.serving import WSGIRequestHandler, make_server
 
-from bridge.app import create_app
 from bridge.cli import main
 from bridge.config import Settings
 from bridge.errors import ConfigError, PayloadError, SignatureError
@@ -77,24 +72,6 @@ def config_data(config_data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("WP_SECRET_PREVIOUS", PREVIOUS_SECRET)
     config_data["sources"].extend(wp_sources())
     return config_data
-
-
-class AccessLog(WSGIRequestHandler):
-    """Logs each request the way `leadbridge serve` has gunicorn log it: the path, never the query."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        self.log("info", '"%s %s" %s', self.command, urlsplit(self.path).path, code)
-
-
-@pytest.fixture
-def intake(settings: Settings) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True, request_handler=AccessLog)
-    # A short poll so shutdown takes milliseconds, not the default half second.
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
 
 
 def post(url: str, source: str, body: bytes, headers: dict[str, str], query: dict[str, str] | None = None) -> requests.Response:
