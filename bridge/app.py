@@ -26,9 +26,9 @@ from .errors import (
     UnknownSourceError,
 )
 from .ledger import Ledger
-from .ports import Request
+from .ports import Request, key_aliases
 from .ratelimit import RateLimiter
-from .sources import SourceKit, interpret, load_sources
+from .sources import interpret, load_sources
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,12 @@ class Intake:
                 headers=headers,
                 config_version=self.settings.version,
                 person_keys=person_keys,
+                aliases=key_aliases(key),
                 now=received_at,
             )
         except sqlite3.Error as exc:
             log.error("ledger write failed for source %s: %s", source_name, type(exc).__name__)
             raise LedgerUnavailableError("the delivery could not be stored; retry later") from exc
-
-    def kit(self, name: str) -> SourceKit | None:
-        return self.kits.get(name)
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -1,9 +1,10 @@
-"""The per-delivery pipeline: map -> validate -> upsert contact -> notify.
+"""The per-delivery pipeline: map -> validate -> the sales steps (``bridge.sales``) -> outcome.
 
-Each side-effect step checkpoints its result in the ledger before the next one starts,
-so a retry, a replay or a restarted worker skips what is done and never repeats a
-create or a message. Map and validate are pure and run again on every attempt, so a
-fixed mapping takes effect on replay.
+Map and validate are pure and run again on every attempt, so a fixed mapping takes
+effect on replay; partial, spam and unreachable leads end here. Each side-effect step
+checkpoints its result in the ledger before the next one starts, so a retry, a replay or
+a restarted worker skips what is done and never repeats a create or a message. Failures
+become a retry on the schedule, or a dead letter with the reason.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
+from pathlib import Path
 
 from .config import Settings
 from .errors import DeliveryError, IntakeError, RetriableError, ThrottledError
@@ -67,13 +70,7 @@ class Pipeline:
             delay = self.settings.worker.person_busy_delay_seconds
             ledger.defer(delivery.id, owner, time.time() + delay, "another delivery of this person is in progress")
             return "deferred"
-        attempt = ledger.begin_attempt(delivery.id, owner)
-        ledger.record_step(delivery.id, owner, "map", {"lead": lead.model_dump(mode="json", exclude_defaults=True)})
-        if lead.consent and attempt == 1:
-            # Consent evidence goes in the append-only log, where an audit can find it.
-            ledger.note(delivery.id, "consent", "recorded", json.dumps(lead.consent, sort_keys=True))
-        problems = seen.result.problems
-        ledger.record_step(delivery.id, owner, "validate", {"ok": True, "problems": problems}, "; ".join(problems))
+        attempt = self._begin(delivery, owner, seen)
         test = seen.kind == "test" or looks_like_test(lead)
         step = "notify" if test else "contact"
         try:
@@ -87,7 +84,10 @@ class Pipeline:
         except DeliveryError as exc:
             return self._failed(delivery, owner, attempt, exc.step or step, exc)
         except Exception as exc:  # a bug or an untranslated vendor error: keep the lead, retry later
-            log.exception("delivery %s: unexpected error", delivery.id)
+            # Where, not what: an exception's message can quote lead data, which never goes in logs.
+            frames = traceback.extract_tb(exc.__traceback__)[-3:]
+            where = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
+            log.error("delivery %s: unexpected %s at %s", delivery.id, type(exc).__name__, where)
             return self._failed(delivery, owner, attempt, step, RetriableError(f"unexpected {type(exc).__name__}"))
         if test:
             why = "the sender marked it as a test" if seen.kind == "test" else f"looks like test data ({looks_like_test(lead)})"
@@ -96,6 +96,18 @@ class Pipeline:
         ledger.finish(delivery.id, owner, Status.DELIVERED, None, "finish")
         log.info("delivery %s delivered (contact %s)", delivery.id, contact.contact_id)
         return Status.DELIVERED
+
+    def _begin(self, delivery: Delivery, owner: str, seen: Interpretation) -> int:
+        """Count the attempt and record what the delivery says, before any side effect."""
+        ledger, lead = self.ledger, seen.lead
+        attempt = ledger.begin_attempt(delivery.id, owner)
+        ledger.record_step(delivery.id, owner, "map", {"lead": lead.model_dump(mode="json", exclude_defaults=True)})
+        if lead.consent and attempt == 1:
+            # Consent evidence goes in the append-only log, where an audit can find it.
+            ledger.note(delivery.id, "consent", "recorded", json.dumps(lead.consent, sort_keys=True))
+        problems = seen.result.problems
+        ledger.record_step(delivery.id, owner, "validate", {"ok": True, "problems": problems}, "; ".join(problems))
+        return attempt
 
     def _notify_test(self, run: Run, channel: str | None) -> None:
         """A test lead reaches nobody but the source's test channel, if it has one."""

@@ -198,7 +198,9 @@ class Sales:
         if "task" in run.done or not cfg.enabled:
             return
         owner = self.settings.routing.owners.get(decision.owner_name or "")
-        due = due_at(score.action, datetime.now(UTC), owner.timezone if owner else None)
+        # The follow-up clock starts when the lead arrived, not when a retry got here.
+        received = datetime.fromtimestamp(run.delivery.received_at, UTC)
+        due = due_at(score.action, received, owner.timezone if owner else None)
         links = [Link("contacts", contact.contact_id, TASK_TO_CONTACT)]
         if deal_id and deal_type:
             links.append(Link(deal_type, deal_id, TASK_TO_DEAL if deal_type == "deals" else TASK_TO_LEAD))

@@ -989,12 +989,13 @@ def control_state() -> ResponseReturnValue:
         return jsonify(state().snapshot())
 
 
-def control_contact(contact_id: str) -> ResponseReturnValue:
-    """One contact with its associations; what a "view in CRM" link points at under ``make run``."""
+def control_record(object_type: str, record_id: str) -> ResponseReturnValue:
+    """One record (contact, deal, note...) with its associations; what a "view in CRM" link
+    points at under ``make run``."""
     with state().lock:
-        record = state().crm.objects("contacts").get(contact_id)
+        record = state().crm.objects(object_type).get(record_id)
         if record is None:
-            return jsonify({"ok": False, "error": f"no contact {contact_id}"}), 404
+            return jsonify({"ok": False, "error": f"no {object_type} {record_id}"}), 404
         return jsonify({**record.to_json(), "associations": record.associations})
 
 
@@ -1106,7 +1107,7 @@ ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
     ("/api/<method>", slack_method, ["GET", "POST"]),
     (f"{CONTROL_PREFIX}/", control_summary, ["GET"]),
     (f"{CONTROL_PREFIX}/state", control_state, ["GET"]),
-    (f"{CONTROL_PREFIX}/contacts/<contact_id>", control_contact, ["GET"]),
+    (f"{CONTROL_PREFIX}/<object_type>/<record_id>", control_record, ["GET"]),
     (f"{CONTROL_PREFIX}/reset", control_reset, ["POST"]),
     (f"{CONTROL_PREFIX}/faults", control_add_fault, ["POST"]),
     (f"{CONTROL_PREFIX}/faults", control_clear_faults, ["DELETE"]),

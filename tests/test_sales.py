@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -203,6 +204,13 @@ def test_a_hot_lead_mentions_its_owner_in_the_routed_channel(relay: str, sandbox
     assert "<@UALICE01>" in message["text"]
     rendered = json.dumps(message["blocks"])
     assert "HOT lead (80): Jane Doe" in rendered and "Open deal" in rendered and "Open contact in HubSpot" in rendered
+    # Both links open the records (the sandbox serves them like HubSpot's record pages).
+    links_in_message = re.findall(r"<(http[^|>]+)\|Open (?:deal|contact in HubSpot)>", rendered)
+    assert len(links_in_message) == 2
+    assert {requests.get(url, timeout=5).json()["id"] for url in links_in_message} == {
+        sandbox.state()["contacts"][0]["id"],
+        objects(sandbox, "deals")[0]["id"],
+    }
 
 
 def test_nobody_available_goes_to_triage_with_an_alert(sales_config: dict[str, Any], sandbox: Sandbox, tmp_path: Any) -> None:
