@@ -2,7 +2,8 @@
 
 - intake: signed Typeform webhook -> 200 through gunicorn, sequential and 8 at a time
   (target: well under 1 s; Elementor gives up at 5 s);
-- worker: deliveries drained through the sandbox per second;
+- worker: deliveries drained through the sandbox per second (each one: score, route, contact
+  lookup and upsert, deal, note, task, Slack message);
 - end to end: webhook 200 -> Slack message visible in the sandbox, with a running worker
   (target: a rep is pinged within 5 s).
 Everything runs on loopback with a temporary ledger and a fresh sandbox.
@@ -28,7 +29,7 @@ import yaml
 from bridge.config import settings_from_dict
 from bridge.ledger import Ledger
 from bridge.worker import Worker
-from connectors.sandbox import SandboxServer
+from connectors.sandbox import SandboxServer, seed_owners
 from connectors.typeform import typeform_signature
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,10 @@ def payload(n: int) -> bytes:
     data["event_id"] = f"bench-{n}-{time.time_ns()}"
     for answer in data["form_response"]["answers"]:
         if answer["type"] == "email":
-            answer["email"] = f"lead{n}@bench.example"
+            answer["email"] = f"lead{n}@bench-roofing.com"
+        if answer["type"] == "phone_number":
+            # Distinct people: one person's deliveries are processed one at a time, by design.
+            answer["phone_number"] = f"(650) 253-{n % 10000:04d}"
     return json.dumps(data).encode()
 
 
@@ -73,6 +77,10 @@ def config(tmp: Path, sandbox_url: str, port: int) -> dict:
     data["slack"]["base_url"] = sandbox_url + "/api/"
     data["ledger"]["path"] = str(tmp / "bench.db")
     data["worker"].update(poll_seconds=0.05, concurrency=8)
+    # Measure the relay, not its guards: no intake rate limit, no Slack pacing (which caps a
+    # channel at about one message a second in production, by design).
+    data["server"]["rate_limit"] = {"per_client_ip": 0, "per_source": 0}
+    data["slack"]["min_seconds_between_posts"] = 0
     for source in data["sources"]:
         if "mapping" in source:
             source["mapping"] = str(ROOT / source["mapping"])
@@ -93,6 +101,7 @@ def main() -> None:
     os.environ.update(TYPEFORM_SECRET=SECRET, HUBSPOT_TOKEN="bench", SLACK_BOT_TOKEN="xoxb-bench")
     with tempfile.TemporaryDirectory() as tmpdir, SandboxServer(search_lag=3.0) as sandbox:
         tmp, port = Path(tmpdir), free_port()
+        seed_owners(sandbox.url, yaml.safe_load((ROOT / "config.example.yaml").read_text())["routing"]["owners"])
         data = config(tmp, sandbox.url, port)
         (tmp / "config.yaml").write_text(yaml.safe_dump(data))
         url = f"http://127.0.0.1:{port}"
