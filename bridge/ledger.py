@@ -255,6 +255,10 @@ class Ledger:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self.db.conn
+        if conn.in_transaction:
+            # Inside exclusive(): part of the caller's transaction.
+            yield conn
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -262,6 +266,16 @@ class Ledger:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the write lock across several calls (reads included), across threads and processes.
+
+        Routing takes a pool's turn this way: read the counts, pick, record, with no other
+        worker picking in between.
+        """
+        with self._write():
+            yield
 
     # -- intake -------------------------------------------------------------------
 

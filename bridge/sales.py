@@ -114,7 +114,8 @@ class Sales:
             now=datetime.now(UTC),
             delivery_id=run.lead_id,
         )
-        decision = route(context, self.settings.routing, self.ledger, self.owners)
+        with self.ledger.exclusive():
+            decision = route(context, self.settings.routing, self.ledger, self.owners)
         # Recorded at once: a retry must not take another turn from the round robin.
         self.ledger.record_step(run.lead_id, run.owner, "route", decision.__dict__, decision.reason)
         return decision

@@ -272,3 +272,37 @@ def test_a_portal_with_the_lead_object_gets_a_hubspot_lead_instead_of_a_deal(
     assert links(lead) == {(contact["id"], 578)}
     (note,) = objects(sandbox, "notes")
     assert links(note) == {(contact["id"], 202), (lead["id"], 855)}
+
+
+def test_the_round_robin_is_fair_over_100_leads_and_stays_fair_when_the_pool_changes(
+    sales_config: dict[str, Any], sandbox: Sandbox
+) -> None:
+    requests.post(f"{sandbox.url}/__sandbox/owners", json={"id": "503", "email": "carol@roofers.example"}, timeout=5)
+    sales_config["routing"]["owners"]["carol"] = {"id": "503"}
+    sales_config["routing"]["pools"]["crew"]["members"] = {"alice": 2, "bob": 1}
+
+    def send(settings: Settings, first: int, count: int) -> dict[str, int]:
+        client = Client(create_app(settings))
+        for n in range(first, first + count):
+            payload = roofing(
+                answer(
+                    answer(typeform_payload(event_id=f"rr-{n}", token=f"rr-{n}"), "email", f"p{n}@roofing-co.com"),
+                    "phone",
+                    f"(650) 253-{n:04d}",
+                )
+            )
+            body = json.dumps(payload).encode()
+            headers = {"Typeform-Signature": typeform_signature("tf-test-secret", body)}
+            assert client.post("/hooks/typeform", data=body, content_type="application/json", headers=headers).status_code == 200
+        Worker(settings, Ledger(settings.ledger.path)).drain(timeout=120)
+        owners = [c["properties"].get("hubspot_owner_id") for c in sandbox.state()["contacts"]]
+        return {owner: owners.count(owner) for owner in ("501", "502", "503")}
+
+    before = send(settings_from_dict(sales_config, ROOT), 0, 40)
+    assert before == {"501": 27, "502": 13, "503": 0} or before == {"501": 26, "502": 14, "503": 0}
+    # Carol joins mid-stream with weight 1 and alice's weight rises to 2:1:1 overall: carol is
+    # started at the pool's pace, so she gets her quarter of what follows, not a flood.
+    sales_config["routing"]["pools"]["crew"]["members"] = {"alice": 2, "bob": 1, "carol": 1}
+    after = send(settings_from_dict(sales_config, ROOT), 40, 60)
+    gained = {owner: after[owner] - before[owner] for owner in after}
+    assert abs(gained["501"] - 30) <= 1 and abs(gained["502"] - 15) <= 1 and abs(gained["503"] - 15) <= 1, gained
