@@ -114,10 +114,10 @@ class Sales:
             now=datetime.now(UTC),
             delivery_id=run.lead_id,
         )
+        # The turn and its checkpoint commit together: a retry never takes a second turn.
         with self.ledger.exclusive():
             decision = route(context, self.settings.routing, self.ledger, self.owners)
-        # Recorded at once: a retry must not take another turn from the round robin.
-        self.ledger.record_step(run.lead_id, run.owner, "route", decision.__dict__, decision.reason)
+            self.ledger.record_step(run.lead_id, run.owner, "route", decision.__dict__, decision.reason)
         return decision
 
     # -- CRM records --------------------------------------------------------------
@@ -229,17 +229,18 @@ class Sales:
         lead, action = run.seen.lead, score.action
         channel = decision.channel or action.channel or self.settings.slack.channel
         deal_url = self.crm.record_url(deal_type, deal_id) if deal_type and deal_id else None
-        if action.digest and not decision.triage:
+        # Without routing configured every lead is unassigned by design: that is not triage.
+        routed = bool(self.settings.routing.rules or self.settings.routing.owners)
+        triage = decision.triage and routed
+        if action.digest and not triage:
             line = digest_line(run, contact, deal_url, score)
             self.ledger.queue_digest(run.lead_id, channel, line)
             self.ledger.record_step(run.lead_id, run.owner, "notify", {"digest": channel}, f"queued for the {channel} digest")
             return
-        if decision.triage:
+        if triage:
             channel = self.settings.routing.triage.channel or channel
-        mention = self._slack_user(decision) if action.mention_owner and not decision.triage else None
-        routed = bool(self.settings.routing.rules or self.settings.routing.owners)
-        # Without routing configured every lead is unassigned by design: say what it is, not "triage".
-        headline = "Unassigned lead (triage)" if decision.triage and routed else f"{score.segment.upper()} lead ({score.points})"
+        mention = self._slack_user(decision) if action.mention_owner and not triage else None
+        headline = "Unassigned lead (triage)" if triage else f"{score.segment.upper()} lead ({score.points})"
         details = (score.summary(), f"Routing: {decision.reason}") if routed else (score.summary(),)
         alert = Alert(
             lead=lead,

@@ -345,3 +345,18 @@ def test_slack_posts_are_paced_per_channel_without_counting_an_attempt(config_da
     assert len(deferred) == 1 and deferred[0]["detail"] == "Slack channel #leads-hot paced"
     times = sorted(float(m["ts"]) for m in sandbox.state()["messages"])
     assert times[1] - times[0] >= 0.45
+
+
+def test_without_routing_a_cold_lead_still_waits_for_the_digest(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    cold = answer(answer(answer(typeform_payload(), "phone", None), "postal_code", "10001"), "message", "just looking")
+    for a in cold["form_response"]["answers"]:
+        if a["type"] == "choices":
+            a["choices"] = {"labels": ["Painting"]}
+    cold["form_response"]["answers"] = [a for a in cold["form_response"]["answers"] if a["field"].get("ref") != "budget"]
+    delivery_id = post_typeform(intake, cold).json()["delivery_id"]
+    worker.drain()
+    assert ledger.steps(delivery_id)["score"]["segment"] == "cold"
+    assert ledger.steps(delivery_id)["notify"] == {"digest": "#leads"}
+    assert sandbox.state()["messages"] == []
