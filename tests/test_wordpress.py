@@ -71,6 +71,8 @@ def config_data(config_data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("WP_SECRET", SECRET)
     monkeypatch.setenv("WP_SECRET_PREVIOUS", PREVIOUS_SECRET)
     config_data["sources"].extend(wp_sources())
+    # These tests are about reading each plugin; a cold lead's digest is tested in test_sales.
+    config_data["scoring"]["actions"]["cold"]["digest"] = False
     return config_data
 
 
