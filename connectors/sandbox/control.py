@@ -1,0 +1,139 @@
+"""The ``/__sandbox/`` control API (no auth): the summary page, the state as JSON, reset, faults,
+search lag, owners and Slack users; and :func:`seed_owners`, its client for ``leadbridge run --sandbox``."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Response, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from connectors.sandbox.state import Fault, state
+
+CONTROL_PREFIX = "/__sandbox"
+
+
+def control_summary() -> ResponseReturnValue:
+    with state().lock:
+        snapshot = state().snapshot()
+    counts = ", ".join(
+        [
+            f"{len(snapshot['contacts'])} contacts",
+            f"{len(snapshot['messages'])} Slack messages",
+            f"{len(snapshot['requests'])} requests",
+        ]
+        + [f"{len(items)} {kind}" for kind, items in snapshot["objects"].items()]
+    )
+    contacts = "".join(
+        f"<li><a href='contacts/{html.escape(c['id'])}'>{html.escape(c['id'])}</a>: "
+        f"{html.escape(c['properties'].get('email', ''))} "
+        f"{html.escape(c['properties'].get('firstname', ''))} "
+        f"{html.escape(c['properties'].get('lastname', ''))}</li>"
+        for c in snapshot["contacts"][-10:]
+    )
+    messages = "".join(
+        f"<li>{html.escape(str(m['channel']))}: {html.escape(str(m['text']))}</li>" for m in snapshot["messages"][-10:]
+    )
+    page = (
+        f"<!doctype html><title>leadbridge sandbox</title><h1>leadbridge sandbox</h1>"
+        f"<p>{html.escape(counts)}. Full state as JSON: <a href='state'>state</a></p>"
+        f"<h2>Latest contacts</h2><ul>{contacts}</ul>"
+        f"<h2>Latest Slack messages</h2><ul>{messages}</ul>"
+    )
+    return Response(page, mimetype="text/html")
+
+
+def control_state() -> ResponseReturnValue:
+    with state().lock:
+        return jsonify(state().snapshot())
+
+
+def control_record(object_type: str, record_id: str) -> ResponseReturnValue:
+    """One record (contact, deal, note...) with its associations; what a "view in CRM" link
+    points at under ``make run``."""
+    with state().lock:
+        record = state().crm.objects(object_type).get(record_id)
+        if record is None:
+            return jsonify({"ok": False, "error": f"no {object_type} {record_id}"}), 404
+        return jsonify({**record.to_json(), "associations": record.associations})
+
+
+def control_reset() -> ResponseReturnValue:
+    with state().lock:
+        state().reset()
+    return jsonify({"ok": True})
+
+
+def control_add_fault() -> ResponseReturnValue:
+    body = request.get_json(silent=True) or {}
+    if body.get("status") is None and not body.get("delay"):
+        return jsonify({"ok": False, "error": "a fault needs a status, a delay or both"}), 400
+    fault = Fault(
+        path=str(body.get("path", "")),
+        method=str(body["method"]).upper() if body.get("method") else None,
+        status=None if body.get("status") is None else int(body["status"]),
+        remaining=None if body.get("times") is None else int(body["times"]),
+        body=body.get("body"),
+        headers={k: str(v) for k, v in (body.get("headers") or {}).items()},
+        delay=float(body.get("delay") or 0.0),
+        policy=body.get("policy"),
+    )
+    with state().lock:
+        state().faults.append(fault)
+    return jsonify({"ok": True}), 201
+
+
+def control_clear_faults() -> ResponseReturnValue:
+    with state().lock:
+        state().faults.clear()
+    return jsonify({"ok": True})
+
+
+def control_add_owner() -> ResponseReturnValue:
+    with state().lock:
+        return jsonify(state().crm.add_owner(request.get_json(silent=True) or {})), 201
+
+
+def control_add_slack_user() -> ResponseReturnValue:
+    body = request.get_json(silent=True) or {}
+    user = {"id": body.get("id"), "email": body.get("email"), "name": body.get("name")}
+    with state().lock:
+        state().slack_users.append(user)
+    return jsonify(user), 201
+
+
+def control_search_lag() -> ResponseReturnValue:
+    seconds = float((request.get_json(silent=True) or {}).get("seconds", 0.0))
+    with state().lock:
+        state().search_lag = seconds
+    return jsonify({"ok": True, "seconds": seconds})
+
+
+def seed_owners(base_url: str, owners: Mapping[str, Mapping[str, Any]], timeout: float = 15.0) -> None:
+    """Give a running sandbox the owners a config routes to, with Slack users to mention.
+
+    ``leadbridge run --sandbox`` calls this so the example config's routing works with no
+    HubSpot account: owners given by id keep their id, owners given by email get one.
+    """
+    import requests  # the sandbox server itself never needs it
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            requests.get(f"{base_url}{CONTROL_PREFIX}/state", timeout=1).raise_for_status()
+            break
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    for name, spec in owners.items():
+        email = spec.get("email") or f"{name}@sandbox.example"
+        owner = {"id": spec.get("id"), "email": email, "firstName": name.title(), "lastName": "(sandbox)"}
+        requests.post(f"{base_url}{CONTROL_PREFIX}/owners", json=owner, timeout=5).raise_for_status()
+        slack_id = spec.get("slack") or "U" + re.sub(r"[^A-Z0-9]", "", name.upper())
+        user = {"id": slack_id, "email": email, "name": name}
+        requests.post(f"{base_url}{CONTROL_PREFIX}/slack_users", json=user, timeout=5).raise_for_status()

@@ -1,0 +1,173 @@
+"""The HubSpot CRM v3 routes: objects (create, read, update, search, batch create and contact
+upsert with 207 partial answers), property definitions and owners."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import jsonify, request
+from flask.typing import ResponseReturnValue
+
+from connectors.sandbox.errors import HubSpotError
+from connectors.sandbox.records import utc_now_iso
+from connectors.sandbox.search import default_read_properties
+from connectors.sandbox.state import state
+
+BATCH_LIMIT = 100
+
+
+def json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise HubSpotError(400, "Invalid input JSON: the body must be a JSON object")
+    return body
+
+
+def batch_inputs(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not all(isinstance(item, dict) for item in inputs):
+        raise HubSpotError(400, "Invalid input JSON: inputs must be a list of objects")
+    if len(inputs) > BATCH_LIMIT:
+        raise HubSpotError(400, f"Batch input of {len(inputs)} exceeds the limit of {BATCH_LIMIT}")
+    return inputs
+
+
+def run_batch(
+    inputs: list[dict[str, Any]],
+    check: Callable[[dict[str, Any]], object],
+    apply: Callable[[dict[str, Any]], dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Write a batch the way HubSpot does.
+
+    Without a unique ``objectWriteTraceId`` on every input, one invalid input fails the whole
+    request and nothing is written; with them, valid inputs are written and each invalid one
+    becomes an error entry naming its trace id. ``check`` validates an input without writing;
+    ``apply`` validates again as it writes, since earlier inputs can change the answer.
+    """
+    trace_ids = [item.get("objectWriteTraceId") for item in inputs]
+    traced = all(trace_ids) and len(set(trace_ids)) == len(trace_ids)
+    if not traced:
+        for item in inputs:
+            check(item)
+    results: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for item in inputs:
+        try:
+            result = apply(item)
+        except HubSpotError as exc:
+            if not traced:
+                raise
+            errors.append(exc.batch_error(str(item["objectWriteTraceId"])))
+            continue
+        if traced:
+            result["objectWriteTraceId"] = item["objectWriteTraceId"]
+        results.append(result)
+    return results, errors
+
+
+def batch_response(
+    results: list[dict[str, Any]], errors: list[dict[str, Any]], started_at: str, status: int
+) -> ResponseReturnValue:
+    body: dict[str, Any] = {"status": "COMPLETE", "results": results}
+    if errors:
+        body.update(numErrors=len(errors), errors=errors)
+    body.update(startedAt=started_at, completedAt=utc_now_iso())
+    return jsonify(body), 207 if errors else status
+
+
+def requested_properties() -> list[str]:
+    # SDK v12 repeats ``properties=`` per name; hand-written clients send one comma list.
+    return [n for value in request.args.getlist("properties") for n in value.split(",") if n]
+
+
+def crm_create(object_type: str) -> ResponseReturnValue:
+    with state().lock:
+        record = state().crm.create(object_type, json_body())
+        return jsonify(record.to_json()), 201
+
+
+def crm_batch_create(object_type: str) -> ResponseReturnValue:
+    started_at = utc_now_iso()
+    with state().lock:
+        crm = state().crm
+        results, errors = run_batch(
+            batch_inputs(json_body()),
+            lambda item: crm.prepare_create(object_type, item),
+            lambda item: crm.create(object_type, item).to_json(),
+        )
+        return batch_response(results, errors, started_at, 201)
+
+
+def crm_batch_upsert(object_type: str) -> ResponseReturnValue:
+    started_at = utc_now_iso()
+    if object_type != "contacts":
+        raise HubSpotError(400, f"The sandbox upserts contacts only, not {object_type}")
+    inputs = batch_inputs(json_body())
+    ids = [str(item.get("id", "")).strip().lower() for item in inputs]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise HubSpotError(
+            400,
+            f"Duplicate IDs found in batch input: [{', '.join(duplicates)}]. IDs must be unique",
+            context={"ids": duplicates},
+        )
+    with state().lock:
+        crm = state().crm
+        results, errors = run_batch(inputs, crm.prepare_upsert, crm.upsert_contact)
+        return batch_response(results, errors, started_at, 200)
+
+
+def crm_search(object_type: str) -> ResponseReturnValue:
+    body = json_body()
+    with state().lock:
+        moment = time.monotonic() - state().search_lag
+        return jsonify(state().crm.search(object_type, body, moment))
+
+
+def crm_get(object_type: str, object_id: str) -> ResponseReturnValue:
+    with state().lock:
+        record = state().crm.find(object_type, object_id, request.args.get("idProperty"))
+        names = requested_properties() or default_read_properties(object_type)
+        return jsonify(record.to_json(names=names))
+
+
+def crm_update(object_type: str, object_id: str) -> ResponseReturnValue:
+    with state().lock:
+        crm = state().crm
+        record = crm.find(object_type, object_id, request.args.get("idProperty"))
+        return jsonify(crm.update(record, json_body()).to_json())
+
+
+def properties_list(object_type: str) -> ResponseReturnValue:
+    with state().lock:
+        definitions = state().crm.property_definitions.get(object_type, {})
+        return jsonify({"results": list(definitions.values())})
+
+
+def properties_create(object_type: str) -> ResponseReturnValue:
+    with state().lock:
+        return jsonify(state().crm.add_property(object_type, json_body())), 201
+
+
+def owners_list() -> ResponseReturnValue:
+    email = request.args.get("email", "").lower()
+    archived = request.args.get("archived", "false").lower() == "true"
+    limit = int(request.args.get("limit") or 100)
+    offset = int(request.args.get("after") or 0)
+    with state().lock:
+        owners = [o for o in state().crm.owners if o["archived"] == archived and (not email or str(o["email"]).lower() == email)]
+    answer: dict[str, Any] = {"results": owners[offset : offset + limit]}
+    if offset + limit < len(owners):
+        answer["paging"] = {"next": {"after": str(offset + limit)}}
+    return jsonify(answer)
+
+
+def owner_get(owner_id: str) -> ResponseReturnValue:
+    key = "userId" if request.args.get("idProperty") == "userId" else "id"
+    with state().lock:
+        for owner in state().crm.owners:
+            if str(owner[key]) == owner_id:
+                return jsonify(owner)
+    raise HubSpotError(404, f"Owner {owner_id} not found", context={"id": [owner_id]})

@@ -1,0 +1,185 @@
+"""The sandbox app and its servers: the route table, the hooks that inject faults, check auth,
+log requests and add rate-limit headers, :func:`create_sandbox_app`, :class:`SandboxServer` and
+:func:`serve_forever`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Self
+
+from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from connectors.sandbox.control import (
+    CONTROL_PREFIX,
+    control_add_fault,
+    control_add_owner,
+    control_add_slack_user,
+    control_clear_faults,
+    control_record,
+    control_reset,
+    control_search_lag,
+    control_state,
+    control_summary,
+)
+from connectors.sandbox.errors import AUTH_MESSAGE, HubSpotError
+from connectors.sandbox.hubspot import (
+    crm_batch_create,
+    crm_batch_upsert,
+    crm_create,
+    crm_get,
+    crm_search,
+    crm_update,
+    owner_get,
+    owners_list,
+    properties_create,
+    properties_list,
+)
+from connectors.sandbox.slack import slack_method
+from connectors.sandbox.state import (
+    EXTENSION_KEY,
+    RATE_LIMIT_INTERVAL_MS,
+    RATE_LIMIT_MAX,
+    SandboxState,
+    bearer_token,
+    state,
+)
+
+
+def before_request() -> ResponseReturnValue | None:
+    """Apply injected faults, then the vendors' auth rules, to every non-control request."""
+    if request.path.startswith(CONTROL_PREFIX):
+        return None
+    with state().lock:
+        fault = state().take_fault(request.method, request.path)
+    if fault is not None:
+        # Sleep outside the lock so a slow request does not stall the others.
+        time.sleep(fault.delay)
+        if fault.status is not None:
+            return fault.response(request.path)
+    if request.path.startswith("/crm/") and not bearer_token():
+        return HubSpotError(401, AUTH_MESSAGE, "INVALID_AUTHENTICATION").response()
+    return None
+
+
+def after_request(response: Response) -> Response:
+    if request.path.startswith(CONTROL_PREFIX):
+        return response
+    with state().lock:
+        state().requests.append({"method": request.method, "path": request.path, "status": response.status_code})
+        # HubSpot leaves rate-limit headers off search answers; they have their own limit.
+        if request.path.startswith("/crm/") and not request.path.endswith("/search") and 200 <= response.status_code < 300:
+            response.headers.update(
+                {
+                    "X-HubSpot-RateLimit-Interval-Milliseconds": str(RATE_LIMIT_INTERVAL_MS),
+                    "X-HubSpot-RateLimit-Max": str(RATE_LIMIT_MAX),
+                    "X-HubSpot-RateLimit-Remaining": str(state().rate_limit_remaining()),
+                }
+            )
+    return response
+
+
+def http_error(exc: HTTPException) -> ResponseReturnValue:
+    """Unknown paths and methods answer in the shape of the vendor the client thinks it calls."""
+    if request.path.startswith("/crm/"):
+        return HubSpotError(exc.code or 500, exc.description or "error").response()
+    if request.path.startswith("/api/"):
+        return jsonify({"ok": False, "error": "unknown_method"}), exc.code or 500
+    return exc
+
+
+ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
+    ("/crm/v3/objects/<object_type>", crm_create, ["POST"]),
+    ("/crm/v3/objects/<object_type>/batch/create", crm_batch_create, ["POST"]),
+    ("/crm/v3/objects/<object_type>/batch/upsert", crm_batch_upsert, ["POST"]),
+    ("/crm/v3/objects/<object_type>/search", crm_search, ["POST"]),
+    ("/crm/v3/objects/<object_type>/<object_id>", crm_get, ["GET"]),
+    ("/crm/v3/objects/<object_type>/<object_id>", crm_update, ["PATCH"]),
+    ("/crm/v3/properties/<object_type>", properties_list, ["GET"]),
+    ("/crm/v3/properties/<object_type>", properties_create, ["POST"]),
+    # SDK v12 lists owners at ``/crm/v3/owners/`` with the trailing slash.
+    ("/crm/v3/owners/", owners_list, ["GET"]),
+    ("/crm/v3/owners/<owner_id>", owner_get, ["GET"]),
+    ("/api/<method>", slack_method, ["GET", "POST"]),
+    (f"{CONTROL_PREFIX}/", control_summary, ["GET"]),
+    (f"{CONTROL_PREFIX}/state", control_state, ["GET"]),
+    (f"{CONTROL_PREFIX}/<object_type>/<record_id>", control_record, ["GET"]),
+    (f"{CONTROL_PREFIX}/reset", control_reset, ["POST"]),
+    (f"{CONTROL_PREFIX}/faults", control_add_fault, ["POST"]),
+    (f"{CONTROL_PREFIX}/faults", control_clear_faults, ["DELETE"]),
+    (f"{CONTROL_PREFIX}/owners", control_add_owner, ["POST"]),
+    (f"{CONTROL_PREFIX}/slack_users", control_add_slack_user, ["POST"]),
+    (f"{CONTROL_PREFIX}/search_lag", control_search_lag, ["POST"]),
+]
+
+
+def create_sandbox_app(search_lag: float = 3.0) -> Flask:
+    """A fresh sandbox with its own empty state; search sees writes ``search_lag`` seconds late."""
+    # Named after the package, as before it was split into modules: the name is the app's and its logger's.
+    app = Flask("connectors.sandbox")
+    provider = DefaultJSONProvider(app)
+    # Keep HubSpot's key order in bodies rather than Flask's alphabetical default.
+    provider.sort_keys = False
+    app.json = provider
+    app.extensions[EXTENSION_KEY] = SandboxState(search_lag)
+    for rule, view, methods in ROUTES:
+        app.add_url_rule(
+            rule,
+            endpoint=f"{view.__name__}",
+            view_func=view,
+            methods=methods,
+            strict_slashes=False,
+        )
+    app.before_request(before_request)
+    app.after_request(after_request)
+    app.register_error_handler(HubSpotError, lambda exc: exc.response())
+    app.register_error_handler(HTTPException, http_error)
+    return app
+
+
+class SandboxServer:
+    """The sandbox app served on a daemon thread; ``with SandboxServer() as server:`` in tests."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, search_lag: float = 3.0) -> None:
+        self.host = host
+        self.port = port
+        self.app = create_sandbox_app(search_lag)
+        self.url = ""
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        self._server = make_server(self.host, self.port, self.app, threaded=True)
+        self.port = self._server.server_port
+        self.url = f"http://{self.host}:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="leadbridge-sandbox", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        self._server = self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def serve_forever(host: str, port: int, search_lag: float) -> None:
+    """Serve the sandbox until interrupted; what ``leadbridge sandbox`` runs."""
+    server = make_server(host, port, create_sandbox_app(search_lag), threaded=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

@@ -1,0 +1,108 @@
+"""The Slack Web API methods leadbridge calls (``auth.test``, ``chat.postMessage``,
+``users.lookupByEmail``), with Slack's ``ok``/``error`` envelope."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from flask import jsonify, request
+from flask.typing import ResponseReturnValue
+
+from connectors.sandbox.state import SandboxState, bearer_token, state
+
+SLACK_MAX_BLOCKS = 50
+SLACK_IDENTITY = {
+    "url": "https://sandbox.slack.com/",
+    "team": "Sandbox",
+    "user": "leadbridge",
+    "team_id": "T0SANDBOX",
+    "user_id": "U0BOT",
+    "bot_id": "B0BOT",
+}
+
+
+def slack_args() -> dict[str, Any]:
+    """Arguments from the query string, a form body or a JSON body, as Slack accepts all three."""
+    args: dict[str, Any] = dict(request.args.items())
+    args.update(request.form.items())
+    body = request.get_json(silent=True)
+    if isinstance(body, dict):
+        args.update(body)
+    for key in ("blocks", "attachments"):
+        if isinstance(args.get(key), str):
+            try:
+                args[key] = json.loads(args[key])
+            except ValueError:
+                args[key] = None
+    return args
+
+
+def slack_auth_test(sandbox: SandboxState, args: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, **SLACK_IDENTITY}
+
+
+def slack_post_message(sandbox: SandboxState, args: dict[str, Any]) -> dict[str, Any]:
+    channel, blocks = args.get("channel"), args.get("blocks")
+    if not channel:
+        return {"ok": False, "error": "channel_not_found"}
+    if not (args.get("text") or blocks or args.get("attachments")):
+        return {"ok": False, "error": "no_text"}
+    if blocks is not None and (not isinstance(blocks, list) or len(blocks) > SLACK_MAX_BLOCKS):
+        return {"ok": False, "error": "invalid_blocks"}
+    ts = sandbox.next_ts()
+    sandbox.messages.append(
+        {
+            "channel": channel,
+            "ts": ts,
+            "text": args.get("text"),
+            "blocks": blocks,
+            "thread_ts": args.get("thread_ts"),
+            "args": args,
+        }
+    )
+    message = {
+        "type": "message",
+        "user": SLACK_IDENTITY["user_id"],
+        "bot_id": SLACK_IDENTITY["bot_id"],
+        "text": args.get("text", ""),
+        "ts": ts,
+        **({"blocks": blocks} if blocks else {}),
+        **({"thread_ts": args["thread_ts"]} if args.get("thread_ts") else {}),
+    }
+    return {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+
+def slack_lookup_by_email(sandbox: SandboxState, args: dict[str, Any]) -> dict[str, Any]:
+    email = str(args.get("email", "")).strip().lower()
+    for user in sandbox.slack_users:
+        if str(user["email"]).lower() == email:
+            return {
+                "ok": True,
+                "user": {
+                    "id": user["id"],
+                    "name": user["name"],
+                    "deleted": False,
+                    "profile": {"email": user["email"]},
+                },
+            }
+    return {"ok": False, "error": "users_not_found"}
+
+
+SLACK_METHODS: dict[str, Callable[[SandboxState, dict[str, Any]], dict[str, Any]]] = {
+    "auth.test": slack_auth_test,
+    "chat.postMessage": slack_post_message,
+    "users.lookupByEmail": slack_lookup_by_email,
+}
+
+
+def slack_method(method: str) -> ResponseReturnValue:
+    handler = SLACK_METHODS.get(method)
+    if handler is None:
+        return jsonify({"ok": False, "error": "unknown_method"}), 404
+    args = slack_args()
+    if not (bearer_token() or args.get("token")):
+        return jsonify({"ok": False, "error": "not_authed"})
+    with state().lock:
+        return jsonify(handler(state(), args))

@@ -1,0 +1,139 @@
+"""What one sandbox app remembers: the CRM store, Slack messages and users, the request log,
+injected faults and the rate-limit window; and the accessors request handlers reach it by."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from flask import Response, current_app, jsonify, request
+
+from connectors.sandbox.crm import CrmStore
+from connectors.sandbox.errors import HubSpotError
+
+RATE_LIMIT_INTERVAL_MS = 10_000
+RATE_LIMIT_MAX = 190
+EXTENSION_KEY = "leadbridge_sandbox"
+
+
+@dataclass
+class Fault:
+    """An injected failure or delay for requests whose path starts with ``path``."""
+
+    path: str
+    method: str | None
+    status: int | None
+    remaining: int | None
+    body: Any
+    headers: dict[str, str]
+    delay: float
+    policy: str | None
+
+    def matches(self, method: str, path: str) -> bool:
+        return path.startswith(self.path) and self.method in (None, method)
+
+    def response(self, path: str) -> Response:
+        assert self.status is not None
+        headers = {"Retry-After": "1"} if path.startswith("/api/") and self.status == 429 else {}
+        headers.update(self.headers)
+        body = self.body if self.body is not None else default_fault_body(path, self.status, self.policy)
+        answer = jsonify(body)
+        answer.status_code = self.status
+        answer.headers.update(headers)
+        return answer
+
+
+def default_fault_body(path: str, status: int, policy: str | None) -> dict[str, Any]:
+    if path.startswith("/api/"):
+        return {"ok": False, "error": "ratelimited" if status == 429 else "fatal_error"}
+    if status == 429:
+        limit = "secondly" if policy == "SECONDLY" else "ten_secondly_rolling"
+        return {
+            "status": "error",
+            "message": f"You have reached your {limit} limit.",
+            "errorType": "RATE_LIMIT",
+            "correlationId": str(uuid.uuid4()),
+            "policyName": limit.upper(),
+            "groupName": f"publicapi:private-app-api-calls-{limit.replace('_', '-')}:1234567",
+        }
+    try:
+        message = "internal error" if status >= 500 else HTTPStatus(status).phrase
+    except ValueError:
+        message = "error"  # vendor-specific codes such as 477 have no standard phrase
+    return HubSpotError(status, message).body()
+
+
+class SandboxState:
+    """Everything one sandbox app remembers; callers hold ``lock`` while touching it."""
+
+    def __init__(self, search_lag: float) -> None:
+        self.lock = threading.Lock()
+        self.initial_search_lag = search_lag
+        self.reset()
+
+    def reset(self) -> None:
+        self.search_lag = self.initial_search_lag
+        self.crm = CrmStore()
+        self.messages: list[dict[str, Any]] = []
+        self.slack_users: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+        self.faults: list[Fault] = []
+        self.recent_crm_calls: deque[float] = deque()
+        self.last_ts_us = 0
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.matches(method, path):
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self.faults.remove(fault)
+                return fault
+        return None
+
+    def rate_limit_remaining(self) -> int:
+        now = time.monotonic()
+        self.recent_crm_calls.append(now)
+        while self.recent_crm_calls[0] < now - RATE_LIMIT_INTERVAL_MS / 1000:
+            self.recent_crm_calls.popleft()
+        return max(0, RATE_LIMIT_MAX - len(self.recent_crm_calls))
+
+    def next_ts(self) -> str:
+        # Slack's ts identifies a message, so it must never repeat even within one microsecond.
+        self.last_ts_us = max(time.time_ns() // 1000, self.last_ts_us + 1)
+        seconds, micros = divmod(self.last_ts_us, 1_000_000)
+        return f"{seconds}.{micros:06d}"
+
+    def snapshot(self) -> dict[str, Any]:
+        contacts = self.crm.objects("contacts").values()
+        return {
+            "contacts": [
+                {"id": r.id, "properties": r.properties, "createdAt": r.created_at, "updatedAt": r.versions[-1].updated_at}
+                for r in contacts
+            ],
+            "objects": {
+                object_type: [{**r.to_json(), "associations": r.associations} for r in records.values()]
+                for object_type, records in self.crm.records.items()
+                if object_type != "contacts"
+            },
+            "messages": self.messages,
+            "owners": self.crm.owners,
+            "slack_users": self.slack_users,
+            "requests": self.requests,
+            "properties": sorted(self.crm.property_definitions["contacts"]),
+        }
+
+
+def state() -> SandboxState:
+    sandbox: SandboxState = current_app.extensions[EXTENSION_KEY]
+    return sandbox
+
+
+def bearer_token() -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
