@@ -24,11 +24,10 @@ import click
 
 from .config import CONFIG_ENV, Settings, config_path, load_settings
 from .errors import ConfigError, IntakeError
-from .lead import looks_like_test
 from .ledger import Ledger, Status
 from .pipeline import Pipeline
 from .ports import ContactWrite, build_crm
-from .sources import Interpretation, load_sources
+from .sources import Interpretation, load_sources, screen
 
 config_option = click.option(
     "--config",
@@ -106,20 +105,14 @@ def try_(config_file: str | None, source_name: str, sample: str, content_type: s
 
     Example: leadbridge try typeform tests/fixtures/typeform/quote.json
     """
-    from .sources import interpret_body
-
     settings = _settings(config_file)
-    kits = load_sources(settings)
-    if source_name not in kits:
-        raise click.UsageError(f"no source named {source_name!r}; configured: {', '.join(kits)}")
-    body = Path(sample).read_bytes()
-    kind = content_type or ("application/json" if sample.endswith(".json") else "application/x-www-form-urlencoded")
     try:
-        seen = interpret_body(kits[source_name], body, kind, settings.lead.default_region)
+        seen = _read_sample(settings, source_name, sample, content_type)
     except IntakeError as exc:
         click.echo(f"the relay would answer {exc.status}: {exc}", err=True)
         raise SystemExit(1) from exc
-    outcome, reasons = _outcome(seen)
+    verdict = screen(seen)
+    outcome, reasons = (str(verdict[0]), [verdict[1]]) if verdict else ("deliver", [])
     planned = build_crm(settings).planned(ContactWrite("try", seen.lead, None, seen.mapping.merge_policies()))
     report = {
         "lead": seen.lead.model_dump(mode="json", exclude_defaults=True),
@@ -142,17 +135,15 @@ def try_(config_file: str | None, source_name: str, sample: str, content_type: s
         raise SystemExit(1)
 
 
-def _outcome(seen: Interpretation) -> tuple[str, list[str]]:
-    """What the worker would do with it: the same screening order as the pipeline."""
-    if seen.kind == "partial":
-        return str(Status.PARTIAL), ["partial response: kept, not forwarded"]
-    if seen.spam:
-        return str(Status.SPAM), [seen.spam]
-    if not seen.result.reachable:
-        return str(Status.REJECTED), list(seen.result.problems)
-    if seen.kind == "test" or looks_like_test(seen.lead):
-        return str(Status.TEST), [looks_like_test(seen.lead) or "the sender marked it as a test"]
-    return "deliver", []
+def _read_sample(settings: Settings, source_name: str, sample: str, content_type: str | None) -> Interpretation:
+    """A sample file read by a configured source's connector and mapping (no I/O beyond the file)."""
+    from .sources import interpret_body
+
+    kits = load_sources(settings)
+    if source_name not in kits:
+        raise click.UsageError(f"no source named {source_name!r}; configured: {', '.join(kits)}")
+    kind = content_type or ("application/json" if sample.endswith(".json") else "application/x-www-form-urlencoded")
+    return interpret_body(kits[source_name], Path(sample).read_bytes(), kind, settings.lead.default_region)
 
 
 @main.command("route")
@@ -185,14 +176,9 @@ def route_(
     from .routing import MemoryPoolStore, RouteContext, route
     from .sales import CrmOwners
     from .scoring import ScoreContext, score_lead
-    from .sources import interpret_body
 
     settings = _settings(config_file)
-    kits = load_sources(settings)
-    if source_name not in kits:
-        raise click.UsageError(f"no source named {source_name!r}; configured: {', '.join(kits)}")
-    kind = content_type or ("application/json" if sample.endswith(".json") else "application/x-www-form-urlencoded")
-    seen = interpret_body(kits[source_name], Path(sample).read_bytes(), kind, settings.lead.default_region)
+    seen = _read_sample(settings, source_name, sample, content_type)
     when = parse_since(at) if at else None
     now = datetime.fromtimestamp(when, UTC) if when is not None else datetime.now(UTC)
     score = score_lead(seen.lead, settings.scoring, ScoreContext(previous_delivery_at=None, now=now))

@@ -58,7 +58,8 @@ class Lead(BaseModel):
 
         A phone alone never overrides an email: spouses and office lines share numbers.
         """
-        return self.person_keys()[0] if self.person_keys() else None
+        keys = self.person_keys()
+        return keys[0] if keys else None
 
     def person_keys(self) -> list[str]:
         """Identities that make two leads the same person; used to serialise their processing."""

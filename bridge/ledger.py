@@ -563,14 +563,6 @@ class Ledger:
                 (contact_id, object_type, record_id, delivery_id, time.time() if now is None else now),
             )
 
-    def close_deal(self, object_type: str, record_id: str, now: float | None = None) -> None:
-        """Mark a deal closed (won or lost): the person's next inquiry opens a new one."""
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE deals SET closed_at = ? WHERE object_type = ? AND record_id = ?",
-                (time.time() if now is None else now, object_type, record_id),
-            )
-
     def previous_delivery_at(self, delivery_id: str) -> float | None:
         """When this person's previous delivered lead arrived (for 'returning within N days')."""
         row = self.db.execute(

@@ -17,12 +17,11 @@ from pathlib import Path
 
 from .config import Settings
 from .errors import DeliveryError, IntakeError, RetriableError, ThrottledError
-from .lead import looks_like_test
 from .ledger import Delivery, LeaseLostError, Ledger, Status
 from .ports import CRM, Alert, Notifier, build_crm, build_notifier
 from .retry import next_attempt_at
 from .sales import Run, Sales
-from .sources import Interpretation, interpret_body, load_sources
+from .sources import Interpretation, interpret_body, load_sources, screen
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +61,17 @@ class Pipeline:
             # The body was accepted once, so this is a config change (e.g. a form's mapping removed): replayable.
             ledger.finish(delivery.id, owner, Status.DEAD, f"cannot be mapped: {exc}", "map")
             return Status.DEAD
-        screened = self._screen(delivery, owner, seen)
-        if screened:
-            return screened
+        verdict = screen(seen)
+        if verdict and verdict[0] != Status.TEST:
+            return self._end_early(delivery, owner, *verdict)
         lead = seen.lead
         if not ledger.lock_person(delivery.id, owner, lead.person_keys()):
             delay = self.settings.worker.person_busy_delay_seconds
             ledger.defer(delivery.id, owner, time.time() + delay, "another delivery of this person is in progress")
             return "deferred"
         attempt = self._begin(delivery, owner, seen)
-        test = seen.kind == "test" or looks_like_test(lead)
+        # A test lead is still counted and recorded; it may go to the source's test channel.
+        test = verdict is not None
         step = "notify" if test else "contact"
         try:
             run = Run(delivery, owner, seen, ledger.steps(delivery.id))
@@ -89,9 +89,8 @@ class Pipeline:
             where = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
             log.error("delivery %s: unexpected %s at %s", delivery.id, type(exc).__name__, where)
             return self._failed(delivery, owner, attempt, step, RetriableError(f"unexpected {type(exc).__name__}"))
-        if test:
-            why = "the sender marked it as a test" if seen.kind == "test" else f"looks like test data ({looks_like_test(lead)})"
-            ledger.finish(delivery.id, owner, Status.TEST, f"{why}; not sent to the CRM or to reps", "finish")
+        if verdict is not None:  # only a test lead gets this far with a verdict
+            ledger.finish(delivery.id, owner, Status.TEST, verdict[1], "finish")
             return Status.TEST
         ledger.finish(delivery.id, owner, Status.DELIVERED, None, "finish")
         log.info("delivery %s delivered (contact %s)", delivery.id, contact.contact_id)
@@ -115,16 +114,8 @@ class Pipeline:
             notice = self.notifier.notify(Alert(lead=run.seen.lead, source=run.delivery.source, channel=channel))
             self.ledger.record_step(run.lead_id, run.owner, "notify", {"channel": notice.channel, "ts": notice.ts})
 
-    def _screen(self, delivery: Delivery, owner: str, seen: Interpretation) -> str | None:
-        """End deliveries that must not reach the CRM: partial forms, spam, nobody to call."""
-        if seen.kind == "partial":
-            outcome, reason = Status.PARTIAL, "partial response: kept, not forwarded"
-        elif seen.spam:
-            outcome, reason = Status.SPAM, seen.spam
-        elif not seen.result.reachable:
-            outcome, reason = Status.REJECTED, "; ".join(seen.result.problems)
-        else:
-            return None
+    def _end_early(self, delivery: Delivery, owner: str, outcome: Status, reason: str) -> str:
+        """Partial forms, spam and unreachable leads end before any side effect."""
         self.ledger.record_step(delivery.id, owner, "validate", {"ok": False, "problems": [reason]})
         self.ledger.finish(delivery.id, owner, outcome, reason, "validate")
         log.info("delivery %s %s: %s", delivery.id, outcome, reason)

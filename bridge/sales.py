@@ -71,22 +71,33 @@ class Sales:
 
     def deliver(self, run: Run) -> ContactResult:
         """All side-effect steps for a lead that passed validation; raises DeliveryError naming its step."""
-        with _step("score"):
+        with self._step(run, "score"):
             score = self.score(run)
-        with _step("route"):
+        with self._step(run, "route"):
             snapshot = None if "contact" in run.done else self._lookup(run)
             decision = self.route(run, score, snapshot)
-        with _step("contact"):
+        with self._step(run, "contact"):
             contact = self._contact(run, score, decision, snapshot)
-        with _step("deal"):
+        with self._step(run, "deal"):
             deal_type, deal_id = self._deal(run, contact, decision)
-        with _step("note"):
+        with self._step(run, "note"):
             self._note(run, contact, deal_type, deal_id)
-        with _step("task"):
+        with self._step(run, "task"):
             self._task(run, contact, deal_type, deal_id, score, decision)
-        with _step("notify"):
+        with self._step(run, "notify"):
             self._alert(run, contact, deal_type, deal_id, score, decision)
         return contact
+
+    @contextmanager
+    def _step(self, run: Run, name: str) -> Iterator[None]:
+        """Renew the lease before a step (each may take a few calls), and name the step that failed."""
+        if name not in run.done:
+            self.ledger.renew(run.lead_id, run.owner, self.settings.worker.lease_seconds)
+        try:
+            yield
+        except DeliveryError as exc:
+            exc.step = exc.step or name
+            raise
 
     # -- score and route ----------------------------------------------------------
 
@@ -264,15 +275,6 @@ class Sales:
         if spec.slack:
             return spec.slack
         return self.notifier.user_id_for_email(spec.email) if spec.email else None
-
-
-@contextmanager
-def _step(name: str) -> Iterator[None]:
-    try:
-        yield
-    except DeliveryError as exc:
-        exc.step = exc.step or name
-        raise
 
 
 def lead_values(seen: Interpretation) -> dict[str, Any]:

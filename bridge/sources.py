@@ -11,7 +11,8 @@ from typing import Any
 
 from .config import Settings, SourceSettings
 from .errors import ConfigError, PayloadError
-from .lead import Lead, LeadResult, build_lead
+from .lead import Lead, LeadResult, build_lead, looks_like_test
+from .ledger import Status
 from .mapping import Mapping, load_mapping
 from .ports import Kind, Source, build_source
 
@@ -80,6 +81,24 @@ def interpret(kit: SourceKit, payload: Any, default_region: str) -> Interpretati
     spam = next((f"honeypot field {key!r} was filled" for key in kit.spec.honeypot if _filled(flat.get(key))), None)
     result = build_lead(mapping.apply(flat, payload), default_region)
     return Interpretation(source.kind(payload), result, mapping, spam, flat)
+
+
+def screen(seen: Interpretation) -> tuple[Status, str] | None:
+    """Why a delivery must not reach the CRM or a rep (its final state and reason), or None.
+
+    The one screening order, used by the worker and by ``leadbridge try``.
+    """
+    if seen.kind == "partial":
+        return Status.PARTIAL, "partial response: kept, not forwarded"
+    if seen.spam:
+        return Status.SPAM, seen.spam
+    if not seen.result.reachable:
+        return Status.REJECTED, "; ".join(seen.result.problems)
+    if seen.kind == "test":
+        return Status.TEST, "the sender marked it as a test; not sent to the CRM or to reps"
+    if why := looks_like_test(seen.lead):
+        return Status.TEST, f"looks like test data ({why}); not sent to the CRM or to reps"
+    return None
 
 
 def interpret_body(kit: SourceKit, body: bytes, content_type: str, default_region: str) -> Interpretation:

@@ -4,7 +4,8 @@ Each module implements a small interface defined in ``bridge.ports`` and is impo
 lazily by name (see ``bridge.ports.load``), so a relay only loads the vendors it uses.
 """
 
-from collections.abc import Mapping
+import hmac
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -19,6 +20,15 @@ SOURCE_TYPES = {
 }
 CRM = "connectors.hubspot:HubSpotCRM"
 NOTIFIER = "connectors.slack:SlackNotifier"
+
+
+def secret_matches(given: str | bytes, expected: Iterable[str | bytes]) -> bool:
+    """Constant-time comparison of what a sender sent against each active secret (or signature).
+
+    As bytes: ``hmac.compare_digest`` raises on non-ASCII text, which a forged header can carry.
+    """
+    sent = given.encode() if isinstance(given, str) else given
+    return any(hmac.compare_digest(sent, e.encode() if isinstance(e, str) else e) for e in expected)
 
 
 def parse_options(model: type[T], options: Mapping[str, Any] | None) -> T:

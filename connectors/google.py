@@ -13,7 +13,6 @@ would silently change them.
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.errors import LedgerUnavailableError, PayloadError, SignatureError
 from bridge.ports import Kind, Request
-from connectors import parse_options
+from connectors import parse_options, secret_matches
 
 KEY_FIELD = "google_key"
 # int64 fields the docs say to process as 8-byte integers.
@@ -118,8 +117,7 @@ class GoogleAdsSource:
         given = google_key(payload)
         if given is None:
             raise SignatureError("body carries no google_key")
-        # Bytes, because compare_digest refuses non-ASCII str.
-        if not any(hmac.compare_digest(key.encode(), given.encode()) for key in self.accepted_keys(payload, secrets)):
+        if not secret_matches(given, self.accepted_keys(payload, secrets)):
             raise SignatureError("google_key does not match the key configured for this form")
 
     def accepted_keys(self, payload: Mapping[str, Any], secrets: Sequence[str]) -> list[str]:

@@ -180,8 +180,7 @@ class HubSpotCRM:
         contact_id = write.known_contact_id or (snapshot.contact_id if snapshot else None)
         props = merged(planned, snapshot.properties if snapshot else {})
         props.update(write.extra)
-        if contact_id is None and write.lead.email:
-            return Plan(props, None)  # upsert by email
+        # No id: an email is upserted, a phone-only person created (search already found nobody).
         return Plan(props, contact_id)
 
     def _upsert_by_email(self, writes: list[ContactWrite], plans: dict[str, Plan]) -> dict[str, ContactResult | DeliveryError]:

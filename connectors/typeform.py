@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bridge.errors import PayloadError, SignatureError
 from bridge.ports import Kind, Request
-from connectors import parse_options
+from connectors import parse_options, secret_matches
 
 SIGNATURE_HEADER = "typeform-signature"
 
@@ -34,7 +34,7 @@ def verify_typeform(body: bytes, header: str | None, secrets: Sequence[str]) -> 
     """Constant-time check of the header against every active secret (rotation)."""
     if not header:
         raise SignatureError("missing Typeform-Signature header")
-    if not any(hmac.compare_digest(typeform_signature(s, body), header.strip()) for s in secrets):
+    if not secret_matches(header.strip(), (typeform_signature(s, body) for s in secrets)):
         raise SignatureError("Typeform-Signature does not match the body")
 
 

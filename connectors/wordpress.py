@@ -34,7 +34,7 @@ from werkzeug.http import parse_options_header
 
 from bridge.errors import PayloadError, SignatureError
 from bridge.ports import Kind, Request, content_key
-from connectors import parse_options
+from connectors import parse_options, secret_matches
 
 from .formdata import build_php_query, flatten_dotted, nest_dotted, parse_body, parse_json
 
@@ -78,7 +78,7 @@ def verify_wpforms(body: bytes, header: str | None, secrets: Sequence[str], tole
         raise SignatureError(f"X-WPForms-Webhook-Signature timestamp is more than {tolerance:g} s away from now")
     given = parts.get("v", "").lower().encode()
     expected = [wpforms_signature(s, body, timestamp).partition(",v=")[2].encode() for s in secrets]
-    if not any([hmac.compare_digest(e, given) for e in expected]):
+    if not secret_matches(given, expected):
         raise SignatureError("X-WPForms-Webhook-Signature does not match the body")
 
 
@@ -86,8 +86,7 @@ def verify_token(given: Sequence[str], secrets: Sequence[str], where: str) -> No
     """A shared secret sent as is; constant-time compared against every active secret."""
     if not given:
         raise SignatureError(f"missing shared secret ({where})")
-    # Bytes, because compare_digest refuses non-ASCII str.
-    if not any([hmac.compare_digest(g.encode(), s.encode()) for g in given for s in secrets]):
+    if not any(secret_matches(g, secrets) for g in given):
         raise SignatureError(f"shared secret does not match ({where})")
 
 

@@ -110,6 +110,8 @@ def test_typeform_signature_matches_the_published_vector() -> None:
     for secrets, tampered in ((["wrong"], body), (["tf-demo-secret"], body + b" ")):
         with pytest.raises(SignatureError):
             verify_typeform(tampered, header, secrets)
+    with pytest.raises(SignatureError):  # a forged non-ASCII header is a 401, not a crash
+        verify_typeform(body, "sha256=é", ["tf-demo-secret"])
 
 
 def test_retry_schedule_is_the_configured_one_with_bounded_jitter() -> None:
