@@ -258,7 +258,12 @@ def worker(config_file: str | None, once: bool) -> None:
 @main.command()
 @config_option
 @click.option("--sandbox", "with_sandbox", is_flag=True, help="Also start the local HubSpot/Slack sandbox.")
-def run(config_file: str | None, with_sandbox: bool) -> None:
+@click.option(
+    "--sandbox-state",
+    type=click.Path(dir_okay=False),
+    help="The sandbox's state file.  [default: sandbox-state.json beside the ledger]",
+)
+def run(config_file: str | None, with_sandbox: bool, sandbox_state: str | None) -> None:
     """Run intake (gunicorn) and a worker together, for a single-node install.
 
     Example: leadbridge run --sandbox --config config.example.yaml
@@ -269,21 +274,7 @@ def run(config_file: str | None, with_sandbox: bool) -> None:
     settings = _settings(config_file)
     children = []
     if with_sandbox:
-        url = urlparse(settings.hubspot.base_url)
-        children.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bridge.cli",
-                    "sandbox",
-                    "--host",
-                    url.hostname or "127.0.0.1",
-                    "--port",
-                    str(url.port or 80),
-                ]
-            )
-        )
+        children.append(subprocess.Popen(sandbox_command(settings, sandbox_state)))
     children.append(_gunicorn(settings))
     if with_sandbox:
         from connectors.sandbox import seed_owners
@@ -324,21 +315,55 @@ def _gunicorn(settings: Settings) -> subprocess.Popen[bytes]:
     )
 
 
+SANDBOX_STATE_NAME = "sandbox-state.json"
+
+
+def sandbox_command(settings: Settings, state_file: str | os.PathLike[str] | None = None) -> list[str]:
+    """The sandbox child's argv for ``run --sandbox``: on the host and port the config's HubSpot
+    URL names, keeping its records in ``state_file`` (default: beside the ledger), so a restart
+    never hands out a contact id the ledger already remembers for someone else."""
+    url = urlparse(settings.hubspot.base_url)
+    state = Path(state_file) if state_file else Path(settings.ledger.path).parent / SANDBOX_STATE_NAME
+    return [
+        sys.executable,
+        "-m",
+        "bridge.cli",
+        "sandbox",
+        "--host",
+        url.hostname or "127.0.0.1",
+        "--port",
+        str(url.port or 80),
+        "--state",
+        str(state),
+    ]
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8025, show_default=True, type=int)
 @click.option("--search-lag", default=3.0, show_default=True, type=float, help="Seconds before writes show in search.")
-def sandbox(host: str, port: int, search_lag: float) -> None:
+@click.option("--state", "state_file", type=click.Path(dir_okay=False), help="Keep records in this JSON file across restarts.")
+@click.option("--reset", is_flag=True, help="Start clean: delete the state file first.")
+def sandbox(host: str, port: int, search_lag: float, state_file: str | None, reset: bool) -> None:
     """Serve a local stand-in for HubSpot's CRM API and Slack's Web API.
 
-    State is in memory; see it at /__sandbox/state.
+    State is in memory, or with --state kept in a file after every write (ids never repeat
+    across restarts); see it at /__sandbox/state.
 
-    Example: leadbridge sandbox --port 8025
+    Example: leadbridge sandbox --port 8025 --state var/sandbox-state.json
     """
     from connectors.sandbox import serve_forever
+    from connectors.sandbox.persist import StateFile, StateFileError
 
-    click.echo(f"sandbox on http://{host}:{port} (state: /__sandbox/state)", err=True)
-    serve_forever(host, port, search_lag)
+    if reset:
+        deleted = state_file is not None and StateFile(state_file).delete()
+        click.echo(f"sandbox: --reset: starting clean{f' (deleted {state_file})' if deleted else ''}", err=True)
+    kept = f", kept in {state_file}" if state_file else ""
+    click.echo(f"sandbox on http://{host}:{port} (state: /__sandbox/state{kept})", err=True)
+    try:
+        serve_forever(host, port, search_lag, state_file)
+    except StateFileError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _ledger(config_file: str | None) -> tuple[Settings, Ledger]:

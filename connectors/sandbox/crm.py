@@ -3,10 +3,9 @@ properties, unique emails, required properties and associations), search, proper
 
 from __future__ import annotations
 
-import itertools
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from connectors.sandbox.errors import HubSpotError, invalid_properties, property_problem
@@ -103,8 +102,9 @@ class CrmStore:
             }
         }
         self.owners: list[dict[str, Any]] = []
-        self._record_ids: Iterator[int] = itertools.count(1001)
-        self._owner_ids: Iterator[int] = itertools.count(501)
+        # Plain counters rather than iterators, so a state file can save and restore them.
+        self.next_record_id = 1001
+        self.next_owner_id = 501
 
     def objects(self, object_type: str) -> Mapping[str, Record]:
         return self.records.get(object_type, {})
@@ -216,8 +216,9 @@ class CrmStore:
         return {**existing.to_json(), "new": False}
 
     def _insert(self, object_type: str, properties: dict[str, str], associations: list[dict[str, Any]]) -> Record:
+        self.next_record_id += 1
         record = Record(
-            id=str(next(self._record_ids)),
+            id=str(self.next_record_id - 1),
             object_type=object_type,
             created_at=utc_now_iso(),
             associations=associations,
@@ -279,8 +280,10 @@ class CrmStore:
         now = utc_now_iso()
         archived = bool(body.get("archived", False))
         user_id = int(body.get("userId") or 7_000_000 + len(self.owners) + 1)
+        if not body.get("id"):
+            self.next_owner_id += 1
         owner = {
-            "id": str(body.get("id") or next(self._owner_ids)),
+            "id": str(body.get("id") or self.next_owner_id - 1),
             "email": body.get("email"),
             "firstName": body.get("firstName", ""),
             "lastName": body.get("lastName", ""),

@@ -4,6 +4,7 @@ log requests and add rate-limit headers, :func:`create_sandbox_app`, :class:`San
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from connectors.sandbox.hubspot import (
     properties_create,
     properties_list,
 )
+from connectors.sandbox.persist import StateFile
 from connectors.sandbox.slack import slack_method
 from connectors.sandbox.state import (
     EXTENSION_KEY,
@@ -68,6 +70,10 @@ def before_request() -> ResponseReturnValue | None:
 
 
 def after_request(response: Response) -> Response:
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        # Saved before the answer leaves, so an id a client has seen survives even SIGKILL.
+        with state().lock:
+            state().save()
     if request.path.startswith(CONTROL_PREFIX):
         return response
     with state().lock:
@@ -118,15 +124,16 @@ ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
 ]
 
 
-def create_sandbox_app(search_lag: float = 3.0) -> Flask:
-    """A fresh sandbox with its own empty state; search sees writes ``search_lag`` seconds late."""
+def create_sandbox_app(search_lag: float = 3.0, state_file: str | os.PathLike[str] | None = None) -> Flask:
+    """A sandbox whose search sees writes ``search_lag`` seconds late; empty, or restored from
+    and saved to ``state_file``."""
     # Named after the package, as before it was split into modules: the name is the app's and its logger's.
     app = Flask("connectors.sandbox")
     provider = DefaultJSONProvider(app)
     # Keep HubSpot's key order in bodies rather than Flask's alphabetical default.
     provider.sort_keys = False
     app.json = provider
-    app.extensions[EXTENSION_KEY] = SandboxState(search_lag)
+    app.extensions[EXTENSION_KEY] = SandboxState(search_lag, StateFile(state_file) if state_file else None)
     for rule, view, methods in ROUTES:
         app.add_url_rule(
             rule,
@@ -145,10 +152,12 @@ def create_sandbox_app(search_lag: float = 3.0) -> Flask:
 class SandboxServer:
     """The sandbox app served on a daemon thread; ``with SandboxServer() as server:`` in tests."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, search_lag: float = 3.0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, search_lag: float = 3.0, state_file: str | os.PathLike[str] | None = None
+    ) -> None:
         self.host = host
         self.port = port
-        self.app = create_sandbox_app(search_lag)
+        self.app = create_sandbox_app(search_lag, state_file)
         self.url = ""
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -176,9 +185,9 @@ class SandboxServer:
         self.stop()
 
 
-def serve_forever(host: str, port: int, search_lag: float) -> None:
+def serve_forever(host: str, port: int, search_lag: float, state_file: str | os.PathLike[str] | None = None) -> None:
     """Serve the sandbox until interrupted; what ``leadbridge sandbox`` runs."""
-    server = make_server(host, port, create_sandbox_app(search_lag), threaded=True)
+    server = make_server(host, port, create_sandbox_app(search_lag, state_file), threaded=True)
     try:
         server.serve_forever()
     finally:

@@ -1,5 +1,6 @@
 """What one sandbox app remembers: the CRM store, Slack messages and users, the request log,
-injected faults and the rate-limit window; and the accessors request handlers reach it by."""
+injected faults and the rate-limit window (the first three optionally kept in a state file);
+and the accessors request handlers reach it by."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from flask import Response, current_app, jsonify, request
 
 from connectors.sandbox.crm import CrmStore
 from connectors.sandbox.errors import HubSpotError
+from connectors.sandbox.persist import StateFile, dump_crm, load_crm
 
 RATE_LIMIT_INTERVAL_MS = 10_000
 RATE_LIMIT_MAX = 190
@@ -71,20 +73,47 @@ def default_fault_body(path: str, status: int, policy: str | None) -> dict[str, 
 class SandboxState:
     """Everything one sandbox app remembers; callers hold ``lock`` while touching it."""
 
-    def __init__(self, search_lag: float) -> None:
+    def __init__(self, search_lag: float, state_file: StateFile | None = None) -> None:
         self.lock = threading.Lock()
         self.initial_search_lag = search_lag
+        self.state_file = state_file
         self.reset()
+        saved = state_file.read() if state_file else None
+        if saved is not None:
+            self.restore(saved)
 
     def reset(self) -> None:
+        previous: CrmStore | None = getattr(self, "crm", None)
         self.search_lag = self.initial_search_lag
         self.crm = CrmStore()
+        if previous is not None and self.state_file is not None:
+            # A kept ledger may remember earlier ids; only `leadbridge sandbox --reset` rewinds them.
+            self.crm.next_record_id, self.crm.next_owner_id = previous.next_record_id, previous.next_owner_id
         self.messages: list[dict[str, Any]] = []
         self.slack_users: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
         self.recent_crm_calls: deque[float] = deque()
         self.last_ts_us = 0
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Take back what :meth:`save` wrote."""
+        self.crm = load_crm(saved["crm"])
+        self.messages = saved["messages"]
+        self.slack_users = saved["slack_users"]
+        self.last_ts_us = int(saved["last_ts_us"])
+
+    def save(self) -> None:
+        """Write the durable part to the state file, if there is one; callers hold ``lock``."""
+        if self.state_file is not None:
+            self.state_file.write(
+                {
+                    "crm": dump_crm(self.crm),
+                    "messages": self.messages,
+                    "slack_users": self.slack_users,
+                    "last_ts_us": self.last_ts_us,
+                }
+            )
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
