@@ -11,8 +11,8 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -212,17 +212,6 @@ class OfflineOwners:
         return True
 
 
-@main.command()
-@config_option
-def serve(config_file: str | None) -> None:
-    """Run intake only (gunicorn), for installs that run workers separately.
-
-    Example: leadbridge serve --config config.yaml
-    """
-    settings = _settings(config_file)
-    raise SystemExit(_gunicorn(settings).wait())
-
-
 def unused_mappings(settings: Settings) -> list[str]:
     """Mapping files next to the config (mappings/) or beside used ones that no source uses."""
     used = {path.resolve() for spec in settings.sources for path in spec.mapping_paths().values()}
@@ -239,20 +228,48 @@ def unused_mappings(settings: Settings) -> list[str]:
 def worker(config_file: str | None, once: bool) -> None:
     """Run a worker: claim due deliveries and push them to HubSpot and Slack.
 
+    SIGTERM/SIGINT finish what is in flight and exit 0; SIGHUP does the same, then reads
+    the config again and carries on.
+
     Example: leadbridge worker --config config.yaml
     """
     from .worker import Worker
 
     _logging()
-    settings = _settings(config_file)
-    ledger = Ledger(settings.ledger.path, settings.ledger.busy_timeout_seconds)
-    w = Worker(settings, ledger)
-    if once:
-        click.echo(f"handled {w.drain()} deliveries")
-        return
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: w.stop())
-    w.run()
+    reload = threading.Event()
+    current: list[Worker] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            reload.set()
+        for w in current:
+            w.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    while True:
+        reload.clear()
+        settings = _settings(config_file)
+        _require_tokens(settings)
+        w = Worker(settings, Ledger(settings.ledger.path, settings.ledger.busy_timeout_seconds))
+        if once:
+            click.echo(f"handled {w.drain()} deliveries")
+            return
+        current[:] = [w]
+        w.run()
+        if not reload.is_set():
+            return
+        click.echo("leadbridge worker: SIGHUP, reloading the config", err=True)
+
+
+def _require_tokens(settings: Settings) -> None:
+    """Refuse (exit 2) before claiming anything when a token is missing: every claimed
+    delivery would otherwise fail with 401 and be pushed toward the dead letters."""
+    missing = settings.missing_tokens()
+    if missing:
+        for name in missing:
+            click.echo(f"error: environment variable {name} is not set (needed to reach HubSpot and Slack)", err=True)
+        raise SystemExit(2)
 
 
 @main.command()
@@ -264,55 +281,101 @@ def worker(config_file: str | None, once: bool) -> None:
     help="The sandbox's state file.  [default: sandbox-state.json beside the ledger]",
 )
 def run(config_file: str | None, with_sandbox: bool, sandbox_state: str | None) -> None:
-    """Run intake (gunicorn) and a worker together, for a single-node install.
+    """Run intake (gunicorn) and a worker together, supervised, for a single-node install.
+
+    SIGTERM/SIGINT stop every part and exit 0; SIGHUP reloads the config in intake and
+    worker; a part that dies is restarted with backoff.
 
     Example: leadbridge run --sandbox --config config.example.yaml
     """
-    from .worker import Worker
+    from .supervisor import Child, Supervisor
 
+    supervisor = Supervisor([])
+    supervisor.install_signal_handlers()  # before anything starts, so no stop signal orphans a child
     _logging()
     settings = _settings(config_file)
-    children = []
+    _require_tokens(settings)
+    env = _child_env(settings)
     if with_sandbox:
-        children.append(subprocess.Popen(sandbox_command(settings, sandbox_state)))
-    children.append(_gunicorn(settings))
+        url = urlparse(settings.hubspot.base_url)
+        _check_ports((url.hostname or "127.0.0.1", url.port or 80, "hubspot.base_url"))
+        supervisor.children.append(Child("sandbox", sandbox_command(settings, sandbox_state), env))
+    _check_ports((settings.server.host, settings.server.port, "server.port"))
+    supervisor.children.append(Child("intake", gunicorn_command(settings), env, reloads_on_hup=True))
+    supervisor.children.append(Child("worker", [sys.executable, "-m", "bridge", "worker"], env))
+    seed = None
     if with_sandbox:
         from connectors.sandbox import seed_owners
 
-        seed_owners(settings.hubspot.base_url, settings.routing.model_dump(mode="json")["owners"])
-    w = Worker(settings, Ledger(settings.ledger.path, settings.ledger.busy_timeout_seconds))
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: w.stop())
-    click.echo(f"leadbridge: intake on http://{settings.server.host}:{settings.server.port}, worker {w.owner}", err=True)
-    try:
-        w.run()
-    finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.wait(timeout=10)
+        def seed() -> None:
+            seed_owners(settings.hubspot.base_url, settings.routing.model_dump(mode="json")["owners"])
+
+    click.echo(f"leadbridge: intake on http://{settings.server.host}:{settings.server.port}, and a worker", err=True)
+    raise SystemExit(supervisor.run(after_start=seed))
 
 
-def _gunicorn(settings: Settings) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, **{CONFIG_ENV: str(settings.path)})
-    bind = f"{settings.server.host}:{settings.server.port}"
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            bind,
-            "--workers",
-            str(settings.server.gunicorn_workers),
-            "--access-logfile",
-            "-",
-            "--access-logformat",
-            '%(h)s "%(m)s %(U)s" %(s)s %(M)sms',
-            "bridge.app:create_app()",
-        ],
-        env=env,
-    )
+@main.command()
+@config_option
+def serve(config_file: str | None) -> None:
+    """Run intake only (gunicorn), for installs that run workers separately.
+
+    SIGTERM/SIGINT stop gunicorn's master and workers and exit 0; SIGHUP reloads the config.
+
+    Example: leadbridge serve --config config.yaml
+    """
+    from .supervisor import Child, Supervisor
+
+    supervisor = Supervisor([])
+    supervisor.install_signal_handlers()
+    _logging()
+    settings = _settings(config_file)
+    _check_ports((settings.server.host, settings.server.port, "server.port"))
+    supervisor.children.append(Child("intake", gunicorn_command(settings), _child_env(settings), reloads_on_hup=True))
+    raise SystemExit(supervisor.run())
+
+
+def _check_ports(*ports: tuple[str, int, str]) -> None:
+    from .supervisor import PortInUseError, check_port_free
+
+    for host, port, setting in ports:
+        try:
+            check_port_free(host, port, setting)
+        except PortInUseError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(1) from exc
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    return dict(os.environ, **{CONFIG_ENV: str(settings.path)})
+
+
+def gunicorn_command(settings: Settings) -> list[str]:
+    """gunicorn's argv: threaded workers with timeouts, so a few slow clients cannot block intake."""
+    server = settings.server
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{server.host}:{server.port}",
+        "--workers",
+        str(server.gunicorn_workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(server.threads),
+        "--timeout",
+        str(server.timeout_seconds),
+        "--graceful-timeout",
+        str(server.timeout_seconds),
+        "--keep-alive",
+        str(server.keepalive_seconds),
+        "--access-logfile",
+        "-",
+        "--access-logformat",
+        '%(h)s "%(m)s %(U)s" %(s)s %(M)sms',
+        "bridge.app:create_app()",
+    ]
 
 
 SANDBOX_STATE_NAME = "sandbox-state.json"
@@ -490,6 +553,8 @@ def replay(
             click.echo(delivery_id)
         click.echo(f"would replay {len(targets)} deliveries", err=True)
         return
+    if not queue_only:
+        _require_tokens(settings)  # before anything is requeued: a 401 would send them all back to dead
     _logging()
     pipeline = None if queue_only else Pipeline(settings, ledger)
     from .worker import worker_id
@@ -503,14 +568,23 @@ def replay(
                 outcome = pipeline.process(claimed[0], owner) if claimed else "skipped: claimed by a worker"
             outcomes[delivery_id] = str(outcome)
     summary = Counter(outcomes.values())
+    line = "summary: " + (", ".join(f"{n} {what}" for what, n in sorted(summary.items())) or "nothing to replay")
     if as_json:
         click.echo(json.dumps({"outcomes": outcomes, "summary": summary}, sort_keys=True))
     else:
         for delivery_id, outcome in outcomes.items():
             click.echo(f"{delivery_id}  {outcome}")
-        click.echo("summary: " + ", ".join(f"{n} {what}" for what, n in sorted(summary.items())))
-    if any(o in (Status.DEAD, Status.REJECTED, Status.RETRYING) for o in outcomes.values()):
+        click.echo(line)
+    if any(not replay_succeeded(o) for o in outcomes.values()):
         raise SystemExit(1)
+
+
+def replay_succeeded(outcome: str) -> bool:
+    """Finished now (delivered, or rightly kept back as spam, partial or test), queued for the
+    worker, or delivered before; anything else (dead, rejected, retrying, deferred, no such
+    delivery, someone else's lease) is a failed replay: exit 1."""
+    finished = (Status.DELIVERED, Status.SPAM, Status.PARTIAL, Status.TEST)
+    return outcome in (*finished, "requeued", "skipped: already delivered")
 
 
 if __name__ == "__main__":

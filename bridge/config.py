@@ -39,6 +39,12 @@ class ServerSettings(Model):
     port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(256 * 1024, gt=0)
     gunicorn_workers: int = Field(2, ge=1)
+    # Threads per gunicorn worker (gthread): a slow client holds one thread, not a whole worker.
+    threads: int = Field(8, ge=1, le=256)
+    # A worker silent this long is restarted; also the grace period on stop.
+    timeout_seconds: int = Field(30, ge=1)
+    # How long an idle keep-alive connection is held open.
+    keepalive_seconds: int = Field(5, ge=0)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     # GET /staging/<source>: an HTML form that posts in the source's wire format. Off in production.
     staging: bool = False
@@ -230,6 +236,10 @@ class Settings(Model):
         for source in data["sources"]:
             source["secret_env"] = [f"{name} ({'set' if os.environ.get(name) else 'unset'})" for name in source["secret_env"]]
         return data
+
+    def missing_tokens(self) -> list[str]:
+        """The HubSpot and Slack token variables that are not set."""
+        return [name for name in (self.hubspot.token_env, self.slack.token_env) if not os.environ.get(name)]
 
     def env_problems(self) -> list[str]:
         """Secrets the running relay needs but the environment does not hold."""

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 import yaml
 
 from .conftest import ROOT, with_absolute_mappings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from .procs import BOOT_SECONDS, free_port, started, wait_for, wait_until
 
 
 def readme_block(name: str) -> str:
@@ -39,16 +34,6 @@ def makefile_sandbox_env() -> dict[str, str]:
     return dict(re.findall(r"(\w+)=\$\$\{\w+:-([^}]*)\}", line))
 
 
-def wait_for(url: str, deadline: float) -> None:
-    while True:
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.ConnectionError:
-            assert time.monotonic() < deadline, f"{url} never came up"
-            time.sleep(0.1)
-
-
 def test_make_run_starts_everything_and_the_readme_curl_makes_a_contact(tmp_path: Path) -> None:
     assert "leadbridge run --sandbox --config config.example.yaml" in makefile_run_command()
     assert makefile_sandbox_env()["TYPEFORM_SECRET"] == "dev-typeform-secret"  # the README's curl signs with it
@@ -61,28 +46,24 @@ def test_make_run_starts_everything_and_the_readme_curl_makes_a_contact(tmp_path
     # The same environment `make run` gives the relay, read from the Makefile.
     sandbox_env = makefile_sandbox_env()
     env = {k: v for k, v in os.environ.items() if k not in sandbox_env} | sandbox_env
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "run", "--sandbox", "--config", str(tmp_path / "config.yaml")],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        wait_for(f"http://127.0.0.1:{relay}/healthz", deadline)
-        wait_for(f"http://127.0.0.1:{sandbox}/__sandbox/state", deadline)
+    argv = [sys.executable, "-m", "bridge", "run", "--sandbox", "--config", str(tmp_path / "config.yaml")]
+    with started(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + BOOT_SECONDS
+        wait_for(f"http://127.0.0.1:{relay}/healthz", deadline, proc)
+        wait_for(f"http://127.0.0.1:{sandbox}/__sandbox/state", deadline, proc)
         script = readme_block("quickstart-send").replace("127.0.0.1:8080", f"127.0.0.1:{relay}")
         script = script.replace(".venv/bin/python", sys.executable)
         sent = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert sent.returncode == 0, sent.stderr
         assert '"ok":true' in sent.stdout.replace(" ", "")
-        while True:
-            state = requests.get(f"http://127.0.0.1:{sandbox}/__sandbox/state", timeout=5).json()
-            if state["contacts"] and state["messages"]:
-                break
-            assert time.monotonic() < deadline, "no contact appeared in the sandbox"
-            time.sleep(0.1)
+        seen: dict[str, Any] = {}
+
+        def delivered() -> bool:
+            seen.update(requests.get(f"http://127.0.0.1:{sandbox}/__sandbox/state", timeout=5).json())
+            return bool(seen["contacts"] and seen["messages"])
+
+        wait_until(delivered, deadline, "a contact and a message in the sandbox", proc)
+        state = seen
         (contact,) = state["contacts"]
         assert contact["properties"]["email"] == "jane.doe@acme-plumbing.com"
         # The example routing works against the sandbox: its owners are seeded, so the
@@ -91,9 +72,8 @@ def test_make_run_starts_everything_and_the_readme_curl_makes_a_contact(tmp_path
         assert contact["properties"]["hubspot_owner_id"] == pat["id"]
         (message,) = state["messages"]
         assert message["channel"] == "#leads-plumbing" and "<@UPAT>" in message["text"]
-    finally:
         proc.terminate()
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=60) == 0
 
 
 def test_the_five_minute_wordpress_example_runs(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from bridge.worker import Worker
 from connectors.sandbox import SandboxServer
 
 from .conftest import ROOT, answer, example_config, post_typeform, served, typeform_payload, with_absolute_mappings
-from .test_quickstart import free_port
+from .procs import free_port
 
 BOOT_SECONDS = 60  # generous: the machine may be loaded
 
