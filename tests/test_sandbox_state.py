@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -26,9 +27,14 @@ from bridge.worker import Worker
 from connectors.sandbox import SandboxServer
 
 from .conftest import ROOT, answer, example_config, post_typeform, served, typeform_payload, with_absolute_mappings
-from .test_quickstart import free_port
 
 BOOT_SECONDS = 60  # generous: the machine may be loaded
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextmanager
