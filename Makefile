@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(SANDBOX_ENV) $(BIN)/leadbridge run --sandbox --config config.example.yaml --sandbox-state var/sandbox-state.json
+	$(SANDBOX_ENV) $(BIN)/leadbridge run --sandbox --config config.example.yaml
 
 test: install
 	$(BIN)/pytest -q

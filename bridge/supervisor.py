@@ -15,6 +15,7 @@ child's process group stops everything that child started. The rules:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -62,10 +63,8 @@ class Child:
     def signal_group(self, sig: int) -> None:
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
