@@ -127,6 +127,9 @@ class WorkerSettings(Model):
     claim_batch: int = Field(100, ge=1, le=100)
     # A delivery whose person is being processed elsewhere waits this long before its next try.
     person_busy_delay_seconds: float = Field(1.0, gt=0)
+    # A delivery that takes a worker down this many times (an exception escaping the pipeline,
+    # or the worker dying while its lease runs) goes dead with the reason.
+    crash_budget: int = Field(3, ge=1)
 
 
 class RetrySettings(Model):

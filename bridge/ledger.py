@@ -45,6 +45,13 @@ class Status(StrEnum):
 DUE = (Status.RECEIVED, Status.RETRYING)
 FINAL = (Status.DELIVERED, Status.DEAD, Status.REJECTED, Status.SPAM, Status.PARTIAL, Status.TEST)
 
+# The events that mean a delivery took a worker down with it (an exception escaped the
+# pipeline, or the worker died and its lease expired), counted since the last replay.
+_CRASHES = """
+    SELECT COUNT(*) FROM events WHERE delivery_id = :id
+      AND ((step = 'claim' AND outcome = 'lease_expired') OR (step = 'worker' AND outcome = 'crashed'))
+      AND id > COALESCE((SELECT MAX(id) FROM events WHERE delivery_id = :id AND step = 'replay'), 0)"""
+
 
 class LeaseLostError(LeadbridgeError):
     """This worker's claim expired and another took the delivery; stop touching it."""
@@ -330,8 +337,14 @@ class Ledger:
 
     # -- claiming -----------------------------------------------------------------
 
-    def claim(self, owner: str, limit: int, lease_seconds: float, now: float | None = None) -> list[Delivery]:
-        """Take up to ``limit`` due deliveries (or ones whose lease expired) under a lease."""
+    def claim(
+        self, owner: str, limit: int, lease_seconds: float, now: float | None = None, crash_budget: int = 3
+    ) -> list[Delivery]:
+        """Take up to ``limit`` due deliveries (or ones whose lease expired) under a lease.
+
+        A delivery whose lease expired for the ``crash_budget``-th time goes dead instead:
+        whatever it does to workers, it must not take them down forever.
+        """
         now = time.time() if now is None else now
         with self._write() as conn:
             ids = [
@@ -345,7 +358,7 @@ class Ledger:
                     {"now": now, "limit": limit},
                 )
             ]
-            return self._take(conn, ids, owner, lease_seconds, now)
+            return self._take(conn, ids, owner, lease_seconds, now, crash_budget)
 
     def claim_ids(self, ids: Sequence[str], owner: str, lease_seconds: float, now: float | None = None) -> list[Delivery]:
         """Take these deliveries now if nobody holds a live lease on them (used by replay)."""
@@ -362,12 +375,18 @@ class Ledger:
             ]
             return self._take(conn, free, owner, lease_seconds, now)
 
-    def _take(self, conn: sqlite3.Connection, ids: list[str], owner: str, lease: float, now: float) -> list[Delivery]:
+    def _take(
+        self, conn: sqlite3.Connection, ids: list[str], owner: str, lease: float, now: float, crash_budget: int | None = None
+    ) -> list[Delivery]:
         claimed = []
         for delivery_id in ids:
             before = conn.execute("SELECT status FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
             if before == Status.PROCESSING:
                 self._event(conn, delivery_id, "claim", "lease_expired", "previous worker stopped; taken over", now)
+                crashes = conn.execute(_CRASHES, {"id": delivery_id}).fetchone()[0]
+                if crash_budget is not None and crashes >= crash_budget:
+                    self._bury(conn, delivery_id, f"its worker stopped {crashes} times while processing it", now)
+                    continue
             conn.execute(
                 """UPDATE deliveries SET status = ?, lease_owner = ?, lease_until = ?, updated_at = ?
                    WHERE id = ?""",
@@ -453,6 +472,33 @@ class Ledger:
                 (status, reason, now, status, reason, delivery_id),
             )
             self._event(conn, delivery_id, step, str(status), reason or "", now)
+
+    def record_crash(
+        self, delivery_id: str, owner: str, detail: str, budget: int, retry_at: float, now: float | None = None
+    ) -> Status:
+        """An exception escaped the pipeline: count it; dead once ``budget`` is spent, else retry at ``retry_at``."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            self._check_lease(conn, delivery_id, owner, now)
+            self._event(conn, delivery_id, "worker", "crashed", detail, now)
+            crashes = conn.execute(_CRASHES, {"id": delivery_id}).fetchone()[0]
+            if crashes >= budget:
+                self._bury(conn, delivery_id, f"crashed the worker {crashes} times (last: {detail})", now)
+                return Status.DEAD
+            conn.execute(
+                """UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?, lease_owner = NULL,
+                   lease_until = NULL, updated_at = ? WHERE id = ?""",
+                (Status.RETRYING, retry_at, f"crashed the worker: {detail}", now, delivery_id),
+            )
+        return Status.RETRYING
+
+    def _bury(self, conn: sqlite3.Connection, delivery_id: str, reason: str, now: float) -> None:
+        conn.execute(
+            """UPDATE deliveries SET status = ?, reason = ?, last_error = ?, next_attempt_at = NULL,
+               lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?""",
+            (Status.DEAD, reason, reason, now, delivery_id),
+        )
+        self._event(conn, delivery_id, "worker", str(Status.DEAD), reason, now)
 
     def retry_later(self, delivery_id: str, owner: str, at: float, error: str, step: str, now: float | None = None) -> None:
         now = time.time() if now is None else now

@@ -26,6 +26,13 @@ from .sources import Interpretation, interpret_body, load_sources, screen
 log = logging.getLogger(__name__)
 
 
+def where(exc: BaseException) -> str:
+    """The innermost frames an exception passed through, as file:line (never its message,
+    which can quote lead data)."""
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    return " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
+
+
 class Pipeline:
     def __init__(
         self,
@@ -85,9 +92,7 @@ class Pipeline:
             return self._failed(delivery, owner, attempt, exc.step or step, exc)
         except Exception as exc:  # a bug or an untranslated vendor error: keep the lead, retry later
             # Where, not what: an exception's message can quote lead data, which never goes in logs.
-            frames = traceback.extract_tb(exc.__traceback__)[-3:]
-            where = " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
-            log.error("delivery %s: unexpected %s at %s", delivery.id, type(exc).__name__, where)
+            log.error("delivery %s: unexpected %s at %s", delivery.id, type(exc).__name__, where(exc))
             return self._failed(delivery, owner, attempt, step, RetriableError(f"unexpected {type(exc).__name__}"))
         if verdict is not None:  # only a test lead gets this far with a verdict
             ledger.finish(delivery.id, owner, Status.TEST, verdict[1], "finish")

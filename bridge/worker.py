@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from .config import Settings
 from .digest import send_due_digests
 from .ledger import Delivery, Ledger
-from .pipeline import Pipeline
+from .pipeline import Pipeline, where
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,18 @@ class Worker:
         log.info("worker %s started (concurrency %d)", self.owner, cfg.concurrency)
         running: set[Future[str]] = set()
         with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="leadbridge-worker") as pool:
+            next_digest = 0.0
             while not self.stopping.is_set():
                 free = cfg.concurrency - len(running)
-                claimed = self.ledger.claim(self.owner, min(free, cfg.claim_batch), cfg.lease_seconds) if free else []
+                claimed = self._claim(min(free, cfg.claim_batch)) if free else []
                 running |= {pool.submit(self._process_one, d) for d in claimed}
-                self._digests()
+                if time.monotonic() >= next_digest:
+                    self._digests()
+                    next_digest = time.monotonic() + cfg.poll_seconds
                 if running:
+                    # Back to claiming as soon as a slot frees: never idle while work is due.
                     running = set(wait(running, timeout=cfg.poll_seconds, return_when=FIRST_COMPLETED).not_done)
-                if not claimed:
+                elif not claimed:
                     self.stopping.wait(cfg.poll_seconds)
             wait(running)
         log.info("worker %s stopped", self.owner)
@@ -73,7 +77,7 @@ class Worker:
         handled, deadline = 0, time.monotonic() + timeout
         with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="leadbridge-drain") as pool:
             while time.monotonic() < deadline:
-                claimed = self.ledger.claim(self.owner, cfg.concurrency, cfg.lease_seconds)
+                claimed = self._claim(cfg.concurrency)
                 if not claimed:
                     if not self._pending_soon(deadline):
                         break
@@ -86,10 +90,21 @@ class Worker:
         due = self.ledger.next_due_at()
         return due is not None and due <= time.time() + (deadline - time.monotonic())
 
+    def _claim(self, limit: int) -> list[Delivery]:
+        cfg = self.settings.worker
+        return self.ledger.claim(self.owner, limit, cfg.lease_seconds, crash_budget=cfg.crash_budget)
+
     def _process_one(self, delivery: Delivery) -> str:
         try:
             return self.pipeline.process(delivery, self.owner)
-        except Exception:
-            # The ledger itself failed; the lease will expire and another pass retries it.
-            log.exception("worker could not record progress")
-            return "error"
+        except Exception as exc:
+            # A poison delivery (or a bug) escaped the pipeline: count it against the delivery's
+            # crash budget so it ends dead with the reason instead of looping forever.
+            detail = f"{type(exc).__name__} at {where(exc)}"
+            log.error("delivery %s crashed the worker: %s", delivery.id, detail)
+            try:
+                retry_at = time.time() + self.settings.retry.schedule_seconds[0]
+                return self.ledger.record_crash(delivery.id, self.owner, detail, self.settings.worker.crash_budget, retry_at)
+            except Exception as inner:  # the ledger itself failed: the lease expires and counts instead
+                log.error("worker could not record the crash of %s: %s", delivery.id, type(inner).__name__)
+                return "error"
