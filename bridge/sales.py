@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +45,29 @@ class CrmOwners:
 
     def is_active(self, owner_id: str) -> bool:
         return self.crm.owner_active(owner_id)
+
+
+class ResolvedOwners:
+    """Routing's owner directory answered from memory.
+
+    Every owner routing could pick (and the contact's current owner) is resolved before the
+    ledger's write lock is taken, so no HubSpot call ever runs while intake waits on that lock.
+    """
+
+    def __init__(self, directory: CrmOwners, specs: Iterable[OwnerSpec], existing_owner_id: str | None) -> None:
+        self.directory = directory
+        self._ids = {(spec.id, spec.email): directory.owner_id(spec) for spec in specs}
+        wanted = {owner_id for owner_id in self._ids.values() if owner_id}
+        if existing_owner_id:
+            wanted.add(existing_owner_id)
+        self._active = {owner_id: directory.is_active(owner_id) for owner_id in sorted(wanted)}
+
+    def owner_id(self, spec: OwnerSpec) -> str | None:
+        key = (spec.id, spec.email)
+        return self._ids[key] if key in self._ids else self.directory.owner_id(spec)
+
+    def is_active(self, owner_id: str) -> bool:
+        return self._active[owner_id] if owner_id in self._active else self.directory.is_active(owner_id)
 
 
 @dataclass
@@ -125,9 +148,10 @@ class Sales:
             now=datetime.now(UTC),
             delivery_id=run.lead_id,
         )
+        owners = ResolvedOwners(self.owners, self.settings.routing.owners.values(), existing)
         # The turn and its checkpoint commit together: a retry never takes a second turn.
         with self.ledger.exclusive():
-            decision = route(context, self.settings.routing, self.ledger, self.owners)
+            decision = route(context, self.settings.routing, self.ledger, owners)
             self.ledger.record_step(run.lead_id, run.owner, "route", decision.__dict__, decision.reason)
         return decision
 
