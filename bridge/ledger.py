@@ -521,10 +521,11 @@ class Ledger:
             if refund_attempt:
                 conn.execute("UPDATE deliveries SET attempts = max(attempts - 1, 0) WHERE id = ?", (delivery_id,))
             attempts = conn.execute("SELECT attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
+            # A throttled attempt (refunded) stays visible as retrying, with what throttled it.
             conn.execute(
                 """UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL,
-                   updated_at = ? WHERE id = ?""",
-                (Status.RETRYING if attempts else Status.RECEIVED, at, now, delivery_id),
+                   last_error = CASE WHEN ? THEN ? ELSE last_error END, updated_at = ? WHERE id = ?""",
+                (Status.RETRYING if attempts or refund_attempt else Status.RECEIVED, at, refund_attempt, why, now, delivery_id),
             )
             self._event(conn, delivery_id, "claim", "deferred", why, now)
 

@@ -37,7 +37,7 @@ from hubspot.crm.contacts import (
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from bridge.config import HubSpotSettings
-from bridge.errors import DeliveryError, PermanentError, RetriableError
+from bridge.errors import DeliveryError, PermanentError, RetriableError, ThrottledError
 from bridge.ports import ContactResult, ContactWrite, Link, Snapshot
 
 BATCH_LIMIT = 100
@@ -317,7 +317,8 @@ class HubSpotCRM:
         status = exc.status or 0
         if status == 429:
             wait = RATE_LIMIT_WAIT.get(body.get("policyName", ""), 10.0)
-            return RetriableError(f"HubSpot 429 {body.get('policyName', 'rate limit')}: {message}", retry_after=wait)
+            # Throttled, not failed: the delivery waits out the window and keeps its attempt.
+            return ThrottledError(f"HubSpot 429 {body.get('policyName', 'rate limit')}: {message}", retry_after=wait)
         if status in RETRIABLE_STATUSES:
             return RetriableError(f"HubSpot {status}: {message}")
         return PermanentError(f"HubSpot {status} {body.get('category', '')}: {message}".replace("  ", " "))

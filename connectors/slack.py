@@ -94,8 +94,11 @@ class SlackNotifier:
 def _translate(exc: SlackApiError) -> RetriableError | PermanentError:
     status = exc.response.status_code
     error = str(exc.response.get("error", "")) if isinstance(exc.response.data, dict) else ""
-    if status == 429 or status >= 500 or error in TRANSIENT:
-        retry_after = float(exc.response.headers.get("Retry-After", 1) or 1)
+    retry_after = float(exc.response.headers.get("Retry-After", 1) or 1)
+    if status == 429 or error == "ratelimited":
+        # Throttled, not failed: the delivery waits and keeps its attempt.
+        return ThrottledError(f"Slack {status} {error}".strip(), retry_after=retry_after)
+    if status >= 500 or error in TRANSIENT:
         return RetriableError(f"Slack {status} {error}".strip(), retry_after=retry_after)
     return PermanentError(f"Slack {status} {error}".strip())
 

@@ -152,6 +152,20 @@ def test_rate_limit_is_rescheduled_after_the_policy_window(intake: str, sandbox:
     assert delivery.status == Status.RETRYING
     assert "TEN_SECONDLY_ROLLING" in delivery.last_error
     assert delivery.next_attempt_at - before >= 9.9
+    # A 429 is pacing, not failure: it never spends one of the delivery's attempts.
+    assert delivery.attempts == 0
+
+
+def test_429s_never_use_up_the_retry_schedule(intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger) -> None:
+    tries = len(worker.settings.retry.schedule_seconds) + 3  # more 429s than the schedule has retries
+    sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=429, policy="SECONDLY", times=tries)
+    sandbox.fault(path="/api/chat.postMessage", status=429, times=tries, headers={"Retry-After": "0"})
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    worker.drain(timeout=60)
+    delivery = ledger.get(delivery_id)
+    assert (delivery.status, delivery.attempts) == (Status.DELIVERED, 1)
+    assert sandbox.calls("/batch/upsert") == tries + 1
+    assert len(sandbox.state()["messages"]) == 1
 
 
 def test_slack_failure_retries_only_the_message(intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger) -> None:
