@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .model import Model
@@ -27,11 +27,20 @@ EXAMPLE_CONFIG = "config.example.yaml"
 
 class RateLimitSettings(Model):
     # Requests per minute before intake answers 429 (never touching the ledger); 0 = no limit.
-    # Counted per intake process: with N gunicorn workers the effective limit is up to N times this.
+    # Shared by every intake worker through <ledger>.limits.db.
     per_client_ip: int = Field(120, ge=0)
     per_source: int = Field(1200, ge=0)
-    # Trust X-Forwarded-For's first address (only behind a proxy you run).
+    # How many proxies you run in front of the relay: the client is the address that many hops
+    # from the right of X-Forwarded-For (werkzeug's ProxyFix); 0 ignores the header entirely.
+    trusted_proxies: int = Field(0, ge=0, le=10)
+    # Deprecated alias of trusted_proxies: 1 (it used to trust the spoofable leftmost entry).
     trust_forwarded_for: bool = False
+
+    @model_validator(mode="after")
+    def _alias_one_hop(self) -> RateLimitSettings:
+        if self.trust_forwarded_for and not self.trusted_proxies:
+            self.trusted_proxies = 1
+        return self
 
 
 class ServerSettings(Model):
