@@ -27,6 +27,8 @@ from .errors import (
     UnknownSourceError,
 )
 from .ledger import Ledger
+from .logs import install as install_redaction
+from .logs import settings_secrets
 from .ports import Request, key_aliases
 from .ratelimit import LimitStore, RateLimiter, limits_path
 from .sources import interpret, load_sources
@@ -82,6 +84,8 @@ class Intake:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
+    # Here, so gunicorn's workers and wsgi.py redact as the CLI does.
+    install_redaction(settings_secrets(settings))
     app = Flask("leadbridge")
     # Let werkzeug refuse oversized bodies before reading them (plus slack for headers).
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes

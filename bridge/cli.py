@@ -25,6 +25,7 @@ import click
 from .config import CONFIG_ENV, Settings, config_path, load_settings
 from .errors import ConfigError, IntakeError
 from .ledger import Ledger, Status
+from .logs import install as install_redaction
 from .pipeline import Pipeline
 from .ports import ContactWrite, build_crm
 from .sources import Interpretation, load_sources, screen
@@ -52,6 +53,7 @@ def _logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_redaction()
 
 
 @click.group()
@@ -337,6 +339,7 @@ def sandbox(host: str, port: int, search_lag: float) -> None:
     """
     from connectors.sandbox import serve_forever
 
+    install_redaction()
     click.echo(f"sandbox on http://{host}:{port} (state: /__sandbox/state)", err=True)
     serve_forever(host, port, search_lag)
 
@@ -373,7 +376,7 @@ status_choice = click.Choice([str(s) for s in Status])
 @click.option("--status", type=status_choice, help="Only deliveries in this state.")
 @click.option("--source", help="Only deliveries from this source.")
 @click.option("--since", help="Only deliveries received since, e.g. 2h, 30m, 7d or an ISO time.")
-@click.option("--limit", default=100, show_default=True, type=int)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 def deliveries(
     config_file: str | None, status: str | None, source: str | None, since: str | None, limit: int, as_json: bool

@@ -16,7 +16,10 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .logs import add_secrets, settings_secrets
 from .model import Model
+from .timezones import is_time_zone
+from .yamlfile import load_yaml
 from .routing import RoutingSettings
 from .scoring import ScoringSettings
 
@@ -165,6 +168,14 @@ class DigestSettings(Model):
     timezone: str = "UTC"
     title: str = "Leads today, no rush"
 
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        # Checked here, or the worker logs a traceback at every digest tick.
+        if not is_time_zone(value):
+            raise ValueError(f'unknown time zone "{value}": use an IANA name like "America/Chicago"')
+        return value
+
 
 class SourceSettings(Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
@@ -270,7 +281,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read ({exc.strerror})"]) from exc
     try:
-        data = yaml.safe_load(raw) or {}
+        data = load_yaml(raw) or {}
     except yaml.YAMLError as exc:
         raise ConfigError([f"{file}: not valid YAML ({exc})"]) from exc
     if not isinstance(data, dict):
@@ -279,7 +290,9 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(validation_problems(exc)) from exc
-    return _resolve(settings, file.resolve(), raw)
+    resolved = _resolve(settings, file.resolve(), raw)
+    add_secrets(settings_secrets(resolved))
+    return resolved
 
 
 def settings_from_dict(data: dict[str, Any], base: Path) -> Settings:
