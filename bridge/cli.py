@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import click
 
 from .config import CONFIG_ENV, Settings, config_path, load_settings
-from .errors import ConfigError, IntakeError
+from .errors import BodyTooLargeError, ConfigError, IntakeError
 from .ledger import Ledger, Status
 from .logs import install as install_redaction
 from .pipeline import Pipeline
@@ -113,6 +113,9 @@ def try_(config_file: str | None, source_name: str, sample: str, content_type: s
     except IntakeError as exc:
         click.echo(f"the relay would answer {exc.status}: {exc}", err=True)
         raise SystemExit(1) from exc
+    except RecursionError as exc:  # a parser without its own depth limit
+        click.echo("the sample is nested too deeply to read", err=True)
+        raise SystemExit(1) from exc
     verdict = screen(seen)
     outcome, reasons = (str(verdict[0]), [verdict[1]]) if verdict else ("deliver", [])
     planned = build_crm(settings).planned(ContactWrite("try", seen.lead, None, seen.mapping.merge_policies()))
@@ -145,6 +148,10 @@ def _read_sample(settings: Settings, source_name: str, sample: str, content_type
     if source_name not in kits:
         raise click.UsageError(f"no source named {source_name!r}; configured: {', '.join(kits)}")
     kind = content_type or ("application/json" if sample.endswith(".json") else "application/x-www-form-urlencoded")
+    limit = settings.server.max_body_bytes
+    # The intake's own body limit, checked before reading, so a huge sample is a message too.
+    if Path(sample).stat().st_size > limit:
+        raise BodyTooLargeError(f"body is over {limit} bytes")
     return interpret_body(kits[source_name], Path(sample).read_bytes(), kind, settings.lead.default_region)
 
 

@@ -242,3 +242,20 @@ def test_sandbox_control_routes_answer_400_to_bad_input(sandbox: Sandbox, route:
     response = requests.post(f"{sandbox.url}{route}", json=body, timeout=5)
     assert response.status_code == 400 and response.json()["ok"] is False
     assert requests.get(f"{sandbox.url}/__sandbox/state", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("sample", "says"),
+    [
+        ("[" * 10_000 + "]" * 10_000, "the "),
+        ('{"x": "' + "a" * 300_000 + '"}', "the relay would answer 413: body is over 262144 bytes"),
+    ],
+    ids=["deep", "huge"],
+)
+def test_try_on_a_deep_or_huge_sample_is_a_message(config_data: dict[str, Any], tmp_path: Path, sample: str, says: str) -> None:
+    path = tmp_path / "sample.json"
+    path.write_text(sample)
+    config = _write_config(tmp_path, config_data)
+    result = CliRunner().invoke(main, ["try", "typeform", str(path), "--config", str(config)])
+    assert result.exit_code == 1 and says in result.output
+    assert isinstance(result.exception, SystemExit)
