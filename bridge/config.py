@@ -18,10 +18,10 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from .errors import ConfigError
 from .logs import add_secrets, settings_secrets
 from .model import Model
-from .timezones import is_time_zone
-from .yamlfile import load_yaml
 from .routing import RoutingSettings
 from .scoring import ScoringSettings
+from .timezones import is_time_zone
+from .yamlfile import load_yaml
 
 CONFIG_ENV = "LEADBRIDGE_CONFIG"
 DEFAULT_CONFIG = "config.yaml"

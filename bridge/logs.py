@@ -23,6 +23,8 @@ EMAIL = re.compile(r"[\w.!#$%&'*+=?^`{|}~-]+(?:@|%40)[\w-]+(?:\.[\w-]+)+", re.IG
 # International (+ then 7+ digits, separators allowed) or grouped national numbers (415 555 0187).
 # Bare digit runs are left alone: HubSpot record ids and timestamps look just like them.
 PHONE = re.compile(r"\+\d(?:[\s().-]{0,2}\d){6,}|\(?\b\d{2,4}\)?[\s.-]{1,2}\d{3,4}[\s.-]\d{4}\b")
+# email-validator's reasons quote the address's domain or characters from it.
+EMAIL_REASON = re.compile(r"(?<=The domain name )\S+(?= does)|(?<=@-sign)( [^(]*)\([^)]*\)")
 TOKEN = re.compile(r"(?i)\b(?:bearer\s+)[\w.~+/=-]+|\bxox[abposr]-[\w-]+|\bpat-[\w-]{8,}")
 
 _secrets: set[str] = set()
@@ -39,6 +41,7 @@ def redact(text: str) -> str:
         text = text.replace(secret, MASK)
     text = TOKEN.sub(MASK, text)
     text = EMAIL.sub(MASK, text)
+    text = EMAIL_REASON.sub(lambda m: (m.group(1) or "") + MASK, text)
     if "%" in text:
         text = EMAIL.sub(MASK, unquote(text))
     return PHONE.sub(MASK, text)
@@ -50,7 +53,11 @@ class RedactionFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "_redacted", False):
             return True
-        record.msg, record.args = redact(record.getMessage()), None
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # bad arguments: logging reports those itself, never us
+            return True
+        record.msg, record.args = redact(message), None
         if record.exc_info and not record.exc_text:
             # Formatters reuse exc_text when set, so the traceback is printed redacted too.
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
@@ -81,9 +88,7 @@ def install(secrets: Iterable[str | None] = ()) -> None:
 
         redacting_factory._redacting = True  # type: ignore[attr-defined]
         logging.setLogRecordFactory(redacting_factory)
-    loggers = [logging.getLogger()] + [
-        lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)
-    ]
+    loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
     handlers = {h for lg in loggers for h in lg.handlers} | ({logging.lastResort} if logging.lastResort else set())
     for handler in handlers:
         if _FILTER not in handler.filters:
@@ -92,7 +97,7 @@ def install(secrets: Iterable[str | None] = ()) -> None:
 
 def settings_secrets(settings: object) -> list[str]:
     """Every secret value the settings resolve from the environment."""
-    found: list[str] = []
+    found: list[str | None] = []
     for name in ("hubspot", "slack"):
         env = getattr(getattr(settings, name, None), "token_env", None)
         found.append(os.environ.get(env) if env else None)

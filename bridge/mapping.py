@@ -106,9 +106,8 @@ def check_transform(spec: str) -> str:
     name, _, arg = spec.partition(":")
     if name not in TRANSFORMS:
         raise ValueError(f"unknown transform {name!r}; known: {', '.join(sorted(TRANSFORMS))}")
-    if name == "date" and arg:
-        if not is_time_zone(arg):
-            raise ValueError(f"date:{arg}: not a time zone name (e.g. date:UTC, date:America/Chicago)")
+    if name == "date" and arg and not is_time_zone(arg):
+        raise ValueError(f"date:{arg}: not a time zone name (e.g. date:UTC, date:America/Chicago)")
     if name == "phone_e164" and arg and not phonenumbers.country_code_for_region(arg.upper()):
         raise ValueError(f"phone_e164:{arg}: not a region code (e.g. phone_e164:GB)")
     return spec

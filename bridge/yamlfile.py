@@ -28,4 +28,4 @@ def load_yaml(raw: bytes | str) -> Any:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise yaml.YAMLError(f"not valid UTF-8 (byte {exc.start})") from exc
-    return yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(raw, Loader=_NoAliasLoader)
