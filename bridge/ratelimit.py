@@ -9,10 +9,13 @@ and every gunicorn worker (or second app in one process) counts against the same
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
@@ -86,5 +89,10 @@ class RateLimiter:
         """0 if the request may go ahead, else how many seconds until it could."""
         if self.capacity <= 0:
             return 0.0
-        # Wall time, not monotonic: the buckets are shared by processes and outlive them.
-        return self.store.take(self.name, key, self.capacity, self.rate, time.time() if now is None else now)
+        try:
+            # Wall time, not monotonic: the buckets are shared by processes and outlive them.
+            return self.store.take(self.name, key, self.capacity, self.rate, time.time() if now is None else now)
+        except sqlite3.Error as exc:
+            # A stuck limits file must not stop leads: let the request through and say so.
+            log.warning("rate limiter unavailable (%s); request allowed", type(exc).__name__)
+            return 0.0
