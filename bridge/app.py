@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import Settings, load_settings
 from .errors import (
@@ -26,8 +27,10 @@ from .errors import (
     UnknownSourceError,
 )
 from .ledger import Ledger
+from .logs import install as install_redaction
+from .logs import settings_secrets
 from .ports import Request, key_aliases
-from .ratelimit import RateLimiter
+from .ratelimit import LimitStore, RateLimiter, limits_path
 from .sources import interpret, load_sources
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,8 @@ class Intake:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
+    # Here, so gunicorn's workers and wsgi.py redact as the CLI does.
+    install_redaction(settings_secrets(settings))
     app = Flask("leadbridge")
     # Let werkzeug refuse oversized bodies before reading them (plus slack for headers).
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
@@ -88,18 +93,29 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["leadbridge"] = intake
 
     limits = settings.server.rate_limit
-    per_ip, per_source = RateLimiter(limits.per_client_ip), RateLimiter(limits.per_source)
+    if limits.trusted_proxies:
+        # Only the hops we run are trusted; anything a client prepends is ignored.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=limits.trusted_proxies)  # type: ignore[method-assign]
+    store = LimitStore(limits_path(settings.ledger.path), settings.ledger.busy_timeout_seconds)
+    app.extensions["leadbridge.limits"] = store
+    per_ip = RateLimiter(store, "ip", limits.per_client_ip)
+    per_source = RateLimiter(store, "source", limits.per_source)
+
+    def over_limit(source: str) -> tuple[Response, int] | None:
+        wait = per_ip.allow(request.remote_addr or "-") or per_source.allow(source)
+        if not wait:
+            return None
+        response, status = _error(429, "rate_limited", "too many requests; retry later")
+        response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        return response, status
+
+    app.extensions["leadbridge.over_limit"] = over_limit
 
     @app.post("/hooks/<source>")
     def hook(source: str) -> tuple[Response, int]:
-        client = request.remote_addr or "-"
-        if limits.trust_forwarded_for and request.headers.get("X-Forwarded-For"):
-            client = request.headers["X-Forwarded-For"].split(",")[0].strip()
-        wait = per_ip.allow(client) or per_source.allow(source)
-        if wait:
-            response, status = _error(429, "rate_limited", "too many requests; retry later")
-            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-            return response, status
+        refused = over_limit(source)
+        if refused:
+            return refused
         req = Request(
             body=request.get_data(cache=False),
             content_type=request.content_type or "",

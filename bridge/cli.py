@@ -23,8 +23,9 @@ from urllib.parse import urlparse
 import click
 
 from .config import CONFIG_ENV, Settings, config_path, load_settings
-from .errors import ConfigError, IntakeError
+from .errors import BodyTooLargeError, ConfigError, IntakeError
 from .ledger import Ledger, Status
+from .logs import install as install_redaction
 from .pipeline import Pipeline
 from .ports import ContactWrite, build_crm
 from .sources import Interpretation, load_sources, screen
@@ -52,6 +53,7 @@ def _logging(verbose: bool = False) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_redaction()
 
 
 @click.group()
@@ -111,6 +113,9 @@ def try_(config_file: str | None, source_name: str, sample: str, content_type: s
     except IntakeError as exc:
         click.echo(f"the relay would answer {exc.status}: {exc}", err=True)
         raise SystemExit(1) from exc
+    except RecursionError as exc:  # a parser without its own depth limit
+        click.echo("the sample is nested too deeply to read", err=True)
+        raise SystemExit(1) from exc
     verdict = screen(seen)
     outcome, reasons = (str(verdict[0]), [verdict[1]]) if verdict else ("deliver", [])
     planned = build_crm(settings).planned(ContactWrite("try", seen.lead, None, seen.mapping.merge_policies()))
@@ -143,6 +148,10 @@ def _read_sample(settings: Settings, source_name: str, sample: str, content_type
     if source_name not in kits:
         raise click.UsageError(f"no source named {source_name!r}; configured: {', '.join(kits)}")
     kind = content_type or ("application/json" if sample.endswith(".json") else "application/x-www-form-urlencoded")
+    limit = settings.server.max_body_bytes
+    # The intake's own body limit, checked before reading, so a huge sample is a message too.
+    if Path(sample).stat().st_size > limit:
+        raise BodyTooLargeError(f"body is over {limit} bytes")
     return interpret_body(kits[source_name], Path(sample).read_bytes(), kind, settings.lead.default_region)
 
 
@@ -418,6 +427,7 @@ def sandbox(host: str, port: int, search_lag: float, state_file: str | None, res
     from connectors.sandbox import serve_forever
     from connectors.sandbox.persist import StateFile, StateFileError
 
+    install_redaction()
     if reset:
         deleted = state_file is not None and StateFile(state_file).delete()
         click.echo(f"sandbox: --reset: starting clean{f' (deleted {state_file})' if deleted else ''}", err=True)
@@ -461,7 +471,7 @@ status_choice = click.Choice([str(s) for s in Status])
 @click.option("--status", type=status_choice, help="Only deliveries in this state.")
 @click.option("--source", help="Only deliveries from this source.")
 @click.option("--since", help="Only deliveries received since, e.g. 2h, 30m, 7d or an ISO time.")
-@click.option("--limit", default=100, show_default=True, type=int)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 def deliveries(
     config_file: str | None, status: str | None, source: str | None, since: str | None, limit: int, as_json: bool

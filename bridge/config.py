@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .logs import add_secrets, settings_secrets
 from .model import Model
 from .routing import RoutingSettings
 from .scoring import ScoringSettings
+from .timezones import is_time_zone
+from .yamlfile import load_yaml
 
 CONFIG_ENV = "LEADBRIDGE_CONFIG"
 DEFAULT_CONFIG = "config.yaml"
@@ -27,11 +30,20 @@ EXAMPLE_CONFIG = "config.example.yaml"
 
 class RateLimitSettings(Model):
     # Requests per minute before intake answers 429 (never touching the ledger); 0 = no limit.
-    # Counted per intake process: with N gunicorn workers the effective limit is up to N times this.
+    # Shared by every intake worker through <ledger>.limits.db.
     per_client_ip: int = Field(120, ge=0)
     per_source: int = Field(1200, ge=0)
-    # Trust X-Forwarded-For's first address (only behind a proxy you run).
+    # How many proxies you run in front of the relay: the client is the address that many hops
+    # from the right of X-Forwarded-For (werkzeug's ProxyFix); 0 ignores the header entirely.
+    trusted_proxies: int = Field(0, ge=0, le=10)
+    # Deprecated alias of trusted_proxies: 1 (it used to trust the spoofable leftmost entry).
     trust_forwarded_for: bool = False
+
+    @model_validator(mode="after")
+    def _alias_one_hop(self) -> RateLimitSettings:
+        if self.trust_forwarded_for and not self.trusted_proxies:
+            self.trusted_proxies = 1
+        return self
 
 
 class ServerSettings(Model):
@@ -165,6 +177,14 @@ class DigestSettings(Model):
     timezone: str = "UTC"
     title: str = "Leads today, no rush"
 
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        # Checked here, or the worker logs a traceback at every digest tick.
+        if not is_time_zone(value):
+            raise ValueError(f'unknown time zone "{value}": use an IANA name like "America/Chicago"')
+        return value
+
 
 class SourceSettings(Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
@@ -274,7 +294,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read ({exc.strerror})"]) from exc
     try:
-        data = yaml.safe_load(raw) or {}
+        data = load_yaml(raw) or {}
     except yaml.YAMLError as exc:
         raise ConfigError([f"{file}: not valid YAML ({exc})"]) from exc
     if not isinstance(data, dict):
@@ -283,7 +303,9 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(validation_problems(exc)) from exc
-    return _resolve(settings, file.resolve(), raw)
+    resolved = _resolve(settings, file.resolve(), raw)
+    add_secrets(settings_secrets(resolved))
+    return resolved
 
 
 def settings_from_dict(data: dict[str, Any], base: Path) -> Settings:

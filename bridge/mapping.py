@@ -24,6 +24,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from .config import validation_problems
 from .errors import ConfigError
 from .lead import Lead
+from .timezones import is_time_zone
+from .yamlfile import load_yaml
 
 LEAD_FIELDS = frozenset(Lead.model_fields) - {"custom", "consent"}
 
@@ -104,11 +106,8 @@ def check_transform(spec: str) -> str:
     name, _, arg = spec.partition(":")
     if name not in TRANSFORMS:
         raise ValueError(f"unknown transform {name!r}; known: {', '.join(sorted(TRANSFORMS))}")
-    if name == "date" and arg:
-        try:
-            ZoneInfo(arg)
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"date:{arg}: not a time zone name (e.g. date:UTC, date:America/Chicago)") from exc
+    if name == "date" and arg and not is_time_zone(arg):
+        raise ValueError(f"date:{arg}: not a time zone name (e.g. date:UTC, date:America/Chicago)")
     if name == "phone_e164" and arg and not phonenumbers.country_code_for_region(arg.upper()):
         raise ValueError(f"phone_e164:{arg}: not a region code (e.g. phone_e164:GB)")
     return spec
@@ -211,7 +210,7 @@ class Mapping(BaseModel):
 
 def load_mapping(path: Path) -> Mapping:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_bytes())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError([f"{path}: cannot read mapping ({exc})"]) from exc
     try:

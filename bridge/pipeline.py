@@ -18,6 +18,7 @@ from pathlib import Path
 from .config import Settings
 from .errors import DeliveryError, IntakeError, RetriableError, ThrottledError
 from .ledger import Delivery, LeaseLostError, Ledger, Status
+from .logs import redact
 from .ports import CRM, Alert, Notifier, build_crm, build_notifier
 from .retry import next_attempt_at
 from .sales import Run, Sales
@@ -131,7 +132,7 @@ class Pipeline:
             # Our own pacing, not a failure: back in the queue shortly, the attempt given back.
             self.ledger.defer(delivery.id, owner, time.time() + (exc.retry_after or 1.0), str(exc), refund_attempt=True)
             return "deferred"
-        message = f"{step}: {exc}"
+        message = redact(f"{step}: {exc}")
         if isinstance(exc, RetriableError):
             at = next_attempt_at(attempt, time.time(), self.settings.retry, retry_after=exc.retry_after)
             if at is not None:

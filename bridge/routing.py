@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from fractions import Fraction
 from typing import Annotated, Any, Literal, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import BeforeValidator, Field, PlainSerializer, PositiveInt, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .lead import Lead
 from .model import Model
+from .timezones import is_time_zone
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -142,10 +143,8 @@ class OwnerSpec(Model):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise _invalid(f'unknown time zone "{value}": use an IANA name like "America/Chicago"') from None
+        if not is_time_zone(value):
+            raise _invalid(f'unknown time zone "{value}": use an IANA name like "America/Chicago"')
         return value
 
     @model_validator(mode="after")

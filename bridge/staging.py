@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 from flask import Blueprint, Flask, request, url_for
+from itsdangerous import BadData, URLSafeTimedSerializer
 
 from .errors import IntakeError
 from .lead import looks_like_test
@@ -39,6 +40,10 @@ FORM_KEY_FIELD = "form_id"
 INPUT_MODES = {"email": "email", "phone": "tel"}
 
 Page = tuple[str, int]
+
+# How long a rendered form can still be sent: long enough to fill it in, short enough to expire.
+CSRF_MAX_AGE_SECONDS = 3600
+CSRF_FIELD = "csrf_token"
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,9 @@ class StagingError(IntakeError):
 def register_staging(app: Flask, intake: Intake) -> None:
     """Serve the staging pages on ``app``; only called when ``server.staging`` is on."""
     staging = Blueprint("staging", __name__, url_prefix="/staging")
+    # The key is kept in the shared limits file, so a form rendered by one worker posts to any.
+    csrf = URLSafeTimedSerializer(app.extensions["leadbridge.limits"].secret("staging-csrf"), salt="staging-form")
+    over_limit = app.extensions["leadbridge.over_limit"]
 
     @staging.get("/")
     def index() -> Page:
@@ -107,12 +115,19 @@ def register_staging(app: Flask, intake: Intake) -> None:
             inputs=form_inputs(mapping),
             action=url_for("staging.submit", source=source, form=request.args.get("form") or None),
             secret_set=bool(kit.spec.secrets()),
+            csrf_token=csrf.dumps(source),
         ), 200
 
     @staging.post("/<source>")
     def submit(source: str) -> Page:
         kit, mapping = _find(intake, source)
-        return _submit(intake, kit, mapping, request.args.get("form"), request.form.to_dict())
+        limited = over_limit(source)
+        if limited:
+            raise StagingError(429, "rate_limited", "Too many requests; wait a minute and send again.")
+        _check_same_site(csrf, source)
+        posted = request.form.to_dict()
+        posted.pop(CSRF_FIELD, None)
+        return _submit(intake, kit, mapping, request.args.get("form"), posted)
 
     # Ahead of the app's JSON handler for these routes: a person reads this, not a sender.
     @staging.errorhandler(IntakeError)
@@ -122,6 +137,25 @@ def register_staging(app: Flask, intake: Intake) -> None:
         ), exc.status
 
     app.register_blueprint(staging)
+
+
+def _check_same_site(csrf: URLSafeTimedSerializer, source: str) -> None:
+    """Refuse a post another site made a browser send: foreign Origin/Referer, or no valid form token."""
+    own = request.host_url.rstrip("/")
+    origin = request.headers.get("Origin") or _origin_of(request.headers.get("Referer", ""))
+    if origin and origin != own:
+        raise StagingError(403, "cross_site", "This form can only be sent from its own staging page.")
+    try:
+        signed_for = csrf.loads(request.form.get(CSRF_FIELD, ""), max_age=CSRF_MAX_AGE_SECONDS)
+    except BadData:
+        signed_for = None
+    if signed_for != source:
+        raise StagingError(403, "bad_form_token", "The form has expired or was not rendered here; reload it.")
+
+
+def _origin_of(referer: str) -> str:
+    parts = referer.split("/", 3)
+    return "/".join(parts[:3]) if len(parts) >= 3 and parts[0] in ("http:", "https:") else ""
 
 
 def _listing(kit: SourceKit) -> dict[str, Any]:
@@ -279,6 +313,7 @@ test data and never reaches HubSpot.</p>
 <p class="warning" role="alert">No secret is set for this source ({{ kit.spec.secret_env | join(", ") }}): sending will fail.</p>
 {% endif %}
 <form method="post" action="{{ action }}">
+<input type="hidden" name="csrf_token" value="{{ csrf_token }}">
 {% for input in inputs %}
 <div class="field">
 <label for="field-{{ loop.index }}">{{ input.label }} <code>{{ input.key }}</code></label>

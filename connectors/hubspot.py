@@ -38,6 +38,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from bridge.config import HubSpotSettings
 from bridge.errors import DeliveryError, PermanentError, RetriableError, ThrottledError
+from bridge.logs import redact
 from bridge.ports import ContactResult, ContactWrite, Link, Snapshot
 
 BATCH_LIMIT = 100
@@ -313,7 +314,8 @@ class HubSpotCRM:
     @staticmethod
     def _translate(exc: Any) -> DeliveryError:
         body = _body(exc)
-        message = body.get("message") or exc.reason or "no message"
+        # HubSpot quotes the offending value (often the email): redacted before it is kept anywhere.
+        message = redact(str(body.get("message") or exc.reason or "no message"))
         status = exc.status or 0
         if status == 429:
             wait = RATE_LIMIT_WAIT.get(body.get("policyName", ""), 10.0)
@@ -362,7 +364,7 @@ def _body(exc: Any) -> dict[str, Any]:
 
 
 def _batch_error(err: Any) -> DeliveryError:
-    message = f"HubSpot {err.category or 'error'}: {err.message}"
+    message = redact(f"HubSpot {err.category or 'error'}: {err.message}")
     if err.category in {"RATE_LIMITS", "INTERNAL_ERROR", "LOCKED"}:
         return RetriableError(message)
     return PermanentError(message)

@@ -182,7 +182,8 @@ def test_without_a_secret_sending_is_a_503_and_nothing_is_stored(
     monkeypatch.delenv("TYPEFORM_SECRET")
     page = requests.get(f"{staging}/staging/typeform", timeout=5)
     assert "No secret is set for this source (TYPEFORM_SECRET): sending will fail." in page.text
-    response = requests.post(f"{staging}/staging/typeform", data={"email": "maria@lopez-roofing.com"}, timeout=5)
+    posted = {"email": "maria@lopez-roofing.com", "csrf_token": _token(page.text)}
+    response = requests.post(f"{staging}/staging/typeform", data=posted, timeout=5)
     assert response.status_code == 503
     assert _error_text(response.text) == (
         "503 no_secret: Source &#39;typeform&#39; has no secret: set TYPEFORM_SECRET and restart the relay."
@@ -193,6 +194,7 @@ def test_without_a_secret_sending_is_a_503_and_nothing_is_stored(
 def test_pages_escape_what_was_typed_and_never_show_the_secret(staging: str, staging_ledger: Ledger) -> None:
     form = requests.get(f"{staging}/staging/typeform", timeout=5)
     typed = {"email": "maria@lopez-roofing.com", "first_name": "<script>alert(1)</script>", "budget": ""}
+    typed["csrf_token"] = _token(form.text)
     response = requests.post(f"{staging}/staging/typeform", data=typed, timeout=5)
     assert (form.status_code, response.status_code) == (200, 200)
     for page in (form.text, response.text):
@@ -211,7 +213,7 @@ def test_a_chosen_form_is_sent_with_its_form_key_and_mapped_by_its_mapping(confi
     with served(settings) as url:
         index = requests.get(f"{url}/staging/", timeout=5)
         form = requests.get(f"{url}/staging/typeform", params={"form": "cb-form"}, timeout=5)
-        typed = {"name": "maria lopez", "phone": "415 555 0187"}
+        typed = {"name": "maria lopez", "phone": "415 555 0187", "csrf_token": _token(form.text)}
         response = requests.post(f"{url}/staging/typeform", params={"form": "cb-form"}, data=typed, timeout=5)
     assert '; forms: <a href="/staging/typeform?form=cb-form">cb-form</a>' in index.text
     # One input for a key two rules read (a full name split in two).
@@ -257,7 +259,7 @@ def test_every_source_type_goes_through_intake_without_showing_its_secret(
     settings = settings_from_dict(config_data, ROOT)
     with served(settings) as url:
         form = requests.get(f"{url}/staging/other", timeout=5)
-        response = requests.post(f"{url}/staging/other", data=typed, timeout=5)
+        response = requests.post(f"{url}/staging/other", data={**typed, "csrf_token": _token(form.text)}, timeout=5)
     assert [form.status_code, response.status_code] == [200, 200], response.text
     assert all(f'name="{key}"' in form.text for key in typed)
     assert secret not in form.text and secret not in response.text
@@ -269,12 +271,18 @@ def test_every_source_type_goes_through_intake_without_showing_its_secret(
 
 def test_an_intake_refusal_is_shown_with_its_status(config_data: dict[str, Any], sandbox: Sandbox) -> None:
     # A small body limit: the form post fits, the Typeform JSON built from it does not.
-    config_data["server"].update(staging=True, max_body_bytes=300)
+    config_data["server"].update(staging=True, max_body_bytes=500)
     with served(settings_from_dict(config_data, ROOT)) as url:
-        posted = {"email": "maria@lopez-roofing.com", "message": "x" * 200}
+        form = requests.get(f"{url}/staging/typeform", timeout=5)
+        posted = {"email": "maria@lopez-roofing.com", "message": "x" * 200, "csrf_token": _token(form.text)}
         response = requests.post(f"{url}/staging/typeform", data=posted, timeout=5)
     assert response.status_code == 413
-    assert _error_text(response.text) == "413 body_too_large: body is over 300 bytes"
+    assert _error_text(response.text) == "413 body_too_large: body is over 500 bytes"
+
+
+def _token(page: str) -> str:
+    """The form's signed token, as a browser would send it back."""
+    return page.split('name="csrf_token" value="')[1].split('"')[0]
 
 
 def _error_text(page: str) -> str:

@@ -68,23 +68,50 @@ def control_reset() -> ResponseReturnValue:
     return jsonify({"ok": True})
 
 
+def _body() -> dict[str, Any]:
+    """The request's JSON object, or {} when there is none; anything else is the caller's mistake."""
+    body = request.get_json(silent=True)
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    return body
+
+
+def _bad_input(exc: Exception) -> ResponseReturnValue:
+    return jsonify({"ok": False, "error": f"bad input: {exc}"}), 400
+
+
 def control_add_fault() -> ResponseReturnValue:
-    body = request.get_json(silent=True) or {}
-    if body.get("status") is None and not body.get("delay"):
-        return jsonify({"ok": False, "error": "a fault needs a status, a delay or both"}), 400
-    fault = Fault(
-        path=str(body.get("path", "")),
-        method=str(body["method"]).upper() if body.get("method") else None,
-        status=None if body.get("status") is None else int(body["status"]),
-        remaining=None if body.get("times") is None else int(body["times"]),
-        body=body.get("body"),
-        headers={k: str(v) for k, v in (body.get("headers") or {}).items()},
-        delay=float(body.get("delay") or 0.0),
-        policy=body.get("policy"),
-    )
+    try:
+        body = _body()
+        if body.get("status") is None and not body.get("delay"):
+            return jsonify({"ok": False, "error": "a fault needs a status, a delay or both"}), 400
+        fault = _fault(body)
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        return _bad_input(exc)
     with state().lock:
         state().faults.append(fault)
     return jsonify({"ok": True}), 201
+
+
+def _fault(body: dict[str, Any]) -> Fault:
+    status = None if body.get("status") is None else int(body["status"])
+    if status is not None and not 100 <= status <= 599:
+        raise ValueError("status must be an HTTP status (100-599)")
+    delay = float(body.get("delay") or 0.0)
+    if not 0 <= delay <= 600:
+        raise ValueError("delay must be 0-600 seconds")
+    return Fault(
+        path=str(body.get("path", "")),
+        method=str(body["method"]).upper() if body.get("method") else None,
+        status=status,
+        remaining=None if body.get("times") is None else int(body["times"]),
+        body=body.get("body"),
+        headers={str(k): str(v) for k, v in (body.get("headers") or {}).items()},
+        delay=delay,
+        policy=body.get("policy"),
+    )
 
 
 def control_clear_faults() -> ResponseReturnValue:
@@ -94,12 +121,19 @@ def control_clear_faults() -> ResponseReturnValue:
 
 
 def control_add_owner() -> ResponseReturnValue:
-    with state().lock:
-        return jsonify(state().crm.add_owner(request.get_json(silent=True) or {})), 201
+    try:
+        body = _body()
+        with state().lock:
+            return jsonify(state().crm.add_owner(body)), 201
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        return _bad_input(exc)
 
 
 def control_add_slack_user() -> ResponseReturnValue:
-    body = request.get_json(silent=True) or {}
+    try:
+        body = _body()
+    except ValueError as exc:
+        return _bad_input(exc)
     user = {"id": body.get("id"), "email": body.get("email"), "name": body.get("name")}
     with state().lock:
         state().slack_users.append(user)
@@ -107,7 +141,12 @@ def control_add_slack_user() -> ResponseReturnValue:
 
 
 def control_search_lag() -> ResponseReturnValue:
-    seconds = float((request.get_json(silent=True) or {}).get("seconds", 0.0))
+    try:
+        seconds = float(_body().get("seconds", 0.0))
+        if not 0 <= seconds <= 600:
+            raise ValueError("seconds must be 0-600")
+    except (ValueError, TypeError) as exc:
+        return _bad_input(exc)
     with state().lock:
         state().search_lag = seconds
     return jsonify({"ok": True, "seconds": seconds})
