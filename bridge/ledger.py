@@ -104,6 +104,16 @@ _PERSON_BUSY = f"""
     )"""
 
 
+_EXPIRED_LEASES = f"""
+    SELECT id FROM deliveries AS d INDEXED BY deliveries_leased
+    WHERE status = '{Status.PROCESSING}' AND lease_until < :now AND NOT EXISTS ({_PERSON_BUSY})
+    ORDER BY lease_until LIMIT :limit"""
+_DUE = f"""
+    SELECT id FROM deliveries AS d INDEXED BY deliveries_waiting
+    WHERE status IN ('{Status.RECEIVED}', '{Status.RETRYING}') AND next_attempt_at <= :now AND NOT EXISTS ({_PERSON_BUSY})
+    ORDER BY next_attempt_at LIMIT :limit"""
+
+
 @migrations()
 def m001_initial(db: sqlite_utils.Database) -> None:
     statuses = ", ".join(f"'{s}'" for s in Status)
@@ -233,6 +243,17 @@ def m002_sales_memory(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m003_claim_indexes(db: sqlite_utils.Database) -> None:
+    # The claim walks these in order and stops after a batch, so its cost does not grow
+    # with the backlog: waiting deliveries by when they fall due, leases by when they run out.
+    db.execute(
+        f"""CREATE INDEX deliveries_waiting ON deliveries (next_attempt_at)
+            WHERE status IN ('{Status.RECEIVED}', '{Status.RETRYING}')"""
+    )
+    db.execute(f"CREATE INDEX deliveries_leased ON deliveries (lease_until) WHERE status = '{Status.PROCESSING}'")
+
+
 class Ledger:
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
@@ -347,17 +368,13 @@ class Ledger:
         """
         now = time.time() if now is None else now
         with self._write() as conn:
+            # Expired leases first (their workers died), then what is due, most overdue first.
+            # Each select walks a partial index and stops at ``limit``.
             ids = [
                 row[0]
-                for row in conn.execute(
-                    f"""SELECT id FROM deliveries AS d
-                        WHERE ((status IN ('{Status.RECEIVED}', '{Status.RETRYING}') AND next_attempt_at <= :now)
-                               OR (status = '{Status.PROCESSING}' AND lease_until < :now))
-                          AND NOT EXISTS ({_PERSON_BUSY})
-                        ORDER BY d.rowid LIMIT :limit""",
-                    {"now": now, "limit": limit},
-                )
-            ]
+                for query in (_EXPIRED_LEASES, _DUE)
+                for row in conn.execute(query, {"now": now, "limit": limit})
+            ][:limit]
             return self._take(conn, ids, owner, lease_seconds, now, crash_budget)
 
     def claim_ids(self, ids: Sequence[str], owner: str, lease_seconds: float, now: float | None = None) -> list[Delivery]:
