@@ -96,6 +96,18 @@ DEFAULT_PROPERTIES = {
 }
 
 
+class CallBudget(Model):
+    """HubSpot's burst limit as this relay spends it (hubspot.md §4): Free/Starter 100 per 10 s,
+    Professional/Enterprise 190; search 5 per second. 0 turns a limit off."""
+
+    requests: int = Field(100, ge=0)
+    per_seconds: float = Field(10.0, gt=0)
+    search_requests: int = Field(5, ge=0)
+    search_per_seconds: float = Field(1.0, gt=0)
+    # How long one call may wait for a slot before its delivery is deferred (its attempt kept).
+    max_wait_seconds: float = Field(10.0, ge=0)
+
+
 class HubSpotSettings(Model):
     base_url: str = "https://api.hubapi.com"
     token_env: str = "HUBSPOT_TOKEN"
@@ -108,6 +120,10 @@ class HubSpotSettings(Model):
     properties: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_PROPERTIES))
     # Consent evidence name (from a mapping's consent section) -> contact property; unmapped ones stay in the ledger only.
     consent_properties: dict[str, str] = Field(default_factory=dict)
+    # Shared by every worker process through the limits file beside the ledger.
+    rate_limit: CallBudget = Field(default_factory=CallBudget)
+    # Whether an owner is active is asked again after this long; during an outage the last answer stands.
+    owner_cache_seconds: float = Field(300.0, ge=0)
 
     @field_validator("base_url")
     @classmethod

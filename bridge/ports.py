@@ -203,7 +203,10 @@ def build_source(spec: SourceSettings) -> Source:
 def build_crm(settings: Settings) -> CRM:
     from connectors import CRM as spec
 
-    return load(spec)(settings.hubspot)
+    from .ratelimit import CallPacer, limits_path
+
+    pacer = CallPacer(limits_path(settings.ledger.path), settings.hubspot.rate_limit)
+    return load(spec)(settings.hubspot, pacer)
 
 
 def build_notifier(settings: Settings) -> Notifier:

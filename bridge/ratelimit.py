@@ -1,6 +1,12 @@
-"""Intake rate limits: a token bucket per key (client IP, source), shared by every worker.
+"""Rate limits kept in one small SQLite file beside the ledger, shared by every process.
 
-A request over the limit is answered 429 before anything is parsed or written, so a
+Two kinds live here:
+- intake limits: a token bucket per key (client IP, source), answered 429 at the door;
+- the HubSpot call budget: a rolling window (HubSpot counts "100 per 10 s rolling", so a
+  token bucket, which allows a full bucket plus its refill inside one window, would overshoot),
+  taken before every call by every worker process, and corrected by HubSpot's own count.
+
+An intake request over the limit is answered 429 before anything is parsed or written, so a
 flood never reaches the ledger. The buckets live in a small SQLite file beside the ledger
 (``<ledger>.limits.db``, WAL), not in the ledger itself: a limiter transaction is a few
 microseconds and never holds the ledger's write lock, so intake writes never wait on it,
@@ -13,7 +19,11 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from .config import CallBudget
+from .errors import ThrottledError
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +33,8 @@ CREATE TABLE IF NOT EXISTS buckets (
     PRIMARY KEY (name, key)
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS calls (name TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS calls_by_name ON calls (name, at);
 """
 
 
@@ -67,6 +79,39 @@ class LimitStore:
         finally:
             db.close()
 
+    def take_window(self, name: str, limit: int, window: float, now: float) -> float:
+        """One call in a rolling window of ``limit`` per ``window`` s: 0 if granted, else seconds to wait."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM calls WHERE name=? AND at <= ?", (name, now - window))
+            used = db.execute("SELECT count(*) FROM calls WHERE name=?", (name,)).fetchone()[0]
+            if used < limit:
+                db.execute("INSERT INTO calls VALUES (?, ?)", (name, now))
+                wait = 0.0
+            else:
+                # The slot that frees first is the (used - limit + 1)-th oldest call's.
+                oldest = db.execute(
+                    "SELECT at FROM calls WHERE name=? ORDER BY at LIMIT 1 OFFSET ?", (name, used - limit)
+                ).fetchone()[0]
+                wait = max(0.001, oldest + window - now)
+            db.execute("COMMIT")
+            return wait
+        finally:
+            db.close()
+
+    def fill_window(self, name: str, used: int, window: float, now: float) -> None:
+        """The other side counted ``used`` calls in its window: count at least as many here."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM calls WHERE name=? AND at <= ?", (name, now - window))
+            ours = db.execute("SELECT count(*) FROM calls WHERE name=?", (name,)).fetchone()[0]
+            db.executemany("INSERT INTO calls VALUES (?, ?)", [(name, now)] * max(0, used - ours))
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
     def secret(self, name: str) -> bytes:
         """A random secret created once per file, so every worker signs and checks alike."""
         db = self._connect()
@@ -96,3 +141,81 @@ class RateLimiter:
             # A stuck limits file must not stop leads: let the request through and say so.
             log.warning("rate limiter unavailable (%s); request allowed", type(exc).__name__)
             return 0.0
+
+
+class CallPacer:
+    """HubSpot's burst limit, spent by every worker process on the machine together.
+
+    Each call takes a slot in the shared rolling window first (search calls also take one in
+    the search window). When none is free the call waits, up to ``max_wait_seconds``; past
+    that it raises ThrottledError, so the delivery is deferred and keeps its attempt. HubSpot's
+    answer headers say how much of the window it has counted (another process on the same
+    token, calls made before a restart); when that is more than ours, ours catches up.
+    """
+
+    API, SEARCH = "hubspot", "hubspot-search"
+
+    def __init__(
+        self,
+        path: Path,
+        budget: CallBudget,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.path, self.budget = path, budget
+        self.clock, self.sleep = clock, sleep
+        self._store: LimitStore | None = None
+
+    def acquire(self, *, search: bool = False) -> None:
+        """Wait for a slot (bounded), or raise ThrottledError."""
+        budget = self.budget
+        self._wait_for(self.API, budget.requests, budget.per_seconds)
+        if search:
+            self._wait_for(self.SEARCH, budget.search_requests, budget.search_per_seconds)
+
+    def observe(self, headers: Mapping[str, str] | None) -> None:
+        """Correct our count from HubSpot's ``X-HubSpot-RateLimit-Remaining``."""
+        limit = self.budget.requests
+        try:
+            remaining = int((headers or {})["X-HubSpot-RateLimit-Remaining"])
+        except (KeyError, TypeError, ValueError):
+            return  # search answers and errors from proxies carry no such header
+        if limit > 0 and remaining < limit:
+            self._safely(lambda s: s.fill_window(self.API, limit - remaining, self.budget.per_seconds, self.clock()))
+
+    def spent(self, *, search: bool = False) -> None:
+        """HubSpot answered 429 anyway: treat that window as full."""
+        budget = self.budget
+        name, limit, window = (
+            (self.SEARCH, budget.search_requests, budget.search_per_seconds)
+            if search
+            else (self.API, budget.requests, budget.per_seconds)
+        )
+        if limit > 0:
+            self._safely(lambda s: s.fill_window(name, limit, window, self.clock()))
+
+    def _wait_for(self, name: str, limit: int, window: float) -> None:
+        if limit <= 0:
+            return
+        waited = 0.0
+        while True:
+            wait = self._safely(lambda s: s.take_window(name, limit, window, self.clock())) or 0.0
+            if wait <= 0:
+                return
+            if waited + wait > self.budget.max_wait_seconds:
+                raise ThrottledError(
+                    f"HubSpot call budget in use ({limit} per {window:g} s); next slot in {wait:.1f} s", retry_after=wait
+                )
+            self.sleep(wait)
+            waited += wait
+
+    def _safely(self, use: Callable[[LimitStore], float | None]) -> float | None:
+        try:
+            if self._store is None:  # opened at the first call, so `leadbridge try` writes no file
+                self._store = LimitStore(self.path)
+            return use(self._store)
+        except sqlite3.Error as exc:
+            # A stuck limits file must not stop leads: HubSpot's own 429 still paces us.
+            log.warning("HubSpot call budget unavailable (%s); call allowed", type(exc).__name__)
+            return None

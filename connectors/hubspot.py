@@ -40,9 +40,10 @@ from bridge.config import HubSpotSettings
 from bridge.errors import DeliveryError, PermanentError, RetriableError, ThrottledError
 from bridge.logs import redact
 from bridge.ports import ContactResult, ContactWrite, Link, Snapshot
+from bridge.ratelimit import CallPacer
 
+log = logging.getLogger(__name__)
 BATCH_LIMIT = 100
-OWNER_CACHE_SECONDS = 300
 OVERWRITE, SET_IF_EMPTY, APPEND = "overwrite", "set_if_empty", "append"
 EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 # 429 policies (hubspot.md §4): the ten-second burst window vs the search API's per-second limit.
@@ -55,8 +56,9 @@ OBJECT_TYPE_IDS = {"contacts": "0-1", "deals": "0-3", "notes": "0-46", "tasks": 
 
 
 class HubSpotCRM:
-    def __init__(self, settings: HubSpotSettings) -> None:
+    def __init__(self, settings: HubSpotSettings, pacer: CallPacer | None = None) -> None:
         self.settings = settings
+        self.pacer = pacer
         # The SDK logs response bodies (lead data) at DEBUG; keep it to warnings whatever the root level.
         logging.getLogger("hubspot").setLevel(logging.WARNING)
         client = HubSpot(access_token=os.environ.get(settings.token_env, ""), host=settings.base_url)
@@ -130,19 +132,32 @@ class HubSpotCRM:
         return self._owner_ids[key]
 
     def owner_active(self, owner_id: str) -> bool:
-        """Cached for a few minutes: routing asks for every lead, and owners rarely change."""
+        """Cached for a few minutes: routing asks for every lead, and owners rarely change.
+
+        When HubSpot cannot answer, the last answer stands: an outage must not hold back a lead
+        whose owner was active a few minutes ago (the contact write retries on its own).
+        """
         cached = self._owner_active.get(owner_id)
-        if cached and time.monotonic() - cached[1] < OWNER_CACHE_SECONDS:
+        if cached and time.monotonic() - cached[1] < self.settings.owner_cache_seconds:
             return cached[0]
         try:
             owner = self._call(self._owners.get_by_id, owner_id, archived=False)
             active = not bool(owner.archived)
         except owners.ApiException as exc:
             if exc.status != 404:
-                raise self._translate(exc) from exc
+                return self._stale(cached, self._translate(exc))
             active = False
+        except RetriableError as exc:
+            return self._stale(cached, exc)
         self._owner_active[owner_id] = (active, time.monotonic())
         return active
+
+    @staticmethod
+    def _stale(cached: tuple[bool, float] | None, error: DeliveryError) -> bool:
+        if cached is None or not isinstance(error, RetriableError):
+            raise error
+        log.info("owner lookup failed (%s); using the answer from %.0f s ago", type(error).__name__, time.monotonic() - cached[1])
+        return cached[0]
 
     def record_url(self, object_type: str, record_id: str) -> str:
         type_id = OBJECT_TYPE_IDS.get(object_type, object_type)
@@ -307,9 +322,29 @@ class HubSpotCRM:
             reraise=True,
         )
         try:
-            return retrying(fn, *args, _request_timeout=self.settings.timeout_seconds, **kwargs)
+            return retrying(self._paced, fn, *args, _request_timeout=self.settings.timeout_seconds, **kwargs)
         except urllib3.exceptions.HTTPError as exc:
             raise RetriableError(f"HubSpot unreachable ({type(exc).__name__})") from exc
+
+    def _paced(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One HTTP request inside the shared call budget, which HubSpot's answer then corrects."""
+        if self.pacer is None:
+            return fn(*args, **kwargs)
+        self.pacer.acquire(search=fn.__name__ == "do_search")
+        try:
+            result = fn(*args, **kwargs)
+        except API_ERRORS as exc:
+            if exc.status == 429:
+                # SECONDLY is the search limit (hubspot.md §4); anything else spent the burst window.
+                self.pacer.spent(search=_body(exc).get("policyName") == "SECONDLY")
+            else:
+                self.pacer.observe(exc.headers)
+            raise
+        # The SDK keeps the last raw answer on the api client; racy across threads, but any
+        # recent answer's count is a true reading of HubSpot's window.
+        answer = getattr(getattr(getattr(fn, "__self__", None), "api_client", None), "last_response", None)
+        self.pacer.observe(answer.getheaders() if answer is not None else None)
+        return result
 
     @staticmethod
     def _translate(exc: Any) -> DeliveryError:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bridge.config import Settings
+from bridge.config import CallBudget, Settings, settings_from_dict
+from bridge.errors import ThrottledError
 from bridge.ledger import Ledger, Status
+from bridge.ratelimit import CallPacer
 from bridge.worker import Worker
 
-from .conftest import Sandbox, answer, post_typeform, served, typeform_payload
+from .conftest import ROOT, Sandbox, answer, post_typeform, served, typeform_payload
 from .test_sales import roofing, sales_config, sales_settings  # noqa: F401  (fixtures)
 
 HANG_SECONDS = 8.0
@@ -54,3 +58,120 @@ def test_a_hanging_owner_lookup_does_not_hold_up_intake(
     assert owner_answers_so_far == 0
     assert ledger.get(answered.json()["delivery_id"]) is not None
     assert ledger.get(first).status == Status.DELIVERED
+
+
+# -- the shared HubSpot call budget ---------------------------------------------
+
+
+class Clock:
+    """Time that moves only when the test says so; sleeping moves it too."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def pacers(tmp_path: Path, count: int, **budget: Any) -> tuple[Clock, list[CallPacer]]:
+    clock = Clock()
+    spec = CallBudget(**{"requests": 4, "per_seconds": 10, "max_wait_seconds": 0, **budget})
+    path = tmp_path / "ledger.db.limits.db"
+    return clock, [CallPacer(path, spec, clock=clock, sleep=clock.sleep) for _ in range(count)]
+
+
+def granted(pacer: CallPacer, **kwargs: Any) -> bool:
+    try:
+        pacer.acquire(**kwargs)
+    except ThrottledError:
+        return False
+    return True
+
+
+def test_two_processes_share_one_rolling_window(tmp_path: Path) -> None:
+    clock, (one, two) = pacers(tmp_path, 2)
+    # Alternating callers, as two worker processes would: four slots in the window, no more.
+    answers = [granted(p) for p in (one, two) * 5]
+    assert answers.count(True) == 4 and answers[:4] == [True] * 4
+    clock.now += 9.9
+    assert not granted(one)  # still inside the window of the first call
+    clock.now += 0.2
+    assert [granted(p) for p in (two, one, two, one, two)] == [True] * 4 + [False]
+
+
+def test_a_call_waits_for_a_slot_when_the_wait_is_short(tmp_path: Path) -> None:
+    clock, (pacer,) = pacers(tmp_path, 1, max_wait_seconds=10)
+    start = clock.now
+    for _ in range(5):
+        pacer.acquire()
+    # The fifth call slept until the first call left the window.
+    assert clock.now - start == pytest.approx(10.0, abs=0.01)
+
+
+def test_hubspots_count_corrects_ours(tmp_path: Path) -> None:
+    clock, (pacer,) = pacers(tmp_path, 1)
+    assert granted(pacer)
+    # Another process on the same token, or calls from before a restart: HubSpot counted more.
+    pacer.observe({"X-HubSpot-RateLimit-Remaining": "1", "X-HubSpot-RateLimit-Max": "190"})
+    assert [granted(pacer) for _ in range(3)] == [True, False, False]
+    pacer.observe({"X-HubSpot-RateLimit-Max": "190"})  # no count (a search answer): nothing changes
+    clock.now += 10.1
+    assert granted(pacer)
+
+
+def test_a_429_fills_only_the_window_it_names(tmp_path: Path) -> None:
+    clock, (pacer,) = pacers(tmp_path, 1)
+    pacer.spent(search=True)
+    assert granted(pacer) and not granted(pacer, search=True)
+    clock.now += 1.1
+    assert granted(pacer, search=True)
+    pacer.spent()
+    assert not granted(pacer)
+
+
+def test_a_spent_budget_defers_the_lead_without_using_an_attempt(
+    config_data: dict[str, Any], sandbox: Sandbox
+) -> None:
+    config_data["hubspot"]["rate_limit"] = {"requests": 1, "per_seconds": 3600, "max_wait_seconds": 0}
+    settings = settings_from_dict(config_data, ROOT)
+    ledger = Ledger(settings.ledger.path)
+    with served(settings) as url:
+        delivery_id = post_typeform(url, typeform_payload()).json()["delivery_id"]
+    Worker(settings, ledger).drain(timeout=2)
+    delivery = ledger.get(delivery_id)
+    # One call went out (the contact), the next found the budget spent: deferred, attempt kept.
+    assert sandbox.calls("/crm/") == 1
+    assert (delivery.status, delivery.attempts) == (Status.RETRYING, 0)
+    assert "call budget" in delivery.last_error
+    # A bigger budget (the same limits file) lets it finish, and it is not written twice.
+    config_data["hubspot"]["rate_limit"] = {"requests": 100, "per_seconds": 10}
+    assert ledger.requeue(delivery_id) == "requeued"
+    Worker(settings_from_dict(config_data, ROOT), ledger).drain()
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    assert len(sandbox.state()["contacts"]) == 1
+
+
+def test_owner_lookups_during_an_outage_use_the_last_answer(
+    sales_config: dict[str, Any], sandbox: Sandbox  # noqa: F811
+) -> None:
+    sales_config["hubspot"]["owner_cache_seconds"] = 0  # ask HubSpot every time
+    settings = settings_from_dict(sales_config, ROOT)
+    ledger = Ledger(settings.ledger.path)
+    worker = Worker(settings, ledger)
+    with served(settings) as url:
+        first = post_typeform(url, roofing(typeform_payload())).json()["delivery_id"]
+        worker.drain()
+        sandbox.fault(path="/crm/v3/owners", status=503, times=1000)
+        second = answer(roofing(typeform_payload(event_id="during-outage")), "email", "outage.sender@example-roofing.com")
+        later = post_typeform(url, second).json()["delivery_id"]
+        worker.drain()
+    assert ledger.get(first).status == Status.DELIVERED
+    delivered = ledger.get(later)
+    assert (delivered.status, delivered.attempts) == (Status.DELIVERED, 1)
+    # HubSpot refused every owner lookup, and the lead was still routed to an active owner.
+    refused = [r for r in sandbox.state()["requests"] if r["path"].startswith("/crm/v3/owners") and r["status"] == 503]
+    assert refused
+    assert ledger.steps(later)["route"]["owner_id"] in {"501", "502"}
