@@ -597,5 +597,15 @@ def replay_succeeded(outcome: str) -> bool:
     return outcome in (*finished, "requeued", "skipped: already delivered")
 
 
+def _register_admin_commands() -> None:
+    # Imported late: bridge/admin.py builds its commands from this module's helpers.
+    from .admin import forget_command, purge_command
+
+    main.add_command(purge_command)
+    main.add_command(forget_command)
+
+
+_register_admin_commands()
+
 if __name__ == "__main__":
     main()

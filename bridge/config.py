@@ -245,6 +245,12 @@ class SourceSettings(Model):
         return paths
 
 
+class RetentionSettings(Model):
+    # Finished deliveries older than this lose their raw bodies and person data, once a day
+    # in the worker (`leadbridge purge` does it on demand); 0 keeps everything.
+    days: float = Field(0, ge=0)
+
+
 class Settings(Model):
     server: ServerSettings = Field(default_factory=ServerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
@@ -258,6 +264,7 @@ class Settings(Model):
     digest: DigestSettings = Field(default_factory=DigestSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     sources: list[SourceSettings] = Field(default_factory=list)
     # Set by load_settings: where the file was and a hash of it and its mappings.
     path: Path | None = None

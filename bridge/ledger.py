@@ -550,14 +550,18 @@ class Ledger:
         """Make a delivery due again for replay; returns what happened ("requeued", "skipped: ...")."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            row = conn.execute("SELECT status, lease_until, attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            row = conn.execute(
+                "SELECT status, lease_until, attempts, length(body) FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
             if row is None:
                 return "skipped: no such delivery"
-            status, lease_until, attempts = row
+            status, lease_until, attempts, size = row
             if status == Status.DELIVERED:
                 return "skipped: already delivered"
             if status == Status.PROCESSING and lease_until >= now:
                 return "skipped: being processed"
+            if not size:
+                return "skipped: its body was purged"
             conn.execute(
                 """UPDATE deliveries SET status = ?, next_attempt_at = ?, attempts = 0, reason = NULL,
                    lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?""",

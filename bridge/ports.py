@@ -175,6 +175,9 @@ class CRM(Protocol):
     def record_url(self, object_type: str, record_id: str) -> str:
         """A link a person can open."""
 
+    def forget_contact(self, email: str) -> None:
+        """Permanently delete the person's contact (the CRM's GDPR delete)."""
+
 
 class Notifier(Protocol):
     def notify(self, alert: Alert) -> Notice:

@@ -21,6 +21,7 @@ from .config import Settings
 from .digest import send_due_digests
 from .ledger import Delivery, Ledger
 from .pipeline import Pipeline, where
+from .retention import purge
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class Worker:
         self.pipeline = pipeline or Pipeline(settings, ledger)
         self.owner = worker_id()
         self.stopping = threading.Event()
+        self._next_purge = 0.0
 
     def run(self) -> None:
         """Poll and process until ``stop()``; in-flight deliveries finish first."""
@@ -64,6 +66,18 @@ class Worker:
             send_due_digests(self.settings.digest, self.ledger, self.pipeline.notifier, datetime.now(UTC))
         except Exception:
             log.exception("digest run failed; will try again")
+        self._retention()
+
+    def _retention(self) -> None:
+        """Once a day (and at start) when ``retention.days`` is set: purge what finished before."""
+        days = self.settings.retention.days
+        if not days or time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + 86400
+        try:
+            purge(self.ledger, time.time() - days * 86400, truncate_wal=False)
+        except Exception:
+            log.exception("retention purge failed; will try again tomorrow")
 
     def stop(self) -> None:
         self.stopping.set()

@@ -29,6 +29,7 @@ from hubspot.crm.contacts import (
     BatchInputSimplePublicObjectBatchInputUpsert,
     Filter,
     FilterGroup,
+    PublicGdprDeleteInput,
     PublicObjectSearchRequest,
     SimplePublicObjectBatchInputUpsert,
     SimplePublicObjectInput,
@@ -158,6 +159,15 @@ class HubSpotCRM:
             raise error
         log.info("owner lookup failed (%s); using the answer from %.0f s ago", type(error).__name__, time.monotonic() - cached[1])
         return cached[0]
+
+    def forget_contact(self, email: str) -> None:
+        """GDPR delete by email (hubspot.md §1): the contact and its history go; an unknown
+        email is blocklisted by HubSpot, which is what a person asking to be forgotten wants."""
+        request = PublicGdprDeleteInput(object_id=email, id_property="email")
+        try:
+            self._call(self._basic.purge, public_gdpr_delete_input=request)
+        except ApiException as exc:
+            raise self._translate(exc) from exc
 
     def record_url(self, object_type: str, record_id: str) -> str:
         type_id = OBJECT_TYPE_IDS.get(object_type, object_type)

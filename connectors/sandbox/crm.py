@@ -109,6 +109,9 @@ class CrmStore:
     def objects(self, object_type: str) -> Mapping[str, Record]:
         return self.records.get(object_type, {})
 
+    def remove(self, object_type: str, record_id: str) -> None:
+        self.records.get(object_type, {}).pop(record_id, None)
+
     def contact_by_email(self, email: str) -> Record | None:
         email = email.strip().lower()
         for record in self.objects("contacts").values():

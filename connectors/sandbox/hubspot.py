@@ -133,6 +133,20 @@ def crm_get(object_type: str, object_id: str) -> ResponseReturnValue:
         return jsonify(record.to_json(names=names))
 
 
+def crm_gdpr_delete() -> ResponseReturnValue:
+    """``POST /crm/v3/objects/contacts/gdpr-delete``: gone for good; an unknown email answers
+    the same (HubSpot then blocklists the address)."""
+    body = json_body()
+    with state().lock:
+        crm = state().crm
+        try:
+            record = crm.find("contacts", str(body.get("objectId", "")), body.get("idProperty"))
+        except HubSpotError:
+            return "", 204
+        crm.remove("contacts", record.id)
+    return "", 204
+
+
 def crm_update(object_type: str, object_id: str) -> ResponseReturnValue:
     with state().lock:
         crm = state().crm

@@ -1,0 +1,83 @@
+"""Admin commands about the people in the ledger: `leadbridge purge` and `leadbridge forget`.
+
+Registered on the main command group by bridge/cli.py; kept apart because they are the
+only commands that erase data, and read best side by side.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from . import cli
+from .retention import BusyPersonError, Removed, forget, person_keys, purge
+
+
+def _report(removed: Removed, as_json: bool, what: str) -> None:
+    summary = removed.summary()
+    if as_json:
+        click.echo(json.dumps({"removed": summary, "what": what}, sort_keys=True))
+        return
+    counts = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in summary.items() if name != "file_clean" and n)
+    click.echo(f"{what}: {counts or 'nothing to remove'}")
+    if not removed.file_clean:
+        click.echo("note: another process had the ledger open, so old copies may stay in its WAL until the next checkpoint")
+
+
+@click.command("purge")
+@cli.config_option
+@click.option("--older-than", "older_than", required=True, help="Finished before this long ago, e.g. 90d, or an ISO time.")
+@click.option("--json", "as_json", is_flag=True)
+def purge_command(config_file: str | None, older_than: str, as_json: bool) -> None:
+    """Empty raw bodies and person data of deliveries finished before a time.
+
+    States, counts and the event log stay; unfinished deliveries are never touched.
+    A purged delivery cannot be replayed (its body is gone).
+
+    Example: leadbridge purge --older-than 90d
+    """
+    _, ledger = cli._ledger(config_file)
+    before = cli.parse_since(older_than)
+    assert before is not None  # required option
+    _report(purge(ledger, before), as_json, "purged")
+
+
+@click.command("forget")
+@cli.config_option
+@click.argument("person")
+@click.option("--hubspot", "in_hubspot", is_flag=True, help="Also delete the contact in HubSpot (GDPR delete, by email).")
+@click.option("--json", "as_json", is_flag=True)
+def forget_command(config_file: str | None, person: str, in_hubspot: bool, as_json: bool) -> None:
+    """Erase one person (an email or a phone number) from the ledger.
+
+    Removes their deliveries, bodies, steps, events, person keys and remembered contacts.
+    The erasure itself is logged without the address.
+
+    Example: leadbridge forget jane@example.org --hubspot
+    """
+    settings, ledger = cli._ledger(config_file)
+    keys = person_keys(person, settings.lead.default_region)
+    if not keys:
+        raise click.BadParameter("neither a valid email nor a valid phone number", param_hint="PERSON")
+    try:
+        removed = forget(ledger, keys)
+    except BusyPersonError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(1) from exc
+    _report(removed, as_json, "forgot")
+    if in_hubspot:
+        email = next((k.partition(":")[2] for k in keys if k.startswith("email:")), None)
+        if email is None:
+            click.echo("HubSpot's GDPR delete needs an email; the contact was left in HubSpot", err=True)
+            raise SystemExit(1)
+        cli._require_tokens(settings)
+        from .errors import DeliveryError
+        from .ports import build_crm
+
+        try:
+            build_crm(settings).forget_contact(email)
+        except DeliveryError as exc:
+            click.echo(f"HubSpot GDPR delete failed: {exc}", err=True)
+            raise SystemExit(1) from exc
+        click.echo("HubSpot: contact deleted (GDPR delete)")
