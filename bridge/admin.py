@@ -1,7 +1,7 @@
-"""Admin commands about the people in the ledger: `leadbridge purge` and `leadbridge forget`.
+"""Admin commands: `leadbridge doctor` (the config against the live accounts), and the
+two that erase data, `leadbridge purge` and `leadbridge forget`.
 
-Registered on the main command group by bridge/cli.py; kept apart because they are the
-only commands that erase data, and read best side by side.
+Registered on the main command group by bridge/cli.py, apart from the everyday commands.
 """
 
 from __future__ import annotations
@@ -81,3 +81,31 @@ def forget_command(config_file: str | None, person: str, in_hubspot: bool, as_js
             click.echo(f"HubSpot GDPR delete failed: {exc}", err=True)
             raise SystemExit(1) from exc
         click.echo("HubSpot: contact deleted (GDPR delete)")
+
+
+@click.command("doctor")
+@cli.config_option
+@click.option("--create-properties", is_flag=True, help="Create the contact properties leadbridge writes that are missing.")
+@click.option("--json", "as_json", is_flag=True)
+def doctor_command(config_file: str | None, create_properties: bool, as_json: bool) -> None:
+    """Check the config against the real HubSpot portal and Slack workspace.
+
+    Slack channels exist and have the bot, owners exist and are active, the deal pipeline
+    and stage exist, every contact property leadbridge writes exists, secrets are set.
+    One line per problem, with the fix; exit 1 if any. Run it before going live.
+
+    Example: leadbridge doctor --create-properties
+    """
+    from .doctor import diagnose
+    from .ports import build_crm, build_notifier
+
+    settings = cli._settings(config_file)
+    problems = diagnose(settings, build_crm(settings), build_notifier(settings), create_properties=create_properties)
+    if as_json:
+        click.echo(json.dumps({"ok": not problems, "problems": [p.__dict__ for p in problems]}, sort_keys=True))
+    else:
+        for problem in problems:
+            click.echo(problem.line())
+        click.echo(f"{len(problems)} problem(s)" if problems else "ok: HubSpot and Slack match the config")
+    if problems:
+        raise SystemExit(1)

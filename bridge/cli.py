@@ -316,8 +316,11 @@ def run(config_file: str | None, with_sandbox: bool, sandbox_state: str | None) 
     if with_sandbox:
         from connectors.sandbox import seed_owners
 
+        from .doctor import named_channels
+
         def seed() -> None:
-            seed_owners(settings.hubspot.base_url, settings.routing.model_dump(mode="json")["owners"])
+            owners = settings.routing.model_dump(mode="json")["owners"]
+            seed_owners(settings.hubspot.base_url, owners, channels=list(named_channels(settings)))
 
     click.echo(f"leadbridge: intake on http://{settings.server.host}:{settings.server.port}, and a worker", err=True)
     raise SystemExit(supervisor.run(after_start=seed))
@@ -599,8 +602,9 @@ def replay_succeeded(outcome: str) -> bool:
 
 def _register_admin_commands() -> None:
     # Imported late: bridge/admin.py builds its commands from this module's helpers.
-    from .admin import forget_command, purge_command
+    from .admin import doctor_command, forget_command, purge_command
 
+    main.add_command(doctor_command)
     main.add_command(purge_command)
     main.add_command(forget_command)
 

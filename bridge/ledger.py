@@ -370,11 +370,9 @@ class Ledger:
         with self._write() as conn:
             # Expired leases first (their workers died), then what is due, most overdue first.
             # Each select walks a partial index and stops at ``limit``.
-            ids = [
-                row[0]
-                for query in (_EXPIRED_LEASES, _DUE)
-                for row in conn.execute(query, {"now": now, "limit": limit})
-            ][:limit]
+            ids = [row[0] for query in (_EXPIRED_LEASES, _DUE) for row in conn.execute(query, {"now": now, "limit": limit})][
+                :limit
+            ]
             return self._take(conn, ids, owner, lease_seconds, now, crash_budget)
 
     def claim_ids(self, ids: Sequence[str], owner: str, lease_seconds: float, now: float | None = None) -> list[Delivery]:

@@ -178,6 +178,15 @@ class CRM(Protocol):
     def forget_contact(self, email: str) -> None:
         """Permanently delete the person's contact (the CRM's GDPR delete)."""
 
+    def pipeline_stages(self, object_type: str, pipeline_id: str) -> dict[str, bool] | None:
+        """A pipeline's stage ids -> whether the stage is closed; None if no such pipeline."""
+
+    def property_names(self, object_type: str) -> set[str]:
+        """The names of every property the object type has."""
+
+    def create_property(self, object_type: str, name: str) -> None:
+        """Create a single-line text property for values leadbridge writes."""
+
 
 class Notifier(Protocol):
     def notify(self, alert: Alert) -> Notice:
@@ -188,6 +197,9 @@ class Notifier(Protocol):
 
     def user_id_for_email(self, email: str) -> str | None:
         """The chat user id for an email (cached), or None."""
+
+    def channels(self) -> dict[str, bool]:
+        """Every channel the bot can see, by name (no "#") and by id -> whether the bot is a member."""
 
 
 def load(spec: str) -> Any:

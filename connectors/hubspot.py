@@ -24,6 +24,8 @@ import phonenumbers
 import urllib3
 from hubspot import HubSpot
 from hubspot.crm import objects, owners
+from hubspot.crm import pipelines as pipelines_api
+from hubspot.crm import properties as properties_api
 from hubspot.crm.contacts import (
     ApiException,
     BatchInputSimplePublicObjectBatchInputUpsert,
@@ -52,7 +54,7 @@ RATE_LIMIT_WAIT = {"TEN_SECONDLY_ROLLING": 10.0, "SECONDLY": 1.0}
 RETRIABLE_STATUSES = {423, 429, 477, 500, 502, 503, 504, 521, 523, 524}
 T = TypeVar("T")
 # Each SDK module has its own exception class with no shared base (hubspot.md §12).
-API_ERRORS = (ApiException, objects.ApiException, owners.ApiException)
+API_ERRORS = (ApiException, objects.ApiException, owners.ApiException, pipelines_api.ApiException, properties_api.ApiException)
 OBJECT_TYPE_IDS = {"contacts": "0-1", "deals": "0-3", "notes": "0-46", "tasks": "0-27", "leads": "0-136"}
 
 
@@ -70,6 +72,8 @@ class HubSpotCRM:
         self._search = contacts.search_api
         self._objects = client.crm.objects.basic_api
         self._owners = client.crm.owners.owners_api
+        self._pipelines = client.crm.pipelines.pipelines_api
+        self._properties = client.crm.properties.core_api
         self._owner_ids: dict[str, str | None] = {}
         self._owner_active: dict[str, tuple[bool, float]] = {}
 
@@ -167,6 +171,37 @@ class HubSpotCRM:
         try:
             self._call(self._basic.purge, public_gdpr_delete_input=request)
         except ApiException as exc:
+            raise self._translate(exc) from exc
+
+    def pipeline_stages(self, object_type: str, pipeline_id: str) -> dict[str, bool] | None:
+        """``GET /crm/v3/pipelines/{object_type}``; a stage's ``metadata.isClosed`` is "true"/"false"."""
+        try:
+            pipelines = self._call(self._pipelines.get_all, object_type)
+        except pipelines_api.ApiException as exc:
+            raise self._translate(exc) from exc
+        for pipeline in pipelines.results or []:
+            if str(pipeline.id) == pipeline_id:
+                return {
+                    str(stage.id): str((stage.metadata or {}).get("isClosed", "false")).lower() == "true"
+                    for stage in pipeline.stages or []
+                }
+        return None
+
+    def property_names(self, object_type: str) -> set[str]:
+        try:
+            found = self._call(self._properties.get_all, object_type, archived=False)
+        except properties_api.ApiException as exc:
+            raise self._translate(exc) from exc
+        return {str(p.name) for p in found.results or []}
+
+    def create_property(self, object_type: str, name: str) -> None:
+        label = name.replace("_", " ").capitalize()
+        body = properties_api.PropertyCreate(
+            name=name, label=label, type="string", field_type="text", group_name="contactinformation"
+        )
+        try:
+            self._call(self._properties.create, object_type, body)
+        except properties_api.ApiException as exc:
             raise self._translate(exc) from exc
 
     def record_url(self, object_type: str, record_id: str) -> str:

@@ -71,6 +71,26 @@ class SlackNotifier:
                 self._users[key] = None
         return self._users[key]
 
+    def channels(self) -> dict[str, bool]:
+        """conversations.list, every page (public and private the bot can see); by name and id."""
+        seen: dict[str, bool] = {}
+        cursor = None
+        try:
+            while True:
+                page = self.client.conversations_list(
+                    types="public_channel,private_channel", exclude_archived=True, limit=1000, cursor=cursor
+                )
+                for channel in page.get("channels") or []:
+                    member = bool(channel.get("is_member"))
+                    seen[str(channel.get("name"))] = seen[str(channel.get("id"))] = member
+                cursor = (page.get("response_metadata") or {}).get("next_cursor")
+                if not cursor:
+                    return seen
+        except SlackApiError as exc:
+            raise _translate(exc) from exc
+        except (SlackClientError, OSError) as exc:
+            raise RetriableError(f"Slack unreachable ({type(exc).__name__})") from exc
+
     def _post(self, channel: str, message: dict[str, Any]) -> Notice:
         self._take_turn(channel)
         try:

@@ -132,9 +132,7 @@ def test_a_429_fills_only_the_window_it_names(tmp_path: Path) -> None:
     assert not granted(pacer)
 
 
-def test_a_spent_budget_defers_the_lead_without_using_an_attempt(
-    config_data: dict[str, Any], sandbox: Sandbox
-) -> None:
+def test_a_spent_budget_defers_the_lead_without_using_an_attempt(config_data: dict[str, Any], sandbox: Sandbox) -> None:
     config_data["hubspot"]["rate_limit"] = {"requests": 1, "per_seconds": 3600, "max_wait_seconds": 0}
     settings = settings_from_dict(config_data, ROOT)
     ledger = Ledger(settings.ledger.path)
@@ -155,7 +153,8 @@ def test_a_spent_budget_defers_the_lead_without_using_an_attempt(
 
 
 def test_owner_lookups_during_an_outage_use_the_last_answer(
-    sales_config: dict[str, Any], sandbox: Sandbox  # noqa: F811
+    sales_config: dict[str, Any],  # noqa: F811
+    sandbox: Sandbox,
 ) -> None:
     sales_config["hubspot"]["owner_cache_seconds"] = 0  # ask HubSpot every time
     settings = settings_from_dict(sales_config, ROOT)

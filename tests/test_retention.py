@@ -114,9 +114,7 @@ def test_a_purged_failure_cannot_be_replayed_into_a_broken_lead(
     assert ledger.get(dead).status == Status.DEAD
 
 
-def test_the_worker_applies_the_retention_setting(
-    intake: str, sandbox: Sandbox, config_data: dict[str, Any]
-) -> None:
+def test_the_worker_applies_the_retention_setting(intake: str, sandbox: Sandbox, config_data: dict[str, Any]) -> None:
     config_data["retention"] = {"days": 1 / 86400}  # one second
     settings = settings_from_dict(config_data, ROOT)
     ledger = Ledger(settings.ledger.path)

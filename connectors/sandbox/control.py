@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flask import Response, jsonify, request
@@ -140,6 +140,18 @@ def control_add_slack_user() -> ResponseReturnValue:
     return jsonify(user), 201
 
 
+def control_add_channel() -> ResponseReturnValue:
+    """A Slack channel that conversations.list shows (posting works to any channel regardless)."""
+    try:
+        body = _body()
+        name = str(body["name"]).lstrip("#")
+    except (ValueError, TypeError, KeyError) as exc:
+        return _bad_input(exc)
+    with state().lock:
+        channel = state().add_channel(name, bool(body.get("is_member", True)))
+    return jsonify(channel), 201
+
+
 def control_search_lag() -> ResponseReturnValue:
     try:
         seconds = float(_body().get("seconds", 0.0))
@@ -152,8 +164,11 @@ def control_search_lag() -> ResponseReturnValue:
     return jsonify({"ok": True, "seconds": seconds})
 
 
-def seed_owners(base_url: str, owners: Mapping[str, Mapping[str, Any]], timeout: float = 15.0) -> None:
-    """Give a running sandbox the owners a config routes to, with Slack users to mention.
+def seed_owners(
+    base_url: str, owners: Mapping[str, Mapping[str, Any]], timeout: float = 15.0, channels: Sequence[str] = ()
+) -> None:
+    """Give a running sandbox the owners a config routes to, with Slack users to mention,
+    and the Slack channels it posts to (so `leadbridge doctor` finds them).
 
     ``leadbridge run --sandbox`` calls this so the example config's routing works with no
     HubSpot account: owners given by id keep their id, owners given by email get one.
@@ -176,3 +191,5 @@ def seed_owners(base_url: str, owners: Mapping[str, Mapping[str, Any]], timeout:
         slack_id = spec.get("slack") or "U" + re.sub(r"[^A-Z0-9]", "", name.upper())
         user = {"id": slack_id, "email": email, "name": name}
         requests.post(f"{base_url}{CONTROL_PREFIX}/slack_users", json=user, timeout=5).raise_for_status()
+    for channel in channels:
+        requests.post(f"{base_url}{CONTROL_PREFIX}/channels", json={"name": channel}, timeout=5).raise_for_status()

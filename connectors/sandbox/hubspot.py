@@ -165,6 +165,47 @@ def properties_create(object_type: str) -> ResponseReturnValue:
         return jsonify(state().crm.add_property(object_type, json_body())), 201
 
 
+# HubSpot's default deal pipeline (stage ids as every portal has them), with isClosed metadata.
+DEFAULT_DEAL_STAGES = [
+    ("appointmentscheduled", "Appointment Scheduled", "0.2", False),
+    ("qualifiedtobuy", "Qualified To Buy", "0.4", False),
+    ("presentationscheduled", "Presentation Scheduled", "0.6", False),
+    ("decisionmakerboughtin", "Decision Maker Bought-In", "0.8", False),
+    ("contractsent", "Contract Sent", "0.9", False),
+    ("closedwon", "Closed Won", "1.0", True),
+    ("closedlost", "Closed Lost", "0.0", True),
+]
+
+
+def pipelines_list(object_type: str) -> ResponseReturnValue:
+    """``GET /crm/v3/pipelines/{objectType}``: the default pipeline for deals, none otherwise."""
+    if object_type != "deals":
+        return jsonify({"results": []})
+    stamp = utc_now_iso()
+    stages = [
+        {
+            "id": stage_id,
+            "label": label,
+            "displayOrder": order,
+            "metadata": {"isClosed": "true" if closed else "false", "probability": probability},
+            "createdAt": stamp,
+            "updatedAt": stamp,
+            "archived": False,
+        }
+        for order, (stage_id, label, probability, closed) in enumerate(DEFAULT_DEAL_STAGES)
+    ]
+    pipeline = {
+        "id": "default",
+        "label": "Sales Pipeline",
+        "displayOrder": 0,
+        "stages": stages,
+        "createdAt": stamp,
+        "updatedAt": stamp,
+        "archived": False,
+    }
+    return jsonify({"results": [pipeline]})
+
+
 def owners_list() -> ResponseReturnValue:
     email = request.args.get("email", "").lower()
     archived = request.args.get("archived", "false").lower() == "true"

@@ -18,6 +18,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from connectors.sandbox.control import (
     CONTROL_PREFIX,
+    control_add_channel,
     control_add_fault,
     control_add_owner,
     control_add_slack_user,
@@ -39,6 +40,7 @@ from connectors.sandbox.hubspot import (
     crm_update,
     owner_get,
     owners_list,
+    pipelines_list,
     properties_create,
     properties_list,
 )
@@ -109,6 +111,7 @@ ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
     ("/crm/v3/objects/<object_type>/<object_id>", crm_get, ["GET"]),
     ("/crm/v3/objects/<object_type>/<object_id>", crm_update, ["PATCH"]),
     ("/crm/v3/properties/<object_type>", properties_list, ["GET"]),
+    ("/crm/v3/pipelines/<object_type>", pipelines_list, ["GET"]),
     ("/crm/v3/properties/<object_type>", properties_create, ["POST"]),
     # SDK v12 lists owners at ``/crm/v3/owners/`` with the trailing slash.
     ("/crm/v3/owners/", owners_list, ["GET"]),
@@ -122,6 +125,7 @@ ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
     (f"{CONTROL_PREFIX}/faults", control_clear_faults, ["DELETE"]),
     (f"{CONTROL_PREFIX}/owners", control_add_owner, ["POST"]),
     (f"{CONTROL_PREFIX}/slack_users", control_add_slack_user, ["POST"]),
+    (f"{CONTROL_PREFIX}/channels", control_add_channel, ["POST"]),
     (f"{CONTROL_PREFIX}/search_lag", control_search_lag, ["POST"]),
 ]
 

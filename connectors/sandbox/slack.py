@@ -90,8 +90,14 @@ def slack_lookup_by_email(sandbox: SandboxState, args: dict[str, Any]) -> dict[s
     return {"ok": False, "error": "users_not_found"}
 
 
+def slack_conversations_list(sandbox: SandboxState, args: dict[str, Any]) -> dict[str, Any]:
+    """The channels the sandbox was told about (POST /__sandbox/channels), one page."""
+    return {"ok": True, "channels": list(sandbox.channels.values()), "response_metadata": {"next_cursor": ""}}
+
+
 SLACK_METHODS: dict[str, Callable[[SandboxState, dict[str, Any]], dict[str, Any]]] = {
     "auth.test": slack_auth_test,
+    "conversations.list": slack_conversations_list,
     "chat.postMessage": slack_post_message,
     "users.lookupByEmail": slack_lookup_by_email,
 }

@@ -91,6 +91,7 @@ class SandboxState:
             self.crm.next_record_id, self.crm.next_owner_id = previous.next_record_id, previous.next_owner_id
         self.messages: list[dict[str, Any]] = []
         self.slack_users: list[dict[str, Any]] = []
+        self.channels: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
         self.recent_crm_calls: deque[float] = deque()
@@ -101,6 +102,7 @@ class SandboxState:
         self.crm = load_crm(saved["crm"])
         self.messages = saved["messages"]
         self.slack_users = saved["slack_users"]
+        self.channels = saved.get("channels", {})  # state files from before channels existed
         self.last_ts_us = int(saved["last_ts_us"])
 
     def save(self) -> None:
@@ -111,9 +113,16 @@ class SandboxState:
                     "crm": dump_crm(self.crm),
                     "messages": self.messages,
                     "slack_users": self.slack_users,
+                    "channels": self.channels,
                     "last_ts_us": self.last_ts_us,
                 }
             )
+
+    def add_channel(self, name: str, is_member: bool) -> dict[str, Any]:
+        existing = self.channels.get(name)
+        channel_id = existing["id"] if existing else f"C{len(self.channels) + 1:08d}"
+        self.channels[name] = {"id": channel_id, "name": name, "is_member": is_member, "is_private": False}
+        return self.channels[name]
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
