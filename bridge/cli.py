@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import click
 
-from .config import CONFIG_ENV, Settings, config_path, load_settings
+from .config import CONFIG_ENV, Settings, load_settings
 from .errors import BodyTooLargeError, ConfigError, IntakeError
 from .ledger import Ledger, Status
 from .logs import install as install_redaction
@@ -30,12 +30,13 @@ from .pipeline import Pipeline
 from .ports import ContactWrite, build_crm
 from .sources import Interpretation, load_sources, screen
 
+# No click envvar: config_path reads $LEADBRIDGE_CONFIG itself, so a missing file is
+# reported under the name it came from.
 config_option = click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
-    envvar=CONFIG_ENV,
-    help="Config file (default: $LEADBRIDGE_CONFIG, else config.yaml, else config.example.yaml).",
+    help="Config file (default: $LEADBRIDGE_CONFIG, else ./config.yaml).",
 )
 
 
@@ -90,7 +91,7 @@ def check_config(config_file: str | None, show: bool) -> None:
         click.echo(f"problem: {problem}", err=True)
     if problems:
         raise SystemExit(1)
-    click.echo(f"ok: {config_path(config_file)} (version {settings.version if settings else '?'})")
+    click.echo(f"ok: {settings.path if settings else '?'} (version {settings.version if settings else '?'})")
 
 
 @main.command("try")

@@ -7,6 +7,7 @@
     │   ├── SignatureError           401  the sender could not be verified
     │   ├── PayloadError             400  the body cannot be read
     │   ├── BodyTooLargeError        413  the body is over the configured limit
+    │   ├── SourceNotConfiguredError 503  the source's secret is not set yet; sender should retry
     │   └── LedgerUnavailableError   503  the delivery could not be written; sender should retry
     └── DeliveryError          a pipeline step failed
         ├── RetriableError     try again later (timeouts, 5xx, 429); may carry retry_after
@@ -56,6 +57,12 @@ class PayloadError(IntakeError):
 class BodyTooLargeError(IntakeError):
     status = 413
     code = "body_too_large"
+
+
+class SourceNotConfiguredError(IntakeError):
+    # 503, not 401 or 404: the sender retries later instead of switching the webhook off.
+    status = 503
+    code = "source_not_configured"
 
 
 class LedgerUnavailableError(IntakeError):
