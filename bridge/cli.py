@@ -94,6 +94,36 @@ def check_config(config_file: str | None, show: bool) -> None:
     click.echo(f"ok: {settings.path if settings else '?'} (version {settings.version if settings else '?'})")
 
 
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite files that already exist.")
+def init(directory: str, force: bool) -> None:
+    """Write a working config.yaml, its mappings/ and an .env.example into DIRECTORY.
+
+    Refuses (exit 1, writing nothing) when any of them exists, unless --force. Then fill
+    in the secrets .env.example names and run `leadbridge check-config` there.
+
+    Example: leadbridge init /etc/leadbridge
+    """
+    from .errors import ExistingFilesError
+    from .scaffold import write_scaffold
+
+    try:
+        written = write_scaffold(Path(directory), force=force)
+    except ExistingFilesError as exc:
+        for path in exc.paths:
+            click.echo(f"exists: {path}", err=True)
+        click.echo("error: refusing to overwrite; pass --force to replace these files", err=True)
+        raise SystemExit(1) from exc
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        raise SystemExit(1) from exc
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(f"next: set the variables in {Path(directory) / '.env.example'}, then `leadbridge check-config`", err=True)
+
+
 @main.command("try")
 @config_option
 @click.argument("source_name", metavar="SOURCE")

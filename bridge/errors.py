@@ -2,6 +2,7 @@
 
     LeadbridgeError
     ├── ConfigError            the config or a mapping is wrong; fix the file
+    ├── ExistingFilesError     ``init`` would overwrite these files; pass --force or pick another folder
     ├── IntakeError            a webhook request is refused; carries its HTTP status
     │   ├── UnknownSourceError       404  no such source in config
     │   ├── SignatureError           401  the sender could not be verified
@@ -19,6 +20,8 @@ Vendor exceptions are translated into these at the connector boundary with
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class LeadbridgeError(Exception):
     """Base of every error leadbridge raises on purpose."""
@@ -30,6 +33,14 @@ class ConfigError(LeadbridgeError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class ExistingFilesError(LeadbridgeError):
+    """Files ``leadbridge init`` would overwrite; ``paths`` lists them."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        super().__init__("would overwrite " + ", ".join(str(p) for p in paths))
+        self.paths = paths
 
 
 class IntakeError(LeadbridgeError):

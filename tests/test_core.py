@@ -176,7 +176,8 @@ def test_config_path_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ConfigError) as caught:
         config_path()
     assert caught.value.problems == [
-        f"no config file found; looked at: --config (not set), $LEADBRIDGE_CONFIG (not set), ./config.yaml ({tmp_path}/config.yaml: no such file)",
+        "no config file found; looked at: --config (not set), $LEADBRIDGE_CONFIG (not set), "
+        f"./config.yaml ({tmp_path}/config.yaml: no such file)",
         "to start one here, run `leadbridge init .` (writes config.yaml, mappings/ and .env.example)",
     ]
     (tmp_path / "config.yaml").write_text("{}")
