@@ -308,7 +308,7 @@ def _require_tokens(settings: Settings) -> None:
     missing = settings.missing_tokens()
     if missing:
         for name in missing:
-            click.echo(f"error: environment variable {name} is not set (needed to reach HubSpot and Slack)", err=True)
+            click.echo(f"error: {name} is not set (needed to reach HubSpot and Slack)", err=True)
         raise SystemExit(2)
 
 

@@ -288,9 +288,9 @@ class Settings(Model):
         return data
 
     def missing_tokens(self) -> list[str]:
-        """The HubSpot and Slack token references (variable name, or file path) that hold nothing."""
-        tokens = (self.hubspot, self.slack)
-        return [str(t.token_file) if t.token_file else t.token_env for t in tokens if not t.token()]
+        """Where the unset HubSpot and Slack tokens were looked for ("environment variable X", "file Y")."""
+        unset = [t for t in (self.hubspot, self.slack) if not t.token()]
+        return [f"file {t.token_file}" if t.token_file else f"environment variable {t.token_env}" for t in unset]
 
     def env_problems(self) -> list[str]:
         """Secrets the running relay needs but the environment (or the secret files) do not hold."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +114,13 @@ def test_check_config_names_sources_by_name(tmp_path: Path, monkeypatch: pytest.
     assert '"/nowhere/slack (unset)"' in result.output
     for value in ENV.values():
         assert value not in result.output
+
+
+def test_the_worker_refuses_naming_the_token_file_it_could_not_read(tmp_path: Path, config_data: dict[str, Any]) -> None:
+    config_data["slack"]["token_file"] = str(tmp_path / "absent-slack-token")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config_data))
+    argv = [sys.executable, "-m", "bridge", "worker", "--once", "--config", str(tmp_path / "c.yaml")]
+    done = subprocess.run(argv, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert f"error: file {tmp_path / 'absent-slack-token'} is not set (needed to reach HubSpot and Slack)" in done.stderr
+    assert "HUBSPOT_TOKEN" not in done.stderr  # that one is set
