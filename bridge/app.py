@@ -24,6 +24,7 @@ from .errors import (
     IntakeError,
     LedgerUnavailableError,
     SignatureError,
+    SourceNotConfiguredError,
     UnknownSourceError,
 )
 from .ledger import Ledger
@@ -43,6 +44,10 @@ class Intake:
         self.settings = settings
         self.ledger = Ledger(settings.ledger.path, settings.ledger.busy_timeout_seconds)
         self.kits = load_sources(settings)
+        for spec in settings.sources:
+            if not spec.secrets():
+                # Once here, not per request: names where the secret is looked for, never a value.
+                log.warning("source %s has no secret: set %s (answering 503 until then)", spec.name, spec.secret_refs())
 
     def accept(self, source_name: str, req: Request) -> tuple[str, bool]:
         kit = self.kits.get(source_name)
@@ -54,7 +59,7 @@ class Intake:
         secrets = spec.secrets()
         if not secrets:
             # Fail closed, and with a status the sender retries rather than one that disables it.
-            raise LedgerUnavailableError("this source has no secret configured yet")
+            raise SourceNotConfiguredError("this source has no secret configured yet; retry later")
         kit.source.verify(req, secrets)
         payload = kit.source.parse(req.body, req.content_type)
         received_at = time.time()

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import click
 
-from .config import CONFIG_ENV, Settings, config_path, load_settings
+from .config import CONFIG_ENV, Settings, load_settings
 from .errors import BodyTooLargeError, ConfigError, IntakeError
 from .ledger import Ledger, Status
 from .logs import install as install_redaction
@@ -30,12 +30,13 @@ from .pipeline import Pipeline
 from .ports import ContactWrite, build_crm
 from .sources import Interpretation, load_sources, screen
 
+# No click envvar: config_path reads $LEADBRIDGE_CONFIG itself, so a missing file is
+# reported under the name it came from.
 config_option = click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
-    envvar=CONFIG_ENV,
-    help="Config file (default: $LEADBRIDGE_CONFIG, else config.yaml, else config.example.yaml).",
+    help="Config file (default: $LEADBRIDGE_CONFIG, else ./config.yaml).",
 )
 
 
@@ -90,7 +91,37 @@ def check_config(config_file: str | None, show: bool) -> None:
         click.echo(f"problem: {problem}", err=True)
     if problems:
         raise SystemExit(1)
-    click.echo(f"ok: {config_path(config_file)} (version {settings.version if settings else '?'})")
+    click.echo(f"ok: {settings.path if settings else '?'} (version {settings.version if settings else '?'})")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite files that already exist.")
+def init(directory: str, force: bool) -> None:
+    """Write a working config.yaml, its mappings/ and an .env.example into DIRECTORY.
+
+    Refuses (exit 1, writing nothing) when any of them exists, unless --force. Then fill
+    in the secrets .env.example names and run `leadbridge check-config` there.
+
+    Example: leadbridge init /etc/leadbridge
+    """
+    from .errors import ExistingFilesError
+    from .scaffold import write_scaffold
+
+    try:
+        written = write_scaffold(Path(directory), force=force)
+    except ExistingFilesError as exc:
+        for path in exc.paths:
+            click.echo(f"exists: {path}", err=True)
+        click.echo("error: refusing to overwrite; pass --force to replace these files", err=True)
+        raise SystemExit(1) from exc
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        raise SystemExit(1) from exc
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo(f"next: set the variables in {Path(directory) / '.env.example'}, then `leadbridge check-config`", err=True)
 
 
 @main.command("try")
@@ -277,7 +308,7 @@ def _require_tokens(settings: Settings) -> None:
     missing = settings.missing_tokens()
     if missing:
         for name in missing:
-            click.echo(f"error: environment variable {name} is not set (needed to reach HubSpot and Slack)", err=True)
+            click.echo(f"error: {name} is not set (needed to reach HubSpot and Slack)", err=True)
         raise SystemExit(2)
 
 

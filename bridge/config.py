@@ -1,8 +1,11 @@
 """The one validated config tree, loaded from a YAML file.
 
 Secrets are never written in the file: the file names the environment variable that
-holds each one (``*_env`` keys), and ``redacted()`` shows only whether it is set.
-Relative paths (ledger, mappings) are resolved against the config file's folder.
+holds each one (``*_env`` keys) or a file holding it (``*_file`` keys, for Docker and
+Kubernetes secrets), and ``redacted()`` shows only whether it is set. Relative paths
+(ledger, mappings, secret files) are resolved against the config file's folder.
+The file is ``--config``, else ``$LEADBRIDGE_CONFIG``, else ``./config.yaml``; there is
+no silent fallback, so a relay never starts on the example by accident.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from .logs import add_secrets, settings_secrets
 from .model import Model
 from .routing import RoutingSettings
 from .scoring import ScoringSettings
+from .secrets import file_secret, read_secret, read_secrets, shown
 from .timezones import is_time_zone
 from .yamlfile import load_yaml
 
 CONFIG_ENV = "LEADBRIDGE_CONFIG"
 DEFAULT_CONFIG = "config.yaml"
-EXAMPLE_CONFIG = "config.example.yaml"
 
 
 class RateLimitSettings(Model):
@@ -111,6 +114,8 @@ class CallBudget(Model):
 class HubSpotSettings(Model):
     base_url: str = "https://api.hubapi.com"
     token_env: str = "HUBSPOT_TOKEN"
+    # A file holding the token instead (e.g. /run/secrets/hubspot_token); wins over token_env.
+    token_file: Path | None = None
     timeout_seconds: float = Field(10.0, gt=0)
     # Bounded in-process retries for transport errors and 5xx; durable retries live in the ledger.
     inprocess_attempts: int = Field(2, ge=1, le=5)
@@ -131,10 +136,15 @@ class HubSpotSettings(Model):
         # The SDK joins paths onto the host; a trailing slash gives "//crm/..." (hubspot.md §12).
         return value.rstrip("/")
 
+    def token(self) -> str | None:
+        return read_secret(self.token_env, self.token_file)
+
 
 class SlackSettings(Model):
     base_url: str = "https://slack.com/api/"
     token_env: str = "SLACK_BOT_TOKEN"
+    # A file holding the token instead (e.g. /run/secrets/slack_bot_token); wins over token_env.
+    token_file: Path | None = None
     channel: str = "#leads"
     timeout_seconds: float = Field(10.0, gt=0)
     # Slack allows about one message per second per channel.
@@ -145,6 +155,9 @@ class SlackSettings(Model):
     def _trailing_slash(cls, value: str) -> str:
         # slack_sdk joins method names with urljoin, which drops a last segment without "/".
         return value if value.endswith("/") else value + "/"
+
+    def token(self) -> str | None:
+        return read_secret(self.token_env, self.token_file)
 
 
 class WorkerSettings(Model):
@@ -205,8 +218,9 @@ class DigestSettings(Model):
 class SourceSettings(Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     type: str
-    # One or more environment variables holding the secret; several allow rotation.
-    secret_env: list[str] = Field(min_length=1)
+    # Environment variables and/or files holding the secret; several allow rotation.
+    secret_env: list[str] = Field(default_factory=list)
+    secret_file: list[Path] = Field(default_factory=list)
     # The mapping for this source's deliveries, and per-form mappings chosen by the
     # connector's form key (Typeform form_id, Google form_id, Gravity form_id...).
     mapping: Path | None = None
@@ -229,13 +243,24 @@ class SourceSettings(Model):
             raise ValueError(f"unknown source type {value!r}; known: {', '.join(sorted(SOURCE_TYPES))}")
         return value
 
-    @field_validator("secret_env", mode="before")
+    @field_validator("secret_env", "secret_file", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _some_secret(self) -> SourceSettings:
+        if not self.secret_env and not self.secret_file:
+            raise ValueError("name where its secret lives: secret_env (a variable) or secret_file (a file)")
+        return self
+
     def secrets(self) -> list[str]:
-        return [os.environ[name] for name in self.secret_env if os.environ.get(name)]
+        """The values set among this source's secret variables and files."""
+        return read_secrets(self.secret_env, self.secret_file)
+
+    def secret_refs(self) -> str:
+        """Where the secret is looked for, for messages (names and paths, never values)."""
+        return ", ".join([*self.secret_env, *(str(path) for path in self.secret_file)])
 
     def mapping_paths(self) -> dict[str | None, Path]:
         """Mapping files by form key; the key None is the source-wide default."""
@@ -276,37 +301,61 @@ class Settings(Model):
     def redacted(self) -> dict[str, Any]:
         """The config as plain data, each secret shown only as set or unset."""
         data = self.model_dump(mode="json", exclude={"path"})
-        for section in ("hubspot", "slack"):
-            name = data[section]["token_env"]
-            data[section]["token_env"] = f"{name} ({'set' if os.environ.get(name) else 'unset'})"
-        for source in data["sources"]:
-            source["secret_env"] = [f"{name} ({'set' if os.environ.get(name) else 'unset'})" for name in source["secret_env"]]
+        for section, tokens in (("hubspot", self.hubspot), ("slack", self.slack)):
+            if tokens.token_file is not None:
+                data[section]["token_file"] = shown(tokens.token_file, tokens.token())
+            data[section]["token_env"] = shown(tokens.token_env, read_secret(tokens.token_env))
+        for source, spec in zip(data["sources"], self.sources, strict=True):
+            source["secret_env"] = [shown(name, read_secret(name)) for name in spec.secret_env]
+            source["secret_file"] = [shown(path, file_secret(path)) for path in spec.secret_file]
         return data
 
     def missing_tokens(self) -> list[str]:
-        """The HubSpot and Slack token variables that are not set."""
-        return [name for name in (self.hubspot.token_env, self.slack.token_env) if not os.environ.get(name)]
+        """Where the unset HubSpot and Slack tokens were looked for ("environment variable X", "file Y")."""
+        unset = [t for t in (self.hubspot, self.slack) if not t.token()]
+        return [f"file {t.token_file}" if t.token_file else f"environment variable {t.token_env}" for t in unset]
 
     def env_problems(self) -> list[str]:
-        """Secrets the running relay needs but the environment does not hold."""
+        """Secrets the running relay needs but the environment (or the secret files) do not hold."""
         problems = []
-        for section, name in (("hubspot", self.hubspot.token_env), ("slack", self.slack.token_env)):
-            if not os.environ.get(name):
-                problems.append(f"{section}.token_env: environment variable {name} is not set")
-        for i, source in enumerate(self.sources):
+        for section, tokens in (("hubspot", self.hubspot), ("slack", self.slack)):
+            if tokens.token():
+                continue
+            if tokens.token_file is not None:
+                problems.append(f"{section}.token_file: file {tokens.token_file} is missing, unreadable or empty")
+            else:
+                problems.append(f"{section}.token_env: environment variable {tokens.token_env} is not set")
+        for source in self.sources:
             if not source.secrets():
-                names = ", ".join(source.secret_env)
-                problems.append(f"sources.{i}.secret_env: none of {names} is set")
+                keys = "/".join(k for k in ("secret_env", "secret_file") if getattr(source, k))
+                problems.append(f"{source_path(source.name)}.{keys}: none of {source.secret_refs()} is set")
         return problems
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """``--config``, else ``$LEADBRIDGE_CONFIG``, else ``config.yaml``, else the example."""
-    if explicit:
-        return Path(explicit)
-    if os.environ.get(CONFIG_ENV):
-        return Path(os.environ[CONFIG_ENV])
-    return Path(DEFAULT_CONFIG) if Path(DEFAULT_CONFIG).exists() else Path(EXAMPLE_CONFIG)
+    """``--config``, else ``$LEADBRIDGE_CONFIG``, else ``./config.yaml``.
+
+    Raises ConfigError naming every place it looked when there is no file. A file named by
+    --config or the variable that is missing stops the search: reading another one instead
+    would run the relay on a config nobody chose.
+    """
+    looked = []
+    places = (("--config", explicit), (f"${CONFIG_ENV}", os.environ.get(CONFIG_ENV)), (f"./{DEFAULT_CONFIG}", DEFAULT_CONFIG))
+    for where, value in places:
+        if not value:
+            looked.append(f"{where} (not set)")
+            continue
+        path = Path(value)
+        if path.exists():
+            return path
+        looked.append(f"{where} ({path.absolute()}: no such file)")
+        break
+    raise ConfigError(
+        [
+            f"no config file found; looked at: {', '.join(looked)}",
+            "to start one here, run `leadbridge init .` (writes config.yaml, mappings/ and .env.example)",
+        ]
+    )
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
@@ -325,7 +374,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(validation_problems(exc)) from exc
+        raise ConfigError(validation_problems(exc, data)) from exc
     resolved = _resolve(settings, file.resolve(), raw)
     add_secrets(settings_secrets(resolved))
     return resolved
@@ -336,7 +385,7 @@ def settings_from_dict(data: dict[str, Any], base: Path) -> Settings:
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(validation_problems(exc)) from exc
+        raise ConfigError(validation_problems(exc, data)) from exc
     return _resolve(settings, base / "inline.yaml", yaml.safe_dump(data).encode())
 
 
@@ -349,14 +398,19 @@ def _resolve(settings: Settings, file: Path, raw: bytes) -> Settings:
     names = [s.name for s in settings.sources]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"sources: name {dup!r} is used more than once")
-    for i, source in enumerate(settings.sources):
+    for tokens in (settings.hubspot, settings.slack):
+        if tokens.token_file is not None:
+            tokens.token_file = _under(root, tokens.token_file)
+    for source in settings.sources:
+        here = source_path(source.name)
         if source.mapping is None and not source.forms:
-            problems.append(f"sources.{i}: source {source.name!r} has no mapping (set mapping or forms)")
+            problems.append(f"{here}: no mapping (set mapping or forms)")
         if source.mapping is not None:
             source.mapping = _under(root, source.mapping)
         source.forms = {key: _under(root, path) for key, path in source.forms.items()}
+        source.secret_file = [_under(root, path) for path in source.secret_file]
         for key, path in source.mapping_paths().items():
-            where = f"sources.{i}.mapping" if key is None else f"sources.{i}.forms.{key}"
+            where = f"{here}.mapping" if key is None else f"{here}.forms.{key}"
             try:
                 digest.update(path.read_bytes())
             except OSError:
@@ -372,11 +426,32 @@ def _under(root: Path, path: Path) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def validation_problems(exc: ValidationError) -> list[str]:
-    """One line per pydantic error, naming its dotted path in the file."""
+def source_path(name: str) -> str:
+    """How messages name a source: by its name, which survives reordering the list."""
+    return f"sources[{name}]"
+
+
+def validation_problems(exc: ValidationError, data: Any = None) -> list[str]:
+    """One line per pydantic error, naming its dotted path in the file.
+
+    With the validated ``data``, a path into ``sources`` names the source by its ``name``
+    (``sources[typeform].secret_env``) rather than by its index.
+    """
     lines = []
     for err in exc.errors():
-        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        loc = list(err["loc"])
+        where = ".".join(str(part) for part in loc) or "(top level)"
+        if len(loc) >= 2 and loc[0] == "sources" and isinstance(loc[1], int):
+            where = ".".join([_source_label(data, loc[1]), *(str(part) for part in loc[2:])])
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         lines.append(f"{where}: {message}")
     return lines
+
+
+def _source_label(data: Any, index: int) -> str:
+    # The index is all there is when the entry is not a mapping or its name is missing.
+    try:
+        name = data["sources"][index]["name"]
+    except (KeyError, IndexError, TypeError):
+        name = None
+    return source_path(name) if isinstance(name, str) and name else f"sources.{index}"

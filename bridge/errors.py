@@ -2,11 +2,13 @@
 
     LeadbridgeError
     ├── ConfigError            the config or a mapping is wrong; fix the file
+    ├── ExistingFilesError     ``init`` would overwrite these files; pass --force or pick another folder
     ├── IntakeError            a webhook request is refused; carries its HTTP status
     │   ├── UnknownSourceError       404  no such source in config
     │   ├── SignatureError           401  the sender could not be verified
     │   ├── PayloadError             400  the body cannot be read
     │   ├── BodyTooLargeError        413  the body is over the configured limit
+    │   ├── SourceNotConfiguredError 503  the source's secret is not set yet; sender should retry
     │   └── LedgerUnavailableError   503  the delivery could not be written; sender should retry
     └── DeliveryError          a pipeline step failed
         ├── RetriableError     try again later (timeouts, 5xx, 429); may carry retry_after
@@ -17,6 +19,8 @@ Vendor exceptions are translated into these at the connector boundary with
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class LeadbridgeError(Exception):
@@ -29,6 +33,14 @@ class ConfigError(LeadbridgeError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class ExistingFilesError(LeadbridgeError):
+    """Files ``leadbridge init`` would overwrite; ``paths`` lists them."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        super().__init__("would overwrite " + ", ".join(str(p) for p in paths))
+        self.paths = paths
 
 
 class IntakeError(LeadbridgeError):
@@ -56,6 +68,12 @@ class PayloadError(IntakeError):
 class BodyTooLargeError(IntakeError):
     status = 413
     code = "body_too_large"
+
+
+class SourceNotConfiguredError(IntakeError):
+    # 503, not 401 or 404: the sender retries later instead of switching the webhook off.
+    status = 503
+    code = "source_not_configured"
 
 
 class LedgerUnavailableError(IntakeError):

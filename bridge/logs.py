@@ -11,7 +11,6 @@ Error messages bound for the ledger's event log go through ``redact`` as well.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Iterable
 from urllib.parse import unquote
@@ -99,8 +98,8 @@ def settings_secrets(settings: object) -> list[str]:
     """Every secret value the settings resolve from the environment."""
     found: list[str | None] = []
     for name in ("hubspot", "slack"):
-        env = getattr(getattr(settings, name, None), "token_env", None)
-        found.append(os.environ.get(env) if env else None)
+        section = getattr(settings, name, None)
+        found.append(section.token() if section is not None else None)
     for source in getattr(settings, "sources", []):
         found.extend(source.secrets())
     return [v for v in found if isinstance(v, str)]

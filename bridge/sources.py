@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Settings, SourceSettings
+from .config import Settings, SourceSettings, source_path
 from .errors import ConfigError, PayloadError
 from .lead import Lead, LeadResult, build_lead, looks_like_test
 from .ledger import Status
@@ -67,7 +67,7 @@ def load_sources(settings: Settings) -> dict[str, SourceKit]:
         try:
             kits[spec.name] = SourceKit(spec, build_source(spec), mappings)
         except ConfigError as exc:
-            problems.extend(f"sources.{spec.name}.options: {p}" for p in exc.problems)
+            problems.extend(f"{source_path(spec.name)}.options: {p}" for p in exc.problems)
     if problems:
         raise ConfigError(problems)
     return kits

@@ -189,7 +189,7 @@ def _submit(intake: Intake, kit: SourceKit, mapping: Mapping, form_key: str | No
     """Send the posted values as the vendor would, through the webhook's own intake path."""
     secrets = kit.spec.secrets()
     if not secrets:
-        names = ", ".join(kit.spec.secret_env)
+        names = kit.spec.secret_refs()
         raise StagingError(503, "no_secret", f"Source {kit.name!r} has no secret: set {names} and restart the relay.")
     keys = {i.key for i in form_inputs(mapping)}
     # Empty inputs are left out, as a vendor leaves out unanswered questions.
@@ -310,7 +310,7 @@ written to HubSpot at <code>{{ targets.hubspot }}</code> and messages posted to 
 Empty inputs are left out. An <code>example.com</code> address or a name like "Test User" is treated as
 test data and never reaches HubSpot.</p>
 {% if not secret_set %}
-<p class="warning" role="alert">No secret is set for this source ({{ kit.spec.secret_env | join(", ") }}): sending will fail.</p>
+<p class="warning" role="alert">No secret is set for this source ({{ kit.spec.secret_refs() }}): sending will fail.</p>
 {% endif %}
 <form method="post" action="{{ action }}">
 <input type="hidden" name="csrf_token" value="{{ csrf_token }}">

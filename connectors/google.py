@@ -14,7 +14,6 @@ would silently change them.
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bridge.errors import LedgerUnavailableError, PayloadError, SignatureError
 from bridge.ports import Kind, Request
+from bridge.secrets import read_secrets
 from connectors import parse_options, secret_matches
 
 KEY_FIELD = "google_key"
@@ -126,7 +126,7 @@ class GoogleAdsSource:
             names = self.options.keys.get(int64_text(payload.get(id_field)) or "")
             if names is None:
                 continue
-            keys = [os.environ[name] for name in names if os.environ.get(name)]
+            keys = read_secrets(names)
             if not keys:
                 # Fail closed with a status the sender retries, as intake does for an unset secret_env.
                 raise LedgerUnavailableError(f"no key is configured yet for this {id_field.removesuffix('_id')}")

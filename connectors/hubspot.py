@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -64,7 +63,7 @@ class HubSpotCRM:
         self.pacer = pacer
         # The SDK logs response bodies (lead data) at DEBUG; keep it to warnings whatever the root level.
         logging.getLogger("hubspot").setLevel(logging.WARNING)
-        client = HubSpot(access_token=os.environ.get(settings.token_env, ""), host=settings.base_url)
+        client = HubSpot(access_token=settings.token() or "", host=settings.base_url)
         # Each attribute access builds a new ApiClient and pool (hubspot.md §12): keep them.
         contacts = client.crm.contacts
         self._basic = contacts.basic_api

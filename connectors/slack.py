@@ -13,7 +13,6 @@ becomes a RetriableError carrying Slack's Retry-After.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ class SlackNotifier:
         quiet = logging.getLogger("leadbridge.vendor.slack_sdk")
         quiet.setLevel(logging.WARNING)
         self.client = WebClient(
-            token=os.environ.get(settings.token_env, ""),
+            token=settings.token() or "",
             base_url=settings.base_url,
             timeout=int(settings.timeout_seconds),
             logger=quiet,

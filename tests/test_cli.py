@@ -122,7 +122,7 @@ def test_check_config_reports_mapping_problems(tmp_path: Path, config_data: dict
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config_data))
     result = run("check-config", "--config", str(tmp_path / "c.yaml"))
     assert result.exit_code == 1
-    assert "problem: sources.1: source 'second' has no mapping (set mapping or forms)" in result.output
+    assert "problem: sources[second]: no mapping (set mapping or forms)" in result.output
     config_data["sources"].pop()
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config_data))
     result = run("check-config", "--config", str(tmp_path / "c.yaml"))

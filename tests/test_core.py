@@ -139,13 +139,31 @@ def test_config_rejects_unknown_keys_and_names_each_path(tmp_path: Path) -> None
     data["hubspot"]["tokn_env"] = "X"
     data["worker"]["concurrency"] = 0
     data["sources"][0]["type"] = "jotform"
+    data["sources"][1]["secret_env"] = []
+    del data["sources"][2]["name"]
+    data["sources"][2]["honeypot"] = "not-a-list"
     (tmp_path / "c.yaml").write_text(__import__("yaml").safe_dump(data))
     with pytest.raises(ConfigError) as caught:
         load_settings(tmp_path / "c.yaml")
+    # Sources are named by their name; one without a name can only be named by its index.
     assert caught.value.problems == [
         "hubspot.tokn_env: unknown key",
         "worker.concurrency: Input should be greater than or equal to 1",
-        "sources.0.type: Value error, unknown source type 'jotform'; known: google, typeform, wordpress",
+        "sources[typeform].type: Value error, unknown source type 'jotform'; known: google, typeform, wordpress",
+        "sources[google]: Value error, name where its secret lives: secret_env (a variable) or secret_file (a file)",
+        "sources.2.name: Field required",
+        "sources.2.honeypot: Input should be a valid list",
+    ]
+
+
+def test_config_problems_after_validation_name_sources_by_name(tmp_path: Path) -> None:
+    data = example_config()
+    data["sources"] = [{**data["sources"][0], "forms": {}, "mapping": "mappings/nope.yaml"}, data["sources"][0]]
+    with pytest.raises(ConfigError) as caught:
+        settings_from_dict(data, ROOT)
+    assert caught.value.problems == [
+        "sources: name 'typeform' is used more than once",
+        f"sources[typeform].mapping: file {ROOT / 'mappings/nope.yaml'} not found",
     ]
 
 
@@ -154,12 +172,30 @@ def test_config_path_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LEADBRIDGE_CONFIG", raising=False)
-    assert config_path() == Path("config.example.yaml")
+    (tmp_path / "config.example.yaml").write_text("{}")  # never read in its place
+    with pytest.raises(ConfigError) as caught:
+        config_path()
+    assert caught.value.problems == [
+        "no config file found; looked at: --config (not set), $LEADBRIDGE_CONFIG (not set), "
+        f"./config.yaml ({tmp_path}/config.yaml: no such file)",
+        "to start one here, run `leadbridge init .` (writes config.yaml, mappings/ and .env.example)",
+    ]
     (tmp_path / "config.yaml").write_text("{}")
     assert config_path() == Path("config.yaml")
-    monkeypatch.setenv("LEADBRIDGE_CONFIG", "/etc/leadbridge.yaml")
-    assert config_path() == Path("/etc/leadbridge.yaml")
-    assert config_path("given.yaml") == Path("given.yaml")
+    (tmp_path / "elsewhere.yaml").write_text("{}")
+    monkeypatch.setenv("LEADBRIDGE_CONFIG", "elsewhere.yaml")
+    assert config_path() == Path("elsewhere.yaml")
+    assert config_path("config.yaml") == Path("config.yaml")
+    # A named file that is missing is reported, not replaced by ./config.yaml.
+    with pytest.raises(ConfigError) as caught:
+        config_path("given.yaml")
+    assert caught.value.problems[0] == f"no config file found; looked at: --config ({tmp_path}/given.yaml: no such file)"
+    monkeypatch.setenv("LEADBRIDGE_CONFIG", "/nowhere/leadbridge.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.problems[0] == (
+        "no config file found; looked at: --config (not set), $LEADBRIDGE_CONFIG (/nowhere/leadbridge.yaml: no such file)"
+    )
 
 
 def test_redacted_config_shows_only_whether_secrets_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,6 +204,7 @@ def test_redacted_config_shows_only_whether_secrets_are_set(monkeypatch: pytest.
     assert shown["hubspot"]["token_env"] == "HUBSPOT_TOKEN (set)"
     assert shown["slack"]["token_env"] == "SLACK_BOT_TOKEN (unset)"
     assert shown["sources"][0]["secret_env"] == ["TYPEFORM_SECRET (set)"]
+    assert shown["sources"][0]["secret_file"] == []
     assert "test-hubspot-token" not in repr(shown) and "tf-test-secret" not in repr(shown)
 
 
