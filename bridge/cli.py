@@ -640,7 +640,11 @@ def _register_admin_commands() -> None:
     main.add_command(forget_command)
 
 
-_register_admin_commands()
-
 if __name__ == "__main__":
-    main()
+    # `python -m bridge.cli`: run the importable module, so bridge/admin.py and this group
+    # are the same objects (`python -m bridge` is the usual way).
+    from bridge.cli import main as importable_main
+
+    importable_main()
+else:
+    _register_admin_commands()
