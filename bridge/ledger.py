@@ -28,6 +28,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from .errors import LeadbridgeError
+from .groupcommit import GroupCommit
 
 
 class Status(StrEnum):
@@ -259,6 +260,8 @@ class Ledger:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        # Intake's writes share transactions (bridge/groupcommit.py): one fsync per burst.
+        self._intake = GroupCommit(self.path, busy_timeout)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = self.db
         db.execute("PRAGMA journal_mode=WAL")
@@ -328,7 +331,8 @@ class Ledger:
         new_id = "dlv_" + uuid.uuid4().hex[:20]
         keys = [idem_key, *aliases]
         marks = ",".join("?" * len(keys))
-        with self._write() as conn:
+
+        def write(conn: sqlite3.Connection) -> tuple[str, bool]:
             existing = conn.execute(
                 f"SELECT id FROM deliveries WHERE source = ? AND idem_key IN ({marks}) ORDER BY rowid LIMIT 1", (source, *keys)
             ).fetchone()
@@ -354,7 +358,12 @@ class Ledger:
             )
             conn.executemany("INSERT INTO person_keys (delivery_id, key) VALUES (?, ?)", [(new_id, k) for k in person_keys])
             self._event(conn, new_id, "intake", "received", f"{len(body)} bytes", now)
-        return new_id, True
+            return new_id, True
+
+        if self.db.conn.in_transaction:  # inside exclusive(): part of the caller's transaction
+            return write(self.db.conn)
+        result: tuple[str, bool] = self._intake.run(write)
+        return result
 
     # -- claiming -----------------------------------------------------------------
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from bridge.groupcommit import GroupCommit
 from bridge.ledger import _DUE, _EXPIRED_LEASES, LeaseLostError, Ledger, Status
 
 
@@ -127,3 +130,48 @@ def test_the_claim_walks_an_index_whatever_the_backlog(db: Ledger) -> None:
     ]
     assert "USING INDEX deliveries_leased" in plans[0] and "USING INDEX deliveries_waiting" in plans[1]
     assert not any("SCAN d" in plan and "USING" not in plan.split("SCAN d")[1][:30] for plan in plans)
+
+
+def test_concurrent_intake_writes_share_transactions_and_stay_exactly_once(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    start = threading.Barrier(40)
+
+    def accept(n: int) -> tuple[str, bool]:
+        start.wait()
+        key = "same-event" if n % 4 == 0 else f"event-{n}"  # a sender retrying while its first try is in flight
+        return ledger.accept(
+            source="typeform", idem_key=key, body=b"{}", content_type="application/json", headers={}, config_version="v"
+        )
+
+    with ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(accept, range(40)))
+    same = {results[n] for n in range(0, 40, 4)}
+    assert len({delivery_id for delivery_id, _ in same}) == 1
+    assert sum(created for _, created in same) == 1
+    assert sum(created for _, created in results) == 31
+    assert ledger.counts() == {"received": 31}
+
+
+def test_one_failing_write_in_a_group_fails_only_its_own_request(tmp_path: Path) -> None:
+    Ledger(tmp_path / "l.db")
+    group = GroupCommit(tmp_path / "l.db", busy_timeout=5)
+    start = threading.Barrier(12)
+
+    def write(n: int) -> str:
+        def work(conn: sqlite3.Connection) -> str:
+            if n == 5:
+                conn.execute("INSERT INTO no_such_table VALUES (1)")
+            conn.execute("INSERT INTO identities VALUES ('email', ?, ?, 0)", (f"p{n}@x.example", str(n)))
+            return str(n)
+
+        start.wait()
+        try:
+            return str(group.run(work))
+        except sqlite3.OperationalError:
+            return "failed"
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(write, range(12)))
+    assert results == [str(n) if n != 5 else "failed" for n in range(12)]
+    stored = sqlite3.connect(tmp_path / "l.db").execute("SELECT count(*) FROM identities").fetchone()[0]
+    assert stored == 11
