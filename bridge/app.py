@@ -26,6 +26,7 @@ from .errors import (
     SignatureError,
     UnknownSourceError,
 )
+from .health import register_health
 from .ledger import Ledger
 from .logs import install as install_redaction
 from .logs import settings_secrets
@@ -134,6 +135,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         except sqlite3.Error:
             return jsonify(ok=False, ledger="unavailable"), 503
         return jsonify(ok=True, version=settings.version, deliveries=counts), 200
+
+    register_health(app)  # /readyz
 
     if settings.server.staging:
         from .staging import register_staging

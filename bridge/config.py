@@ -142,6 +142,9 @@ class WorkerSettings(Model):
     # A delivery that takes a worker down this many times (an exception escaping the pipeline,
     # or the worker dying while its lease runs) goes dead with the reason.
     crash_budget: int = Field(3, ge=1)
+    # How often a running worker writes its heartbeat to the ledger; /readyz calls the worker
+    # dead when none is newer than three of these.
+    heartbeat_seconds: float = Field(10.0, gt=0)
 
 
 class RetrySettings(Model):

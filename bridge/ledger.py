@@ -254,6 +254,24 @@ def m003_claim_indexes(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX deliveries_leased ON deliveries (lease_until) WHERE status = '{Status.PROCESSING}'")
 
 
+
+@migrations()
+def m005_heartbeats(db: sqlite_utils.Database) -> None:
+    """Worker heartbeats (for /readyz) and intake outcomes the deliveries table cannot show."""
+    # Independent of every other migration, so it applies whichever order they end up in:
+    # sqlite-utils records each one by name and applies the missing ones.
+    db.execute("CREATE TABLE IF NOT EXISTS heartbeats (worker TEXT PRIMARY KEY, started_at REAL NOT NULL, at REAL NOT NULL)")
+    # Requests answered without creating a delivery (a sender's retry, a refusal), by source and status code.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS intake_counts (
+            source TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            code INTEGER NOT NULL,
+            n INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (source, outcome, code)
+        )"""
+    )
+
 class Ledger:
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
@@ -753,3 +771,54 @@ class Ledger:
             "INSERT INTO events (delivery_id, at, step, outcome, detail) VALUES (?, ?, ?, ?, ?)",
             (delivery_id, now, step, outcome, detail),
         )
+
+    # -- heartbeats ---------------------------------------------------------------
+
+    def beat(self, worker: str, started_at: float, now: float | None = None) -> None:
+        """Record that this worker's loop is alive; forget workers silent for a day."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO heartbeats (worker, started_at, at) VALUES (?, ?, ?) ON CONFLICT (worker) DO UPDATE SET at = excluded.at",
+                (worker, started_at, now),
+            )
+            conn.execute("DELETE FROM heartbeats WHERE at < ?", (now - 86400,))
+
+    def last_heartbeat(self) -> float | None:
+        """When any worker last showed it was alive."""
+        row = self.db.execute("SELECT max(at) FROM heartbeats").fetchone()
+        return float(row[0]) if row[0] is not None else None
+
+    def probe_write(self) -> None:
+        """Take the write lock and let go, writing nothing: raises sqlite3.Error if writes would fail."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+
+    def backlog(self, now: float | None = None) -> dict[str, float | int]:
+        """What waits: unfinished deliveries, how overdue the oldest due one is, dead letters."""
+        now = time.time() if now is None else now
+        row = self.db.execute(
+            f"""SELECT
+                  count(*) FILTER (WHERE status IN ('{Status.RECEIVED}', '{Status.RETRYING}', '{Status.PROCESSING}')),
+                  min(next_attempt_at) FILTER (WHERE status IN ('{Status.RECEIVED}', '{Status.RETRYING}')
+                                               AND next_attempt_at <= :now),
+                  count(*) FILTER (WHERE status = '{Status.DEAD}')
+                FROM deliveries""",
+            {"now": now},
+        ).fetchone()
+        oldest = max(0.0, now - row[1]) if row[1] is not None else 0.0
+        return {"queue_depth": int(row[0]), "oldest_due_age_seconds": round(oldest, 3), "dead": int(row[2])}
+
+    def count_intake(self, source: str, outcome: str, code: int) -> None:
+        """Count a request that made no new delivery (a duplicate, a refusal)."""
+        with self._write() as conn:
+            conn.execute(
+                """INSERT INTO intake_counts (source, outcome, code, n) VALUES (?, ?, ?, 1)
+                   ON CONFLICT (source, outcome, code) DO UPDATE SET n = n + 1""",
+                (source, outcome, code),
+            )
+
+    def intake_counts(self) -> list[tuple[str, str, int, int]]:
+        rows = self.db.execute("SELECT source, outcome, code, n FROM intake_counts ORDER BY source, outcome, code")
+        return [(str(s), str(o), int(c), int(n)) for s, o, c, n in rows]

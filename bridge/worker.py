@@ -36,6 +36,7 @@ class Worker:
         self.pipeline = pipeline or Pipeline(settings, ledger)
         self.owner = worker_id()
         self.stopping = threading.Event()
+        self.started_at = time.time()
 
     def run(self) -> None:
         """Poll and process until ``stop()``; in-flight deliveries finish first."""
@@ -43,8 +44,11 @@ class Worker:
         log.info("worker %s started (concurrency %d)", self.owner, cfg.concurrency)
         running: set[Future[str]] = set()
         with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="leadbridge-worker") as pool:
-            next_digest = 0.0
+            next_digest = next_beat = 0.0
             while not self.stopping.is_set():
+                if time.monotonic() >= next_beat:
+                    self._heartbeat()
+                    next_beat = time.monotonic() + cfg.heartbeat_seconds
                 free = cfg.concurrency - len(running)
                 claimed = self._claim(min(free, cfg.claim_batch)) if free else []
                 running |= {pool.submit(self._process_one, d) for d in claimed}
@@ -64,6 +68,13 @@ class Worker:
             send_due_digests(self.settings.digest, self.ledger, self.pipeline.notifier, datetime.now(UTC))
         except Exception:
             log.exception("digest run failed; will try again")
+
+    def _heartbeat(self) -> None:
+        """Tell /readyz this loop is alive (a worker that cannot write is not ready either)."""
+        try:
+            self.ledger.beat(self.owner, self.started_at)
+        except Exception as exc:
+            log.error("worker %s could not record its heartbeat: %s", self.owner, type(exc).__name__)
 
     def stop(self) -> None:
         self.stopping.set()
