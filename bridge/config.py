@@ -232,6 +232,15 @@ class SourceSettings(Model):
         return paths
 
 
+
+class AlertsSettings(Model):
+    """Where an admin hears about trouble (README "Dead-letter alerts")."""
+
+    # Slack channel for ops messages; unset: alerts go to the log only.
+    slack_channel: str | None = None
+    # More new dead letters than this in one sweep become one summary message, never a storm.
+    max_per_sweep: int = Field(5, ge=1, le=50)
+
 class Settings(Model):
     server: ServerSettings = Field(default_factory=ServerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
@@ -246,6 +255,7 @@ class Settings(Model):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     sources: list[SourceSettings] = Field(default_factory=list)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
     # Set by load_settings: where the file was and a hash of it and its mappings.
     path: Path | None = None
     version: str = "unversioned"

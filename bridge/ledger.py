@@ -822,3 +822,26 @@ class Ledger:
     def intake_counts(self) -> list[tuple[str, str, int, int]]:
         rows = self.db.execute("SELECT source, outcome, code, n FROM intake_counts ORDER BY source, outcome, code")
         return [(str(s), str(o), int(c), int(n)) for s, o, c, n in rows]
+
+    # The dead letters nobody was told about yet: the newest 'dead' event has no alert after
+    # it, or only a failed one. A replay that dies again writes a new 'dead' event: a new incident.
+    _UNALERTED = f"""
+        SELECT d.id, d.source, d.reason, e.step FROM deliveries AS d
+        JOIN events AS e ON e.id = (SELECT max(id) FROM events WHERE delivery_id = d.id AND outcome = '{Status.DEAD}')
+        WHERE d.status = '{Status.DEAD}' AND COALESCE((
+            SELECT a.outcome FROM events AS a WHERE a.delivery_id = d.id AND a.step = 'alert' AND a.id > e.id
+            ORDER BY a.id DESC LIMIT 1), 'failed') = 'failed'
+        ORDER BY e.id LIMIT :limit"""
+
+    def claim_dead_letters(self, limit: int = 1000, now: float | None = None) -> list[dict[str, Any]]:
+        """Take the dead letters not yet alerted (id, source, reason, step), marking each 'sending'.
+
+        Marked in the same transaction that found them, so two workers never alert one twice.
+        """
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            cursor = conn.execute(self._UNALERTED, {"limit": limit})
+            rows = [dict(zip([c[0] for c in cursor.description], row, strict=True)) for row in cursor.fetchall()]
+            for row in rows:
+                self._event(conn, row["id"], "alert", "sending", "", now)
+        return rows

@@ -186,6 +186,9 @@ class Notifier(Protocol):
     def user_id_for_email(self, email: str) -> str | None:
         """The chat user id for an email (cached), or None."""
 
+    def post_ops(self, channel: str, text: str) -> Notice:
+        """Send one plain-text operations message (an alert for admins, never lead data)."""
+
 
 def load(spec: str) -> Any:
     """Import "module:Class" lazily."""

@@ -17,6 +17,7 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
+from .alerts import send_dead_letter_alerts
 from .config import Settings
 from .digest import send_due_digests
 from .ledger import Delivery, Ledger
@@ -75,6 +76,13 @@ class Worker:
             self.ledger.beat(self.owner, self.started_at)
         except Exception as exc:
             log.error("worker %s could not record its heartbeat: %s", self.owner, type(exc).__name__)
+        self._alerts()
+
+    def _alerts(self) -> None:
+        try:
+            send_dead_letter_alerts(self.settings.alerts, self.ledger, self.pipeline.notifier)
+        except Exception as exc:
+            log.error("dead-letter alerts failed; will try again: %s", type(exc).__name__)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -95,6 +103,7 @@ class Worker:
                     time.sleep(min(cfg.poll_seconds, 0.05))
                     continue
                 handled += len(list(pool.map(self._process_one, claimed)))
+        self._alerts()
         return handled
 
     def _pending_soon(self, deadline: float) -> bool:
