@@ -30,6 +30,7 @@ from .health import register_health
 from .ledger import Ledger
 from .logs import install as install_redaction
 from .logs import settings_secrets
+from .metrics import register_metrics
 from .ports import Request, key_aliases
 from .ratelimit import LimitStore, RateLimiter, limits_path
 from .sources import interpret, load_sources
@@ -137,6 +138,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         return jsonify(ok=True, version=settings.version, deliveries=counts), 200
 
     register_health(app)  # /readyz
+    register_metrics(app, intake.ledger, set(intake.kits))  # /metrics
 
     if settings.server.staging:
         from .staging import register_staging

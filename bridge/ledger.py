@@ -845,3 +845,32 @@ class Ledger:
             for row in rows:
                 self._event(conn, row["id"], "alert", "sending", "", now)
         return rows
+
+    # -- metrics (read at scrape time, so every process reports the same numbers) ---
+
+    def counts_by_source(self) -> list[tuple[str, str, int]]:
+        rows = self.db.execute("SELECT source, status, count(*) FROM deliveries GROUP BY source, status ORDER BY 1, 2")
+        return [(str(s), str(st), int(n)) for s, st, n in rows]
+
+    def returning_contacts(self) -> list[tuple[str, int]]:
+        """Per source, deliveries that updated a contact the CRM already had (a person's duplicate prevented)."""
+        rows = self.db.execute(
+            """SELECT d.source, count(*) FROM steps AS s JOIN deliveries AS d ON d.id = s.delivery_id
+               WHERE s.step = 'contact' AND json_extract(s.result, '$.created') = 0 GROUP BY d.source ORDER BY 1"""
+        )
+        return [(str(s), int(n)) for s, n in rows]
+
+    def speed_to_lead(self, bounds: Sequence[float]) -> list[tuple[str, str, list[int], int, float]]:
+        """Seconds from receipt to the Slack message, per source and segment: a cumulative count
+        at or under each bound, the total count and the sum (a Prometheus histogram's parts)."""
+        under = ", ".join(f"sum(seconds <= {float(b)!r})" for b in bounds)
+        rows = self.db.execute(
+            f"""WITH posted AS (
+                  SELECT d.source, COALESCE(json_extract(score.result, '$.segment'), '') AS segment,
+                         max(0, n.done_at - d.received_at) AS seconds
+                  FROM steps AS n JOIN deliveries AS d ON d.id = n.delivery_id
+                  LEFT JOIN steps AS score ON score.delivery_id = n.delivery_id AND score.step = 'score'
+                  WHERE n.step = 'notify' AND json_extract(n.result, '$.ts') IS NOT NULL)
+                SELECT source, segment, count(*), sum(seconds), {under} FROM posted GROUP BY 1, 2 ORDER BY 1, 2"""
+        ).fetchall()
+        return [(str(r[0]), str(r[1]), [int(v) for v in r[4:]], int(r[2]), float(r[3])) for r in rows]

@@ -1,0 +1,136 @@
+"""Metrics (issue 11): /metrics equals the ledger's counts after a scripted run, on every intake
+instance alike, and the shipped dashboard and alert rules use only names it exposes."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.config import Settings
+from bridge.ledger import Ledger, Status
+from bridge.worker import Worker
+
+from .conftest import ROOT, Sandbox, answer, post_typeform, served, typeform_payload
+
+UPSERT = "/crm/v3/objects/contacts/batch/upsert"
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    answer = requests.get(f"{url}/metrics", timeout=10)
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(answer.text)
+        for s in family.samples
+    }
+
+
+def named(samples: Samples, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {labels: value for (n, labels), value in samples.items() if n == name}
+
+
+def lead(n: int, email: str | None = None) -> dict[str, Any]:
+    return answer(typeform_payload(event_id=f"metrics-{n}"), "email", email or f"metrics{n}@example-roofing.com")
+
+
+@pytest.fixture
+def scripted(settings: Settings, ledger: Ledger, sandbox: Sandbox) -> Iterator[tuple[str, str]]:
+    """Two intake instances on one ledger (as two gunicorn workers) after a run with every outcome."""
+    with served(settings) as first, served(settings) as second:
+        worker = Worker(settings, ledger)
+        sandbox.fault(path=UPSERT, status=400, times=1)
+        assert post_typeform(first, lead(1)).status_code == 200  # dead: HubSpot refuses it
+        worker.drain()
+        for n in (2, 3):
+            assert post_typeform(first, lead(n)).status_code == 200  # delivered
+        assert post_typeform(second, lead(2)).json()["duplicate"] is True  # the sender retried, twice
+        assert post_typeform(first, lead(2)).json()["duplicate"] is True
+        assert post_typeform(first, lead(4, "metrics2@example-roofing.com")).status_code == 200  # the same person again
+        unreachable = answer(answer(typeform_payload(event_id="metrics-5"), "email", "not-an-email"), "phone", "123")
+        assert post_typeform(second, unreachable).status_code == 200  # rejected
+        assert post_typeform(first, lead(6), secret="wrong").status_code == 401  # refused
+        assert requests.post(f"{second}/hooks/nope", data=b"{}", timeout=5).status_code == 404
+        worker.drain()
+        yield first, second
+
+
+def test_metrics_equal_the_ledger_counts_on_every_intake_instance(scripted: tuple[str, str], settings: Settings) -> None:
+    first, second = scripted
+    samples = scrape(first)
+    with sqlite3.connect(settings.ledger.path) as db:
+        by_status = {(s, st): n for s, st, n in db.execute("SELECT source, status, count(*) FROM deliveries GROUP BY 1, 2")}
+        notified = db.execute("SELECT count(*) FROM steps WHERE step = 'notify' AND result LIKE '%\"ts\"%'").fetchone()[0]
+    assert by_status == {("typeform", "dead"): 1, ("typeform", "delivered"): 3, ("typeform", "rejected"): 1}
+    assert named(samples, "leadbridge_deliveries") == {
+        (("source", s), ("status", st)): float(n) for (s, st), n in by_status.items()
+    }
+    assert named(samples, "leadbridge_intake_requests_total") == {
+        (("code", "200"), ("outcome", "accepted"), ("source", "typeform")): 5.0,
+        (("code", "200"), ("outcome", "duplicate"), ("source", "typeform")): 2.0,
+        (("code", "401"), ("outcome", "refused"), ("source", "typeform")): 1.0,
+        (("code", "404"), ("outcome", "refused"), ("source", "(unknown)")): 1.0,
+    }
+    assert named(samples, "leadbridge_duplicates_prevented_total") == {
+        (("by", "sender_retry"), ("source", "typeform")): 2.0,
+        (("by", "person"), ("source", "typeform")): 1.0,
+    }
+    assert samples[("leadbridge_queue_depth", ())] == 0.0
+    assert samples[("leadbridge_oldest_due_age_seconds", ())] == 0.0
+    assert samples[("leadbridge_dead_letters_waiting", ())] == float(by_status[("typeform", "dead")])
+    # Drained in-process (no worker loop ran): no heartbeat, reported as infinitely old.
+    assert samples[("leadbridge_worker_heartbeat_age_seconds", ())] == float("inf")
+    counts = named(samples, "leadbridge_speed_to_lead_seconds_count")
+    assert sum(counts.values()) == notified == 3
+    assert {dict(labels)["source"] for labels in counts} == {"typeform"}
+    infinite = named(samples, "leadbridge_speed_to_lead_seconds_bucket")
+    assert sum(v for labels, v in infinite.items() if dict(labels)["le"] == "+Inf") == 3
+    # The other instance (another gunicorn worker) reads the same ledger: the same numbers.
+    again = scrape(second)
+    assert {k: v for k, v in again.items() if "age_seconds" not in k[0]} == {
+        k: v for k, v in samples.items() if "age_seconds" not in k[0]
+    }
+
+
+def used_names(text: str) -> set[str]:
+    return set(re.findall(r"\bleadbridge_[a-z_]+\b", text))
+
+
+def dashboard_exprs() -> str:
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    return "\n".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
+
+
+def alert_exprs() -> str:
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus-alerts.yml").read_text())
+    return "\n".join(str(rule["expr"]) for group in rules["groups"] for rule in group["rules"])
+
+
+@pytest.mark.parametrize("exprs", [dashboard_exprs, alert_exprs], ids=["grafana", "prometheus-alerts"])
+def test_every_metric_the_deploy_files_use_is_exposed(scripted: tuple[str, str], exprs: Any) -> None:
+    exposed = {name for name, _labels in scrape(scripted[0])}
+    used = used_names(exprs())
+    assert len(used) >= 4
+    assert sorted(used - exposed) == []
+
+
+def test_the_readme_lists_every_exposed_metric(scripted: tuple[str, str]) -> None:
+    exposed = {re.sub(r"_(bucket|count|sum)$", "", name) for name, _labels in scrape(scripted[0])}
+    readme = (ROOT / "README.md").read_text()
+    assert sorted(n for n in exposed if f"`{n}" not in readme) == []
+
+
+def test_a_scrape_of_an_empty_ledger_has_every_family(intake: str, ledger: Ledger) -> None:
+    samples = scrape(intake)
+    assert samples[("leadbridge_queue_depth", ())] == 0.0
+    assert named(samples, "leadbridge_deliveries") == {}
+    assert ledger.counts() == {} and Status.DEAD not in ledger.counts()
