@@ -27,6 +27,7 @@ from .errors import (
     UnknownSourceError,
 )
 from .health import register_health
+from .jsonlog import apply_log_format
 from .ledger import Ledger
 from .logs import install as install_redaction
 from .logs import settings_secrets
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     # Here, so gunicorn's workers and wsgi.py redact as the CLI does.
     install_redaction(settings_secrets(settings))
+    apply_log_format(settings.logging)
     app = Flask("leadbridge")
     # Let werkzeug refuse oversized bodies before reading them (plus slack for headers).
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes

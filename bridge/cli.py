@@ -242,6 +242,7 @@ def worker(config_file: str | None, once: bool) -> None:
 
     Example: leadbridge worker --config config.yaml
     """
+    from .jsonlog import apply_log_format
     from .worker import Worker
 
     _logging()
@@ -260,6 +261,7 @@ def worker(config_file: str | None, once: bool) -> None:
         reload.clear()
         settings = _settings(config_file)
         _require_tokens(settings)
+        apply_log_format(settings.logging)
         w = Worker(settings, Ledger(settings.ledger.path, settings.ledger.busy_timeout_seconds))
         if once:
             click.echo(f"handled {w.drain()} deliveries")

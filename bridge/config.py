@@ -241,6 +241,11 @@ class AlertsSettings(Model):
     # More new dead letters than this in one sweep become one summary message, never a storm.
     max_per_sweep: int = Field(5, ge=1, le=50)
 
+
+class LoggingSettings(Model):
+    # text: for a terminal (the default); json: one object per line for a log shipper (bridge/jsonlog.py).
+    format: Literal["text", "json"] = "text"
+
 class Settings(Model):
     server: ServerSettings = Field(default_factory=ServerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
@@ -256,6 +261,7 @@ class Settings(Model):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     sources: list[SourceSettings] = Field(default_factory=list)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     # Set by load_settings: where the file was and a hash of it and its mappings.
     path: Path | None = None
     version: str = "unversioned"

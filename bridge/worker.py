@@ -115,6 +115,14 @@ class Worker:
         return self.ledger.claim(self.owner, limit, cfg.lease_seconds, crash_budget=cfg.crash_budget)
 
     def _process_one(self, delivery: Delivery) -> str:
+        started = time.monotonic()
+        outcome = self._run_one(delivery)
+        ms = round((time.monotonic() - started) * 1000)
+        fields = {"delivery_id": delivery.id, "source": delivery.source, "outcome": str(outcome), "duration_ms": ms}
+        log.info("delivery %s: %s in %d ms", delivery.id, outcome, ms, extra=fields)
+        return outcome
+
+    def _run_one(self, delivery: Delivery) -> str:
         try:
             return self.pipeline.process(delivery, self.owner)
         except Exception as exc:
