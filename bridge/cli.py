@@ -599,5 +599,27 @@ def replay_succeeded(outcome: str) -> bool:
     return outcome in (*finished, "requeued", "skipped: already delivered")
 
 
+
+@main.command()
+@config_option
+@click.option("--since", default="7d", show_default=True, help="The period: a duration like 24h or 30d, or an ISO time.")
+@click.option("--json", "as_json", is_flag=True)
+def stats(config_file: str | None, since: str, as_json: bool) -> None:
+    """Volume per source and day, outcomes (drop-off), dead letters, duplicates prevented, speed to lead.
+
+    Example: leadbridge stats --since 30d --json
+    """
+    from .stats import collect_stats, stats_lines
+
+    start = parse_since(since)
+    _, ledger = _ledger(config_file)
+    report = collect_stats(ledger, start or 0.0)
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+        return
+    click.echo(f"since {_iso(start)}")
+    for line in stats_lines(report):
+        click.echo(line)
+
 if __name__ == "__main__":
     main()

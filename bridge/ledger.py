@@ -874,3 +874,30 @@ class Ledger:
                 SELECT source, segment, count(*), sum(seconds), {under} FROM posted GROUP BY 1, 2 ORDER BY 1, 2"""
         ).fetchall()
         return [(str(r[0]), str(r[1]), [int(v) for v in r[4:]], int(r[2]), float(r[3])) for r in rows]
+
+    def volume_by_day(self, since: float) -> list[tuple[str, str, str, int]]:
+        """(UTC day, source, status, count) of deliveries received since ``since``."""
+        rows = self.db.execute(
+            """SELECT date(received_at, 'unixepoch'), source, status, count(*) FROM deliveries
+               WHERE received_at >= ? GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""",
+            (since,),
+        )
+        return [(str(d), str(s), str(st), int(n)) for d, s, st, n in rows]
+
+    def speed_to_lead_seconds(self, since: float) -> list[float]:
+        """Receipt to Slack message, for each lead received since ``since`` that got one."""
+        rows = self.db.execute(
+            """SELECT max(0, n.done_at - d.received_at) FROM steps AS n JOIN deliveries AS d ON d.id = n.delivery_id
+               WHERE n.step = 'notify' AND json_extract(n.result, '$.ts') IS NOT NULL AND d.received_at >= ?
+               ORDER BY 1""",
+            (since,),
+        )
+        return [float(r[0]) for r in rows]
+
+    def returning_since(self, since: float) -> int:
+        row = self.db.execute(
+            """SELECT count(*) FROM steps AS s JOIN deliveries AS d ON d.id = s.delivery_id
+               WHERE s.step = 'contact' AND json_extract(s.result, '$.created') = 0 AND d.received_at >= ?""",
+            (since,),
+        ).fetchone()
+        return int(row[0])

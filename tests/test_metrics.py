@@ -1,5 +1,6 @@
-"""Metrics (issue 11): /metrics equals the ledger's counts after a scripted run, on every intake
-instance alike, and the shipped dashboard and alert rules use only names it exposes."""
+"""Metrics and stats (issue 11): /metrics equals the ledger's counts after a scripted run, on every
+intake instance alike; the shipped dashboard and alert rules use only names it exposes; and
+`leadbridge stats` reports the same run."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.cli import main
 from bridge.config import Settings
 from bridge.ledger import Ledger, Status
+from bridge.stats import percentile
 from bridge.worker import Worker
 
 from .conftest import ROOT, Sandbox, answer, post_typeform, served, typeform_payload
@@ -134,3 +138,37 @@ def test_a_scrape_of_an_empty_ledger_has_every_family(intake: str, ledger: Ledge
     assert samples[("leadbridge_queue_depth", ())] == 0.0
     assert named(samples, "leadbridge_deliveries") == {}
     assert ledger.counts() == {} and Status.DEAD not in ledger.counts()
+
+
+def test_stats_report_the_same_run_from_the_ledger(scripted: tuple[str, str], config_data: dict[str, Any], tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(config_data))
+    result = CliRunner().invoke(main, ["stats", "--since", "1d", "--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    (day,) = report["days"]
+    assert {k: v for k, v in day.items() if k != "day"} == {
+        "source": "typeform",
+        "received": 5,
+        "delivered": 3,
+        "dead": 1,
+        "rejected": 1,
+        "spam": 0,
+        "partial": 0,
+        "test": 0,
+        "in_flight": 0,
+    }
+    assert report["dead_waiting"] == 1
+    assert report["duplicates_prevented"] == {"returning_person": 1, "sender_retry_all_time": 2}
+    speed = report["speed_to_lead_seconds"]
+    assert speed["count"] == 3 and 0 <= speed["p50"] <= speed["p95"]
+
+    text = CliRunner().invoke(main, ["stats", "--config", str(config)])
+    assert text.exit_code == 0
+    assert "typeform" in text.output and "dead letters waiting: 1" in text.output
+    assert "p50" in text.output and "over 3 leads" in text.output
+
+
+@pytest.mark.parametrize(("values", "p50", "p95"), [([], None, None), ([4.0], 4.0, 4.0), ([1.0, 2.0, 3.0, 4.0], 2.0, 4.0)])
+def test_percentiles_are_nearest_rank(values: list[float], p50: float | None, p95: float | None) -> None:
+    assert (percentile(values, 0.5), percentile(values, 0.95)) == (p50, p95)
