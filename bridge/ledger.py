@@ -779,7 +779,8 @@ class Ledger:
         now = time.time() if now is None else now
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO heartbeats (worker, started_at, at) VALUES (?, ?, ?) ON CONFLICT (worker) DO UPDATE SET at = excluded.at",
+                """INSERT INTO heartbeats (worker, started_at, at) VALUES (?, ?, ?)
+                   ON CONFLICT (worker) DO UPDATE SET at = excluded.at""",
                 (worker, started_at, now),
             )
             conn.execute("DELETE FROM heartbeats WHERE at < ?", (now - 86400,))

@@ -57,7 +57,9 @@ def stats_lines(report: dict[str, Any]) -> list[str]:
         lines.append("(no deliveries in this period)")
     speed = report["speed_to_lead_seconds"]
     if speed["count"]:
-        lines.append(f"speed to lead (received -> Slack): p50 {speed['p50']:.1f}s, p95 {speed['p95']:.1f}s over {speed['count']} leads")
+        lines.append(
+            f"speed to lead (received -> Slack): p50 {speed['p50']:.1f}s, p95 {speed['p95']:.1f}s over {speed['count']} leads"
+        )
     dup = report["duplicates_prevented"]
     lines.append(
         f"duplicates prevented: {dup['returning_person']} returning people updated their contact; "
@@ -66,4 +68,3 @@ def stats_lines(report: dict[str, Any]) -> list[str]:
     dead = report["dead_waiting"]
     lines.append(f"dead letters waiting: {dead}" + (" (see them: leadbridge deliveries --status dead)" if dead else ""))
     return lines
-

@@ -34,13 +34,17 @@ def test_a_json_worker_writes_fields_and_no_personal_data(config_data: dict[str,
     log_file = tmp_path / "worker.log"
     sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=400, times=1, body=QUOTED)
     argv = [sys.executable, "-m", "bridge", "worker", "--config", str(config)]
-    with served(settings) as url, log_file.open("ab") as out:
-        with started(argv, cwd=ROOT, env=dict(os.environ), stdout=out, stderr=out) as proc:
-            deadline = time.monotonic() + BOOT_SECONDS
-            dead = post_typeform(url, typeform_payload()).json()["delivery_id"]
-            wait_until(lambda: ledger.get(dead).status == Status.DEAD, deadline, "the first lead to die", proc)  # type: ignore[union-attr]
-            delivered = post_typeform(url, answer(typeform_payload(event_id="json-2"), "email", "x" + EMAIL)).json()["delivery_id"]
-            wait_until(lambda: ledger.get(delivered).status == Status.DELIVERED, deadline, "the second lead", proc)  # type: ignore[union-attr]
+    second = answer(typeform_payload(event_id="json-2"), "email", "x" + EMAIL)
+    with (
+        served(settings) as url,
+        log_file.open("ab") as out,
+        started(argv, cwd=ROOT, env=dict(os.environ), stdout=out, stderr=out) as proc,
+    ):
+        deadline = time.monotonic() + BOOT_SECONDS
+        dead = post_typeform(url, typeform_payload()).json()["delivery_id"]
+        wait_until(lambda: ledger.get(dead).status == Status.DEAD, deadline, "the first lead to die", proc)  # type: ignore[union-attr]
+        delivered = post_typeform(url, second).json()["delivery_id"]
+        wait_until(lambda: ledger.get(delivered).status == Status.DELIVERED, deadline, "the second lead", proc)  # type: ignore[union-attr]
     text = log_file.read_text()
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
@@ -62,7 +66,13 @@ def test_json_lines_redact_tracebacks_and_keep_only_known_fields() -> None:
         raise ValueError(f"cannot parse {EMAIL}")
     except ValueError:
         record = logging.getLogger("bridge.test").makeRecord(
-            "bridge.test", logging.ERROR, __file__, 1, "lead %s failed", ("dlv_0123456789abcdef0123",), sys.exc_info(),
+            "bridge.test",
+            logging.ERROR,
+            __file__,
+            1,
+            "lead %s failed",
+            ("dlv_0123456789abcdef0123",),
+            sys.exc_info(),
             extra={"step": "contact", "email": EMAIL, "duration_ms": 12},
         )
     line = json.loads(LeadbridgeJsonFormatter().format(record))

@@ -140,7 +140,9 @@ def test_a_scrape_of_an_empty_ledger_has_every_family(intake: str, ledger: Ledge
     assert ledger.counts() == {} and Status.DEAD not in ledger.counts()
 
 
-def test_stats_report_the_same_run_from_the_ledger(scripted: tuple[str, str], config_data: dict[str, Any], tmp_path: Path) -> None:
+def test_stats_report_the_same_run_from_the_ledger(
+    scripted: tuple[str, str], config_data: dict[str, Any], tmp_path: Path
+) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(config_data))
     result = CliRunner().invoke(main, ["stats", "--since", "1d", "--json", "--config", str(config)])
