@@ -599,7 +599,6 @@ def replay_succeeded(outcome: str) -> bool:
     return outcome in (*finished, "requeued", "skipped: already delivered")
 
 
-
 @main.command()
 @config_option
 @click.option("--since", default="7d", show_default=True, help="The period: a duration like 24h or 30d, or an ISO time.")
@@ -620,6 +619,7 @@ def stats(config_file: str | None, since: str, as_json: bool) -> None:
     click.echo(f"since {_iso(start)}")
     for line in stats_lines(report):
         click.echo(line)
+
 
 if __name__ == "__main__":
     main()

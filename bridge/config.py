@@ -232,7 +232,6 @@ class SourceSettings(Model):
         return paths
 
 
-
 class AlertsSettings(Model):
     """Where an admin hears about trouble (README "Dead-letter alerts")."""
 
@@ -245,6 +244,7 @@ class AlertsSettings(Model):
 class LoggingSettings(Model):
     # text: for a terminal (the default); json: one object per line for a log shipper (bridge/jsonlog.py).
     format: Literal["text", "json"] = "text"
+
 
 class Settings(Model):
     server: ServerSettings = Field(default_factory=ServerSettings)

@@ -254,7 +254,6 @@ def m003_claim_indexes(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX deliveries_leased ON deliveries (lease_until) WHERE status = '{Status.PROCESSING}'")
 
 
-
 @migrations()
 def m005_heartbeats(db: sqlite_utils.Database) -> None:
     """Worker heartbeats (for /readyz) and intake outcomes the deliveries table cannot show."""
@@ -271,6 +270,7 @@ def m005_heartbeats(db: sqlite_utils.Database) -> None:
             PRIMARY KEY (source, outcome, code)
         )"""
     )
+
 
 class Ledger:
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
