@@ -145,6 +145,8 @@ class WorkerSettings(Model):
     # How often a running worker writes its heartbeat to the ledger; /readyz calls the worker
     # dead when none is newer than three of these.
     heartbeat_seconds: float = Field(10.0, gt=0)
+    # The worker's own metrics (port calls, per-delivery durations) on server.host:<this>/metrics; 0 = off.
+    metrics_port: int = Field(0, ge=0, le=65535)
 
 
 class RetrySettings(Model):

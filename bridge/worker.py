@@ -22,6 +22,7 @@ from .config import Settings
 from .digest import send_due_digests
 from .ledger import Delivery, Ledger
 from .pipeline import Pipeline, where
+from .workermetrics import counted_ports, record_delivery, serve_worker_metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Worker:
     def __init__(self, settings: Settings, ledger: Ledger, pipeline: Pipeline | None = None) -> None:
         self.settings = settings
         self.ledger = ledger
-        self.pipeline = pipeline or Pipeline(settings, ledger)
+        self.pipeline = pipeline or Pipeline(settings, ledger, *counted_ports(settings))
         self.owner = worker_id()
         self.stopping = threading.Event()
         self.started_at = time.time()
@@ -43,6 +44,7 @@ class Worker:
         """Poll and process until ``stop()``; in-flight deliveries finish first."""
         cfg = self.settings.worker
         log.info("worker %s started (concurrency %d)", self.owner, cfg.concurrency)
+        serve_worker_metrics(self.settings)
         running: set[Future[str]] = set()
         with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="leadbridge-worker") as pool:
             next_digest = next_beat = 0.0
@@ -118,6 +120,7 @@ class Worker:
         started = time.monotonic()
         outcome = self._run_one(delivery)
         ms = round((time.monotonic() - started) * 1000)
+        record_delivery(delivery.source, str(outcome), ms / 1000)
         fields = {"delivery_id": delivery.id, "source": delivery.source, "outcome": str(outcome), "duration_ms": ms}
         log.info("delivery %s: %s in %d ms", delivery.id, outcome, ms, extra=fields)
         return outcome

@@ -5,8 +5,11 @@ intake instance alike; the shipped dashboard and alert rules use only names it e
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,13 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.cli import main
-from bridge.config import Settings
+from bridge.config import Settings, settings_from_dict
 from bridge.ledger import Ledger, Status
 from bridge.stats import percentile
 from bridge.worker import Worker
 
 from .conftest import ROOT, Sandbox, answer, post_typeform, served, typeform_payload
+from .procs import BOOT_SECONDS, free_port, started, wait_until
 
 UPSERT = "/crm/v3/objects/contacts/batch/upsert"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -174,3 +178,35 @@ def test_stats_report_the_same_run_from_the_ledger(
 @pytest.mark.parametrize(("values", "p50", "p95"), [([], None, None), ([4.0], 4.0, 4.0), ([1.0, 2.0, 3.0, 4.0], 2.0, 4.0)])
 def test_percentiles_are_nearest_rank(values: list[float], p50: float | None, p95: float | None) -> None:
     assert (percentile(values, 0.5), percentile(values, 0.95)) == (p50, p95)
+
+
+def test_a_worker_serves_its_own_call_counts_on_its_metrics_port(
+    config_data: dict[str, Any], sandbox: Sandbox, tmp_path: Path
+) -> None:
+    port = free_port()
+    config_data["worker"]["metrics_port"] = port
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(config_data))
+    settings = settings_from_dict(config_data, ROOT)
+    sandbox.fault(path="/api/chat.postMessage", status=429, times=1, headers={"Retry-After": "0"})
+    argv = [sys.executable, "-m", "bridge", "worker", "--config", str(config)]
+    with (
+        served(settings) as url,
+        (tmp_path / "worker.log").open("ab") as out,
+        started(argv, cwd=ROOT, env=dict(os.environ), stdout=out, stderr=out) as proc,
+    ):
+        assert post_typeform(url, lead(1)).status_code == 200
+        worker_url = f"http://127.0.0.1:{port}"
+
+        def delivered() -> bool:
+            return (
+                scrape(worker_url).get(("leadbridge_worker_deliveries_total", (("outcome", "delivered"), ("source", "typeform"))))
+                == 1
+            )
+
+        wait_until(delivered, time.monotonic() + BOOT_SECONDS, "the worker to count the delivery", proc)
+        calls = named(scrape(worker_url), "leadbridge_worker_calls_total")
+    assert calls[(("method", "upsert_contacts"), ("outcome", "ok"), ("port", "crm"))] == 1
+    assert calls[(("method", "create_record"), ("outcome", "ok"), ("port", "crm"))] == 3  # deal, note, task
+    assert calls[(("method", "notify"), ("outcome", "throttled"), ("port", "notifier"))] == 1  # Slack's 429
+    assert calls[(("method", "notify"), ("outcome", "ok"), ("port", "notifier"))] == 1
