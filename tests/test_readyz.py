@@ -45,12 +45,16 @@ def test_readyz_follows_the_worker_heartbeat_and_reports_the_backlog(
         with log, started(argv, cwd=ROOT, env=dict(os.environ), stdout=log, stderr=log) as proc:
             deadline = time.monotonic() + BOOT_SECONDS
 
+            seen: list[dict[str, Any]] = []
+
             def ready_and_drained() -> bool:
                 status, report = readyz(url)
+                seen[:] = [report]
                 return status == 200 and report["backlog"]["queue_depth"] == 0
 
             wait_until(ready_and_drained, deadline, "/readyz 200 with the lead delivered", proc)
-            status, report = readyz(url)
+            # The report of that 200 (asking again could catch a beat late on a busy machine).
+            (report,) = seen
             assert report["ok"] is True and report["reasons"] == []
             assert report["worker"]["window_seconds"] == 1.5
             assert report["worker"]["last_heartbeat_age_seconds"] is not None
