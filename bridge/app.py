@@ -27,9 +27,12 @@ from .errors import (
     SourceNotConfiguredError,
     UnknownSourceError,
 )
+from .health import register_health
+from .jsonlog import apply_log_format
 from .ledger import Ledger
 from .logs import install as install_redaction
 from .logs import settings_secrets
+from .metrics import register_metrics
 from .ports import Request, key_aliases
 from .ratelimit import LimitStore, RateLimiter, limits_path
 from .sources import interpret, load_sources
@@ -91,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     # Here, so gunicorn's workers and wsgi.py redact as the CLI does.
     install_redaction(settings_secrets(settings))
+    apply_log_format(settings.logging)
     app = Flask("leadbridge")
     # Let werkzeug refuse oversized bodies before reading them (plus slack for headers).
     app.config["MAX_CONTENT_LENGTH"] = settings.server.max_body_bytes
@@ -139,6 +143,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         except sqlite3.Error:
             return jsonify(ok=False, ledger="unavailable"), 503
         return jsonify(ok=True, version=settings.version, deliveries=counts), 200
+
+    register_health(app)  # /readyz
+    register_metrics(app, intake.ledger, set(intake.kits))  # /metrics
 
     if settings.server.staging:
         from .staging import register_staging

@@ -273,6 +273,7 @@ def worker(config_file: str | None, once: bool) -> None:
 
     Example: leadbridge worker --config config.yaml
     """
+    from .jsonlog import apply_log_format
     from .worker import Worker
 
     _logging()
@@ -291,6 +292,7 @@ def worker(config_file: str | None, once: bool) -> None:
         reload.clear()
         settings = _settings(config_file)
         _require_tokens(settings)
+        apply_log_format(settings.logging)
         w = Worker(settings, Ledger(settings.ledger.path, settings.ledger.busy_timeout_seconds))
         if once:
             click.echo(f"handled {w.drain()} deliveries")
@@ -638,6 +640,28 @@ def _register_admin_commands() -> None:
     main.add_command(doctor_command)
     main.add_command(purge_command)
     main.add_command(forget_command)
+
+
+@main.command()
+@config_option
+@click.option("--since", default="7d", show_default=True, help="The period: a duration like 24h or 30d, or an ISO time.")
+@click.option("--json", "as_json", is_flag=True)
+def stats(config_file: str | None, since: str, as_json: bool) -> None:
+    """Volume per source and day, outcomes (drop-off), dead letters, duplicates prevented, speed to lead.
+
+    Example: leadbridge stats --since 30d --json
+    """
+    from .stats import collect_stats, stats_lines
+
+    start = parse_since(since)
+    _, ledger = _ledger(config_file)
+    report = collect_stats(ledger, start or 0.0)
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+        return
+    click.echo(f"since {_iso(start)}")
+    for line in stats_lines(report):
+        click.echo(line)
 
 
 if __name__ == "__main__":

@@ -171,6 +171,11 @@ class WorkerSettings(Model):
     # A delivery that takes a worker down this many times (an exception escaping the pipeline,
     # or the worker dying while its lease runs) goes dead with the reason.
     crash_budget: int = Field(3, ge=1)
+    # How often a running worker writes its heartbeat to the ledger; /readyz calls the worker
+    # dead when none is newer than three of these.
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    # The worker's own metrics (port calls, per-delivery durations) on server.host:<this>/metrics; 0 = off.
+    metrics_port: int = Field(0, ge=0, le=65535)
 
 
 class RetrySettings(Model):
@@ -276,6 +281,20 @@ class RetentionSettings(Model):
     days: float = Field(0, ge=0)
 
 
+class AlertsSettings(Model):
+    """Where an admin hears about trouble (README "Dead-letter alerts")."""
+
+    # Slack channel for ops messages; unset: alerts go to the log only.
+    slack_channel: str | None = None
+    # More new dead letters than this in one sweep become one summary message, never a storm.
+    max_per_sweep: int = Field(5, ge=1, le=50)
+
+
+class LoggingSettings(Model):
+    # text: for a terminal (the default); json: one object per line for a log shipper (bridge/jsonlog.py).
+    format: Literal["text", "json"] = "text"
+
+
 class Settings(Model):
     server: ServerSettings = Field(default_factory=ServerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
@@ -291,6 +310,8 @@ class Settings(Model):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     sources: list[SourceSettings] = Field(default_factory=list)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     # Set by load_settings: where the file was and a hash of it and its mappings.
     path: Path | None = None
     version: str = "unversioned"

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -255,6 +255,24 @@ def m003_claim_indexes(db: sqlite_utils.Database) -> None:
     db.execute(f"CREATE INDEX deliveries_leased ON deliveries (lease_until) WHERE status = '{Status.PROCESSING}'")
 
 
+@migrations()
+def m005_heartbeats(db: sqlite_utils.Database) -> None:
+    """Worker heartbeats (for /readyz) and intake outcomes the deliveries table cannot show."""
+    # Independent of every other migration, so it applies whichever order they end up in:
+    # sqlite-utils records each one by name and applies the missing ones.
+    db.execute("CREATE TABLE IF NOT EXISTS heartbeats (worker TEXT PRIMARY KEY, started_at REAL NOT NULL, at REAL NOT NULL)")
+    # Requests answered without creating a delivery (a sender's retry, a refusal), by source and status code.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS intake_counts (
+            source TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            code INTEGER NOT NULL,
+            n INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (source, outcome, code)
+        )"""
+    )
+
+
 class Ledger:
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
@@ -360,10 +378,14 @@ class Ledger:
             self._event(conn, new_id, "intake", "received", f"{len(body)} bytes", now)
             return new_id, True
 
-        if self.db.conn.in_transaction:  # inside exclusive(): part of the caller's transaction
-            return write(self.db.conn)
-        result: tuple[str, bool] = self._intake.run(write)
+        result: tuple[str, bool] = self._intake_write(write)
         return result
+
+    def _intake_write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """A write on intake's path: grouped with the other requests of this moment."""
+        if self.db.conn.in_transaction:  # inside exclusive(): part of the caller's transaction
+            return work(self.db.conn)
+        return self._intake.run(work)
 
     # -- claiming -----------------------------------------------------------------
 
@@ -764,3 +786,135 @@ class Ledger:
             "INSERT INTO events (delivery_id, at, step, outcome, detail) VALUES (?, ?, ?, ?, ?)",
             (delivery_id, now, step, outcome, detail),
         )
+
+    # -- heartbeats ---------------------------------------------------------------
+
+    def beat(self, worker: str, started_at: float, now: float | None = None) -> None:
+        """Record that this worker's loop is alive; forget workers silent for a day."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(
+                """INSERT INTO heartbeats (worker, started_at, at) VALUES (?, ?, ?)
+                   ON CONFLICT (worker) DO UPDATE SET at = excluded.at""",
+                (worker, started_at, now),
+            )
+            conn.execute("DELETE FROM heartbeats WHERE at < ?", (now - 86400,))
+
+    def last_heartbeat(self) -> float | None:
+        """When any worker last showed it was alive."""
+        row = self.db.execute("SELECT max(at) FROM heartbeats").fetchone()
+        return float(row[0]) if row[0] is not None else None
+
+    def probe_write(self) -> None:
+        """Take the write lock and let go, writing nothing: raises sqlite3.Error if writes would fail."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+
+    def backlog(self, now: float | None = None) -> dict[str, float | int]:
+        """What waits: unfinished deliveries, how overdue the oldest due one is, dead letters."""
+        now = time.time() if now is None else now
+        row = self.db.execute(
+            f"""SELECT
+                  count(*) FILTER (WHERE status IN ('{Status.RECEIVED}', '{Status.RETRYING}', '{Status.PROCESSING}')),
+                  min(next_attempt_at) FILTER (WHERE status IN ('{Status.RECEIVED}', '{Status.RETRYING}')
+                                               AND next_attempt_at <= :now),
+                  count(*) FILTER (WHERE status = '{Status.DEAD}')
+                FROM deliveries""",
+            {"now": now},
+        ).fetchone()
+        oldest = max(0.0, now - row[1]) if row[1] is not None else 0.0
+        return {"queue_depth": int(row[0]), "oldest_due_age_seconds": round(oldest, 3), "dead": int(row[2])}
+
+    def count_intake(self, source: str, outcome: str, code: int) -> None:
+        """Count a request that made no new delivery (a duplicate, a refusal)."""
+        self._intake_write(
+            lambda conn: conn.execute(
+                """INSERT INTO intake_counts (source, outcome, code, n) VALUES (?, ?, ?, 1)
+                   ON CONFLICT (source, outcome, code) DO UPDATE SET n = n + 1""",
+                (source, outcome, code),
+            )
+        )
+
+    def intake_counts(self) -> list[tuple[str, str, int, int]]:
+        rows = self.db.execute("SELECT source, outcome, code, n FROM intake_counts ORDER BY source, outcome, code")
+        return [(str(s), str(o), int(c), int(n)) for s, o, c, n in rows]
+
+    # The dead letters nobody was told about yet: the newest 'dead' event has no alert after
+    # it, or only a failed one. A replay that dies again writes a new 'dead' event: a new incident.
+    _UNALERTED = f"""
+        SELECT d.id, d.source, d.reason, e.step FROM deliveries AS d
+        JOIN events AS e ON e.id = (SELECT max(id) FROM events WHERE delivery_id = d.id AND outcome = '{Status.DEAD}')
+        WHERE d.status = '{Status.DEAD}' AND COALESCE((
+            SELECT a.outcome FROM events AS a WHERE a.delivery_id = d.id AND a.step = 'alert' AND a.id > e.id
+            ORDER BY a.id DESC LIMIT 1), 'failed') = 'failed'
+        ORDER BY e.id LIMIT :limit"""
+
+    def claim_dead_letters(self, limit: int = 1000, now: float | None = None) -> list[dict[str, Any]]:
+        """Take the dead letters not yet alerted (id, source, reason, step), marking each 'sending'.
+
+        Marked in the same transaction that found them, so two workers never alert one twice.
+        """
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            cursor = conn.execute(self._UNALERTED, {"limit": limit})
+            rows = [dict(zip([c[0] for c in cursor.description], row, strict=True)) for row in cursor.fetchall()]
+            for row in rows:
+                self._event(conn, row["id"], "alert", "sending", "", now)
+        return rows
+
+    # -- metrics (read at scrape time, so every process reports the same numbers) ---
+
+    def counts_by_source(self) -> list[tuple[str, str, int]]:
+        rows = self.db.execute("SELECT source, status, count(*) FROM deliveries GROUP BY source, status ORDER BY 1, 2")
+        return [(str(s), str(st), int(n)) for s, st, n in rows]
+
+    def returning_contacts(self) -> list[tuple[str, int]]:
+        """Per source, deliveries that updated a contact the CRM already had (a person's duplicate prevented)."""
+        rows = self.db.execute(
+            """SELECT d.source, count(*) FROM steps AS s JOIN deliveries AS d ON d.id = s.delivery_id
+               WHERE s.step = 'contact' AND json_extract(s.result, '$.created') = 0 GROUP BY d.source ORDER BY 1"""
+        )
+        return [(str(s), int(n)) for s, n in rows]
+
+    def speed_to_lead(self, bounds: Sequence[float]) -> list[tuple[str, str, list[int], int, float]]:
+        """Seconds from receipt to the Slack message, per source and segment: a cumulative count
+        at or under each bound, the total count and the sum (a Prometheus histogram's parts)."""
+        under = ", ".join(f"sum(seconds <= {float(b)!r})" for b in bounds)
+        rows = self.db.execute(
+            f"""WITH posted AS (
+                  SELECT d.source, COALESCE(json_extract(score.result, '$.segment'), '') AS segment,
+                         max(0, n.done_at - d.received_at) AS seconds
+                  FROM steps AS n JOIN deliveries AS d ON d.id = n.delivery_id
+                  LEFT JOIN steps AS score ON score.delivery_id = n.delivery_id AND score.step = 'score'
+                  WHERE n.step = 'notify' AND json_extract(n.result, '$.ts') IS NOT NULL)
+                SELECT source, segment, count(*), sum(seconds), {under} FROM posted GROUP BY 1, 2 ORDER BY 1, 2"""
+        ).fetchall()
+        return [(str(r[0]), str(r[1]), [int(v) for v in r[4:]], int(r[2]), float(r[3])) for r in rows]
+
+    def volume_by_day(self, since: float) -> list[tuple[str, str, str, int]]:
+        """(UTC day, source, status, count) of deliveries received since ``since``."""
+        rows = self.db.execute(
+            """SELECT date(received_at, 'unixepoch'), source, status, count(*) FROM deliveries
+               WHERE received_at >= ? GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""",
+            (since,),
+        )
+        return [(str(d), str(s), str(st), int(n)) for d, s, st, n in rows]
+
+    def speed_to_lead_seconds(self, since: float) -> list[float]:
+        """Receipt to Slack message, for each lead received since ``since`` that got one."""
+        rows = self.db.execute(
+            """SELECT max(0, n.done_at - d.received_at) FROM steps AS n JOIN deliveries AS d ON d.id = n.delivery_id
+               WHERE n.step = 'notify' AND json_extract(n.result, '$.ts') IS NOT NULL AND d.received_at >= ?
+               ORDER BY 1""",
+            (since,),
+        )
+        return [float(r[0]) for r in rows]
+
+    def returning_since(self, since: float) -> int:
+        row = self.db.execute(
+            """SELECT count(*) FROM steps AS s JOIN deliveries AS d ON d.id = s.delivery_id
+               WHERE s.step = 'contact' AND json_extract(s.result, '$.created') = 0 AND d.received_at >= ?""",
+            (since,),
+        ).fetchone()
+        return int(row[0])

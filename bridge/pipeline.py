@@ -137,9 +137,11 @@ class Pipeline:
             at = next_attempt_at(attempt, time.time(), self.settings.retry, retry_after=exc.retry_after)
             if at is not None:
                 self.ledger.retry_later(delivery.id, owner, at, message, step)
-                log.warning("delivery %s: %s; retrying", delivery.id, message)
+                fields = {"delivery_id": delivery.id, "source": delivery.source, "step": step, "outcome": "retrying"}
+                log.warning("delivery %s: %s; retrying", delivery.id, message, extra=fields)
                 return Status.RETRYING
             message = f"{message} (gave up after {attempt} attempts)"
         self.ledger.finish(delivery.id, owner, Status.DEAD, message, step)
-        log.error("delivery %s dead: %s", delivery.id, message)
+        fields = {"delivery_id": delivery.id, "source": delivery.source, "step": step, "outcome": "dead"}
+        log.error("delivery %s dead: %s", delivery.id, message, extra=fields)
         return Status.DEAD

@@ -201,6 +201,9 @@ class Notifier(Protocol):
     def channels(self) -> dict[str, bool]:
         """Every channel the bot can see, by name (no "#") and by id -> whether the bot is a member."""
 
+    def post_ops(self, channel: str, text: str) -> Notice:
+        """Send one plain-text operations message (an alert for admins, never lead data)."""
+
 
 def load(spec: str) -> Any:
     """Import "module:Class" lazily."""

@@ -17,11 +17,13 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
+from .alerts import send_dead_letter_alerts
 from .config import Settings
 from .digest import send_due_digests
 from .ledger import Delivery, Ledger
 from .pipeline import Pipeline, where
 from .retention import purge
+from .workermetrics import counted_ports, record_delivery, serve_worker_metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +36,24 @@ class Worker:
     def __init__(self, settings: Settings, ledger: Ledger, pipeline: Pipeline | None = None) -> None:
         self.settings = settings
         self.ledger = ledger
-        self.pipeline = pipeline or Pipeline(settings, ledger)
+        self.pipeline = pipeline or Pipeline(settings, ledger, *counted_ports(settings))
         self.owner = worker_id()
         self.stopping = threading.Event()
         self._next_purge = 0.0
+        self.started_at = time.time()
 
     def run(self) -> None:
         """Poll and process until ``stop()``; in-flight deliveries finish first."""
         cfg = self.settings.worker
         log.info("worker %s started (concurrency %d)", self.owner, cfg.concurrency)
+        serve_worker_metrics(self.settings)
         running: set[Future[str]] = set()
         with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="leadbridge-worker") as pool:
-            next_digest = 0.0
+            next_digest = next_beat = 0.0
             while not self.stopping.is_set():
+                if time.monotonic() >= next_beat:
+                    self._heartbeat()
+                    next_beat = time.monotonic() + cfg.heartbeat_seconds
                 free = cfg.concurrency - len(running)
                 claimed = self._claim(min(free, cfg.claim_batch)) if free else []
                 running |= {pool.submit(self._process_one, d) for d in claimed}
@@ -79,6 +86,20 @@ class Worker:
         except Exception:
             log.exception("retention purge failed; will try again tomorrow")
 
+    def _heartbeat(self) -> None:
+        """Tell /readyz this loop is alive (a worker that cannot write is not ready either)."""
+        try:
+            self.ledger.beat(self.owner, self.started_at)
+        except Exception as exc:
+            log.error("worker %s could not record its heartbeat: %s", self.owner, type(exc).__name__)
+        self._alerts()
+
+    def _alerts(self) -> None:
+        try:
+            send_dead_letter_alerts(self.settings.alerts, self.ledger, self.pipeline.notifier)
+        except Exception as exc:
+            log.error("dead-letter alerts failed; will try again: %s", type(exc).__name__)
+
     def stop(self) -> None:
         self.stopping.set()
 
@@ -98,6 +119,7 @@ class Worker:
                     time.sleep(min(cfg.poll_seconds, 0.05))
                     continue
                 handled += len(list(pool.map(self._process_one, claimed)))
+        self._alerts()
         return handled
 
     def _pending_soon(self, deadline: float) -> bool:
@@ -109,6 +131,15 @@ class Worker:
         return self.ledger.claim(self.owner, limit, cfg.lease_seconds, crash_budget=cfg.crash_budget)
 
     def _process_one(self, delivery: Delivery) -> str:
+        started = time.monotonic()
+        outcome = self._run_one(delivery)
+        ms = round((time.monotonic() - started) * 1000)
+        record_delivery(delivery.source, str(outcome), ms / 1000)
+        fields = {"delivery_id": delivery.id, "source": delivery.source, "outcome": str(outcome), "duration_ms": ms}
+        log.info("delivery %s: %s in %d ms", delivery.id, outcome, ms, extra=fields)
+        return outcome
+
+    def _run_one(self, delivery: Delivery) -> str:
         try:
             return self.pipeline.process(delivery, self.owner)
         except Exception as exc:

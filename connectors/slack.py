@@ -56,6 +56,10 @@ class SlackNotifier:
     def post_digest(self, channel: str, title: str, lines: Sequence[str]) -> Notice:
         return self._post(channel, digest_message(title, lines))
 
+    def post_ops(self, channel: str, text: str) -> Notice:
+        """An alert for admins; escaped like lead text, so it can never mention or link anything."""
+        return self._post(channel, {"text": _escape(text) or "-"})
+
     def user_id_for_email(self, email: str) -> str | None:
         """users.lookupByEmail, cached per process including misses (Tier 3: ~50 a minute)."""
         key = email.strip().lower()

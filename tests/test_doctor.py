@@ -75,7 +75,9 @@ def test_doctor_names_a_missing_channel_owner_and_stage_with_the_fix(
     assert "contractsent" in lines["deals.stage"]["fix"]  # the stages it could be
 
 
-def test_a_closed_stage_and_an_empty_portal_id_are_problems(config_data: dict[str, Any], sandbox: Sandbox, tmp_path: Path) -> None:
+def test_a_closed_stage_and_an_empty_portal_id_are_problems(
+    config_data: dict[str, Any], sandbox: Sandbox, tmp_path: Path
+) -> None:
     data = configured(config_data, sandbox)
     data["deals"] = {"pipeline": "default", "stage": "closedwon"}
     data["hubspot"]["contact_url"] = "https://app.hubspot.com/contacts/{portal_id}/record/0-1/{contact_id}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,6 +15,7 @@ from werkzeug.test import Client
 
 from bridge.app import create_app
 from bridge.config import settings_from_dict
+from bridge.jsonlog import LeadbridgeJsonFormatter
 from bridge.ledger import Ledger, Status
 from bridge.worker import Worker
 from connectors.typeform import typeform_signature
@@ -314,8 +316,14 @@ def test_logs_carry_no_secret_token_or_personal_data(
     post_typeform(intake, typeform_payload(), secret="wrong")
     sandbox.fault(path="/api/chat.postMessage", status=500, times=1)
     worker.drain()
-    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("werkzeug"))
+    records = [r for r in caplog.records if not r.name.startswith("werkzeug")]
+    logged = "\n".join(r.getMessage() for r in records)
     assert "delivered" in logged and "rejected request" in logged
+    # The same records as `logging.format: json` writes them (the traceback rendered again included).
+    logged += "\n".join(LeadbridgeJsonFormatter().format(r) for r in records)
+    assert '"outcome": "delivered"' in logged
+    # Ids, times and durations are digits that can spell the area code by chance.
+    logged = re.sub(r'dlv_[0-9a-f]{20}|"time": "[^"]*"|"duration_ms": \d+| in \d+ ms|:\d+:[0-9a-f]{6}', "", logged)
     for secret in ("tf-test-secret", "test-hubspot-token", "xoxb-test", "Jane", "Doe", "acme-plumbing", "415", "94107"):
         assert secret.lower() not in logged.lower(), secret
 
