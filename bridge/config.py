@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .logs import add_secrets, settings_secrets
 from .model import Model
 from .routing import RoutingSettings
-from .scoring import ScoringSettings
+from .scoring import ScoringSettings, parse_duration
 from .secrets import file_secret, read_secret, read_secrets, shown
 from .timezones import is_time_zone
 from .yamlfile import load_yaml
@@ -238,6 +238,18 @@ class SourceSettings(Model):
     test_channel: str | None = None
     # Overrides the top-level `deals:` for this source.
     deal: DealSettings | None = None
+    # Silence that raises a "source went quiet" alert ("6h", "2d"); unset: learned from the source's history.
+    quiet_after: float | None = None
+
+    @field_validator("quiet_after", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            span = parse_duration(value)
+            if span is None:
+                raise ValueError(f'"{value}" is not a duration like "6h", "2d" or "1h30m"')
+            return span.total_seconds()
+        return value
 
     @field_validator("type")
     @classmethod
@@ -288,6 +300,8 @@ class AlertsSettings(Model):
     slack_channel: str | None = None
     # More new dead letters than this in one sweep become one summary message, never a storm.
     max_per_sweep: int = Field(5, ge=1, le=50)
+    # An incident (with a recovery message later) when the oldest due delivery has waited this long; 0: never.
+    backlog_after_seconds: float = Field(900.0, ge=0)
 
 
 class LoggingSettings(Model):

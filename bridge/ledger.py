@@ -273,6 +273,21 @@ def m005_heartbeats(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m006_incidents(db: sqlite_utils.Database) -> None:
+    """Condition alerts (backlog, auth, a quiet source): one open incident per key at a time."""
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS incidents (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL,
+            opened_at REAL NOT NULL,
+            closed_at REAL,
+            cleared_text TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS incidents_open ON incidents (key) WHERE closed_at IS NULL")
+
+
 class Ledger:
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
@@ -918,3 +933,38 @@ class Ledger:
             (since,),
         ).fetchone()
         return int(row[0])
+
+    # -- incidents ----------------------------------------------------------------
+
+    def open_incident(self, key: str, cleared_text: str, now: float | None = None) -> bool:
+        """Open an incident unless one with this key is open; True for the caller that opened it."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO incidents (key, opened_at, cleared_text) VALUES (?, ?, ?)",
+                (key, time.time() if now is None else now, cleared_text),
+            )
+        return cursor.rowcount == 1
+
+    def close_incident(self, key: str, now: float | None = None) -> bool:
+        """Close the open incident with this key; True for the caller that closed it."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE incidents SET closed_at = ? WHERE key = ? AND closed_at IS NULL",
+                (time.time() if now is None else now, key),
+            )
+        return cursor.rowcount == 1
+
+    def open_incidents(self) -> dict[str, str]:
+        """Open incidents: key -> the message that will announce their end."""
+        return dict(self.db.execute("SELECT key, cleared_text FROM incidents WHERE closed_at IS NULL").fetchall())
+
+    def recent_errors(self, since: float) -> list[str]:
+        """Last errors of deliveries touched since then (for condition alerts; never shown as is)."""
+        rows = self.db.execute("SELECT last_error FROM deliveries WHERE updated_at >= ? AND last_error IS NOT NULL", (since,))
+        return [str(r[0]) for r in rows]
+
+    def received_times(self, source: str, since: float) -> list[float]:
+        rows = self.db.execute(
+            "SELECT received_at FROM deliveries WHERE source = ? AND received_at >= ? ORDER BY received_at", (source, since)
+        )
+        return [float(r[0]) for r in rows]

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from .alerts import send_dead_letter_alerts
 from .config import Settings
 from .digest import send_due_digests
+from .incidents import check_incidents
 from .ledger import Delivery, Ledger
 from .pipeline import Pipeline, where
 from .retention import purge
@@ -97,8 +98,9 @@ class Worker:
     def _alerts(self) -> None:
         try:
             send_dead_letter_alerts(self.settings.alerts, self.ledger, self.pipeline.notifier)
+            check_incidents(self.settings, self.ledger, self.pipeline.notifier)
         except Exception as exc:
-            log.error("dead-letter alerts failed; will try again: %s", type(exc).__name__)
+            log.error("ops alerts failed; will try again: %s", type(exc).__name__)
 
     def stop(self) -> None:
         self.stopping.set()
