@@ -108,6 +108,10 @@ class HubSpotSettings(Model):
     properties: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_PROPERTIES))
     # Consent evidence name (from a mapping's consent section) -> contact property; unmapped ones stay in the ledger only.
     consent_properties: dict[str, str] = Field(default_factory=dict)
+    # Read a contact the ledger has never written before the first write (one batch read, so a
+    # new lead costs 4 calls, not 3): protects first-touch values and the owner of contacts that
+    # HubSpot had before leadbridge. Worth it while a portal's existing contacts are still arriving.
+    read_unknown_contacts: bool = False
 
     @field_validator("base_url")
     @classmethod

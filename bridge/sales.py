@@ -1,10 +1,13 @@
-"""The sales side of a delivered lead: score, route, contact, deal, note, task, alert.
+"""The sales side of a delivered lead: score, route, contact, alert, deal, task, alert update.
 
-Every step that changes something outside (a pool's round-robin count, a HubSpot
-record, a Slack message) is checkpointed in the ledger before the next starts, so a
-retry, a replay or a restarted worker resumes without a second deal, note, task or
-message. Scoring and routing are explainable: their reasons are written to HubSpot
-properties and to the ledger.
+The rep is pinged as soon as the contact exists; the deal and the follow-up task come
+after, and the Slack message gains its deal link then (``chat.update``). Every step that
+changes something outside (a pool's round-robin count, a HubSpot record, a Slack message)
+is checkpointed in the ledger before the next starts, so a retry, a replay or a restarted
+worker resumes without a second deal, task or message. The ledger also remembers what the
+relay left in a contact's first-touch properties and owner, so a returning person's write
+needs no read first (README: "How a lead travels" and the call budget). Scoring and routing
+are explainable: their reasons are written to HubSpot properties and to the ledger.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .config import DealSettings, Settings
-from .errors import DeliveryError
+from .errors import DeliveryError, PermanentError, ThrottledError
 from .ledger import Delivery, Ledger
-from .ports import CRM, Alert, ContactResult, ContactWrite, Link, Notifier, Snapshot
+from .merge import OWNER, after_write, careful
+from .ports import CRM, Alert, ContactResult, ContactWrite, Link, Notice, Notifier, Snapshot
 from .routing import Decision, OwnerSpec, RouteContext, route
 from .scoring import Score, ScoreContext, due_at, parse_budget, score_lead
 from .sources import Interpretation
@@ -97,18 +101,23 @@ class Sales:
         with self._step(run, "score"):
             score = self.score(run)
         with self._step(run, "route"):
-            snapshot = None if "contact" in run.done else self._lookup(run)
+            snapshot = None if "contact" in run.done else self._snapshot(run)
             decision = self.route(run, score, snapshot)
         with self._step(run, "contact"):
             contact = self._contact(run, score, decision, snapshot)
+        with self._step(run, "notify"):
+            self._alert_first(run, contact, score, decision)
         with self._step(run, "deal"):
             deal_type, deal_id = self._deal(run, contact, decision)
-        with self._step(run, "note"):
-            self._note(run, contact, deal_type, deal_id)
-        with self._step(run, "task"):
-            self._task(run, contact, deal_type, deal_id, score, decision)
-        with self._step(run, "notify"):
-            self._alert(run, contact, deal_type, deal_id, score, decision)
+        if self.settings.tasks.enabled:
+            with self._step(run, "task"):
+                self._task(run, contact, deal_type, deal_id, score, decision)
+        else:
+            with self._step(run, "note"):
+                self._note(run, contact, deal_type, deal_id)
+        deal_url = self.crm.record_url(deal_type, deal_id) if deal_type and deal_id else None
+        with self._step(run, "notify_update" if "notify" in run.done else "notify"):
+            self._alert_last(run, contact, deal_url, score, decision)
         return contact
 
     @contextmanager
@@ -163,10 +172,21 @@ class Sales:
         merge = {name: str(policy) for name, policy in run.seen.mapping.merge_policies().items()}
         return ContactWrite(run.lead_id, lead, known, merge, current, extra or {})
 
-    def _lookup(self, run: Run) -> Snapshot:
+    def _snapshot(self, run: Run) -> Snapshot:
+        """What the contact holds that this write depends on (first touch, append, owner), at the least cost.
+
+        A contact the ledger remembers: its memory, no call. A person the ledger has never seen,
+        with an email: nothing, written as new (``hubspot.read_unknown_contacts`` reads first).
+        Otherwise one batch read by id or email, or a phone search.
+        """
         write = self._write(run)
-        careful = [prop for prop, (_, merge) in self.crm.planned(write).items() if merge != "overwrite"]
-        return self.crm.lookup_contact(write, [*careful, "hubspot_owner_id"])
+        if write.known_contact_id:
+            memory = self.ledger.contact_memory(write.known_contact_id)
+            if memory is not None:
+                return Snapshot(write.known_contact_id, memory)
+        elif write.lead.email and not self.settings.hubspot.read_unknown_contacts:
+            return Snapshot(None)
+        return self.crm.lookup_contact(write, [*careful(self.crm.planned(write)), OWNER])
 
     def _contact(self, run: Run, score: Score, decision: Decision, snapshot: Snapshot | None) -> ContactResult:
         if "contact" in run.done:
@@ -174,13 +194,23 @@ class Sales:
         extra = {**score.as_properties(), "routing_reason": decision.reason}
         if decision.owner_id:
             extra["hubspot_owner_id"] = decision.owner_id
-        outcome = self.crm.upsert_contacts([self._write(run, extra, snapshot)])[run.lead_id]
+        write = self._write(run, extra, snapshot)
+        outcome = self.crm.upsert_contacts([write])[run.lead_id]
         if isinstance(outcome, Exception):
             raise outcome
-        self.ledger.remember_contact(run.seen.lead.person_keys(), outcome.contact_id)
-        verb = "created" if outcome.created else "updated"
-        self.ledger.record_step(run.lead_id, run.owner, "contact", outcome.__dict__, f"{verb} contact {outcome.contact_id}")
+        self._remember(run, write, outcome, decision)
         return outcome
+
+    def _remember(self, run: Run, write: ContactWrite, outcome: ContactResult, decision: Decision) -> None:
+        """The person's ids, what the write left in HubSpot and the step's checkpoint, in one transaction."""
+        current = write.current or Snapshot(None)
+        memory = self.ledger.contact_memory(outcome.contact_id) if current.contact_id == outcome.contact_id else None
+        state = after_write(self.crm.planned(write), current.properties, memory, decision.owner_id)
+        verb = "created" if outcome.created else "updated"
+        with self.ledger.exclusive():
+            self.ledger.remember_contact(run.seen.lead.person_keys(), outcome.contact_id)
+            self.ledger.remember_contact_state(outcome.contact_id, state)
+            self.ledger.record_step(run.lead_id, run.owner, "contact", outcome.__dict__, f"{verb} contact {outcome.contact_id}")
 
     def deal_settings(self, source: str) -> DealSettings:
         spec = self.settings.source(source)
@@ -240,9 +270,12 @@ class Sales:
         links = [Link("contacts", contact.contact_id, TASK_TO_CONTACT)]
         if deal_id and deal_type:
             links.append(Link(deal_type, deal_id, TASK_TO_DEAL if deal_type == "deals" else TASK_TO_LEAD))
+        why = f"<p>{html.escape(score.summary())}<br>{html.escape(decision.reason)}</p>"
+        # The form's answers ride in the task (one call, not two); a note from an earlier attempt keeps them.
+        body = why if "note" in run.done else why + note_body(run)
         props = {
             "hs_task_subject": render(cfg.subject_template, lead_values(run.seen)) or f"Call {run.seen.lead.name}",
-            "hs_task_body": f"{score.summary()}\n{decision.reason}",
+            "hs_task_body": body if len(body) <= NOTE_LIMIT else body[: NOTE_LIMIT - 20] + "…</ul>",
             "hs_timestamp": _millis(due.timestamp()),
             "hs_task_priority": score.action.task_priority,
             "hs_task_type": cfg.type,
@@ -256,28 +289,67 @@ class Sales:
 
     # -- Slack --------------------------------------------------------------------
 
-    def _alert(
-        self, run: Run, contact: ContactResult, deal_type: str | None, deal_id: str | None, score: Score, decision: Decision
-    ) -> None:
+    def _alert_first(self, run: Run, contact: ContactResult, score: Score, decision: Decision) -> None:
+        """Ping the rep as soon as the contact exists, with the deal link if the deal is known already.
+
+        A channel paced by Slack does not hold up the CRM records: the post waits until after
+        the deal and task, and then goes out with its link.
+        """
         if "notify" in run.done:
             return
+        cfg = self.deal_settings(run.delivery.source)
+        object_type = {"deal": "deals", "lead": "leads"}.get(cfg.object)
+        deal_id = run.done.get("deal", {}).get("record_id") if object_type else None
+        if object_type and deal_id is None:
+            deal_id = self.ledger.open_deal(contact.contact_id, object_type)
+        deal_url = self.crm.record_url(object_type, deal_id) if object_type and deal_id else None
+        alert = self._alert(run, contact, deal_url, score, decision)
+        if alert is None:
+            return  # a digest lead: queued once its deal exists, with that link
+        try:
+            self._post(run, alert)
+        except ThrottledError:
+            return
+
+    def _alert_last(self, run: Run, contact: ContactResult, deal_url: str | None, score: Score, decision: Decision) -> None:
+        """Queue a digest lead, post a message that had to wait, or add the deal link to the one posted."""
+        if "notify_update" in run.done:
+            return
+        alert = self._alert(run, contact, deal_url, score, decision)
+        if alert is None:
+            if "notify" not in run.done:
+                self._queue_digest(run, contact, deal_url, score, decision)
+            return
+        if "notify" not in run.done:
+            self._post(run, alert)
+            return
+        posted = run.done["notify"]
+        if not deal_url or posted.get("deal_url") == deal_url or "ts" not in posted:
+            return
+        try:
+            notice = self.notifier.update(Notice(posted["channel"], posted["ts"]), alert)
+        except PermanentError as exc:
+            # The ping went out; a message deleted or no longer editable only misses its link.
+            self.ledger.note(run.lead_id, "notify_update", "skipped", str(exc))
+            notice = None
+        result = {"channel": posted["channel"], "ts": posted["ts"], "deal_url": deal_url if notice else None}
+        self._record(run, "notify_update", result, f"deal link added to {posted['channel']}" if notice else "")
+
+    def _alert(self, run: Run, contact: ContactResult, deal_url: str | None, score: Score, decision: Decision) -> Alert | None:
+        """The Slack message for this lead as things stand; None for a lead that goes to a digest."""
         lead, action = run.seen.lead, score.action
         channel = decision.channel or action.channel or self.settings.slack.channel
-        deal_url = self.crm.record_url(deal_type, deal_id) if deal_type and deal_id else None
         # Without routing configured every lead is unassigned by design: that is not triage.
         routed = bool(self.settings.routing.rules or self.settings.routing.owners)
         triage = decision.triage and routed
         if action.digest and not triage:
-            line = digest_line(run, contact, deal_url, score)
-            self.ledger.queue_digest(run.lead_id, channel, line)
-            self.ledger.record_step(run.lead_id, run.owner, "notify", {"digest": channel}, f"queued for the {channel} digest")
-            return
+            return None
         if triage:
             channel = self.settings.routing.triage.channel or channel
         mention = self._slack_user(decision) if action.mention_owner and not triage else None
         headline = "Unassigned lead (triage)" if triage else f"{score.segment.upper()} lead ({score.points})"
         details = (score.summary(), f"Routing: {decision.reason}") if routed else (score.summary(),)
-        alert = Alert(
+        return Alert(
             lead=lead,
             source=run.delivery.source,
             contact=contact,
@@ -288,9 +360,21 @@ class Sales:
             headline=headline,
             details=details,
         )
+
+    def _post(self, run: Run, alert: Alert) -> None:
         notice = self.notifier.notify(alert)
-        result = {"channel": notice.channel, "ts": notice.ts}
-        self.ledger.record_step(run.lead_id, run.owner, "notify", result, f"posted to {notice.channel}")
+        result = {"channel": notice.channel, "ts": notice.ts, "deal_url": alert.deal_url}
+        self._record(run, "notify", result, f"posted to {notice.channel}")
+
+    def _queue_digest(self, run: Run, contact: ContactResult, deal_url: str | None, score: Score, decision: Decision) -> None:
+        channel = decision.channel or score.action.channel or self.settings.slack.channel
+        self.ledger.queue_digest(run.lead_id, channel, digest_line(run, contact, deal_url, score))
+        self._record(run, "notify", {"digest": channel}, f"queued for the {channel} digest")
+
+    def _record(self, run: Run, step: str, result: dict[str, Any], detail: str) -> None:
+        """Checkpoint a step and count it done for the rest of this attempt too."""
+        self.ledger.record_step(run.lead_id, run.owner, step, result, detail)
+        run.done[step] = result
 
     def _slack_user(self, decision: Decision) -> str | None:
         spec = self.settings.routing.owners.get(decision.owner_name or "")

@@ -26,7 +26,12 @@ def test_wal_mode_and_migrations_are_applied_once(tmp_path: Path) -> None:
     first = Ledger(tmp_path / "l.db")
     Ledger(tmp_path / "l.db")  # reopening applies nothing twice
     assert first.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert [r["name"] for r in first.db.query("SELECT name FROM _sqlite_migrations")] == ["m001_initial", "m002_sales_memory", "m003_claim_indexes"]
+    assert [r["name"] for r in first.db.query("SELECT name FROM _sqlite_migrations")] == [
+        "m001_initial",
+        "m002_sales_memory",
+        "m003_claim_indexes",
+        "m004_contact_memory",
+    ]
 
 
 def test_the_same_key_is_accepted_once(db: Ledger) -> None:

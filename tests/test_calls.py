@@ -1,0 +1,183 @@
+"""Issue 8, the HubSpot side, over real HTTP: Slack first, then the deal link; calls per lead.
+
+Every count here is read off the sandbox's request log, in the order the relay made them.
+Owner lookups are left out (cached per worker, and reads that never touch a contact).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bridge.config import settings_from_dict
+from bridge.ledger import Ledger, Status
+from bridge.worker import Worker
+
+from .conftest import ROOT, Sandbox, answer, post_typeform, typeform_payload
+from .procs import started, wait_until
+
+UPSERT = "POST /crm/v3/objects/contacts/batch/upsert"
+BATCH_READ = "POST /crm/v3/objects/contacts/batch/read"
+SEARCH = "POST /crm/v3/objects/contacts/search"
+DEAL, TASK = "POST /crm/v3/objects/deals", "POST /crm/v3/objects/tasks"
+POST, UPDATE = "POST /api/chat.postMessage", "POST /api/chat.update"
+READS = ("GET", BATCH_READ, SEARCH)
+
+
+def calls(sandbox: Sandbox, since: int = 0) -> list[str]:
+    """HubSpot and Slack calls in order, with PATCHes shortened to their object type."""
+    made = []
+    for r in sandbox.state()["requests"][since:]:
+        if "/owners" in r["path"] or not r["path"].startswith(("/crm/", "/api/")):
+            continue
+        path = "/".join(r["path"].split("/")[:5]) if r["method"] == "PATCH" else r["path"]
+        made.append(f"{r['method']} {path}")
+    return made
+
+
+def hubspot_only(made: list[str]) -> list[str]:
+    return [c for c in made if " /crm/" in c]
+
+
+def deal_link(message: dict[str, Any]) -> bool:
+    return "Open deal" in json.dumps(message["blocks"])
+
+
+def test_a_new_lead_pings_slack_after_one_contact_write_then_gains_its_deal_link(
+    intake: str, sandbox: Sandbox, worker: Worker
+) -> None:
+    post_typeform(intake, typeform_payload())
+    worker.drain()
+    made = calls(sandbox)
+    assert made == [UPSERT, POST, DEAL, TASK, UPDATE]
+    before_post = made[: made.index(POST)]
+    assert before_post == [UPSERT]  # exactly one HubSpot write, and no read, before the rep is pinged
+    (message,) = sandbox.state()["messages"]
+    assert message["edits"] == 1 and deal_link(message)
+    (deal,) = sandbox.state()["objects"]["deals"]
+    assert f"/__sandbox/deals/{deal['id']}" in json.dumps(message["blocks"])
+
+
+def test_a_returning_lead_with_an_open_deal_costs_two_calls_and_links_the_deal_at_once(
+    intake: str, sandbox: Sandbox, worker: Worker
+) -> None:
+    post_typeform(intake, typeform_payload())
+    worker.drain()
+    before = len(sandbox.state()["requests"])
+    again = answer(typeform_payload(event_id="evt-2", token="tok-2"), "message", "Still leaking")
+    post_typeform(intake, again)
+    worker.drain()
+    made = calls(sandbox, before)
+    # No read (first touch comes from the ledger's memory), the open deal reused, one task.
+    assert made == ["PATCH /crm/v3/objects/contacts", POST, TASK]
+    second = sandbox.state()["messages"][1]
+    assert deal_link(second) and "edits" not in second
+    first_touch = sandbox.state()["contacts"][0]["properties"]["first_utm_source"]
+    assert first_touch == "google"
+
+
+def test_a_phone_only_lead_costs_a_search_when_new_and_two_calls_when_it_returns(
+    intake: str, sandbox: Sandbox, worker: Worker
+) -> None:
+    post_typeform(intake, answer(typeform_payload(), "email", None))
+    worker.drain()
+    # A phone is no upsert key: the search is the only way not to duplicate a contact.
+    assert hubspot_only(calls(sandbox)) == [SEARCH, "POST /crm/v3/objects/contacts", DEAL, TASK]
+    before = len(sandbox.state()["requests"])
+    post_typeform(intake, answer(typeform_payload(event_id="evt-2", token="tok-2"), "email", None))
+    worker.drain()
+    assert hubspot_only(calls(sandbox, before)) == ["PATCH /crm/v3/objects/contacts", TASK]
+    assert len(sandbox.state()["contacts"]) == 1
+
+
+def test_reading_unknown_contacts_first_costs_one_batch_read_and_keeps_what_hubspot_had(
+    config_data: dict[str, Any], sandbox: Sandbox, intake: str
+) -> None:
+    existing = {"email": "jane.doe@acme-plumbing.com", "first_utm_source": "bing", "hubspot_owner_id": "777"}
+    sandbox.hubspot("POST", "/crm/v3/objects/contacts", json={"properties": existing}).raise_for_status()
+    config_data["hubspot"]["read_unknown_contacts"] = True
+    settings = settings_from_dict(config_data, ROOT)
+    before = len(sandbox.state()["requests"])
+    post_typeform(intake, typeform_payload())
+    Worker(settings, Ledger(settings.ledger.path)).drain()
+    assert hubspot_only(calls(sandbox, before)) == [BATCH_READ, UPSERT, DEAL, TASK]
+    (contact,) = sandbox.state()["contacts"]
+    assert (contact["properties"]["first_utm_source"], contact["properties"]["hubspot_owner_id"]) == ("bing", "777")
+
+
+def test_the_sandbox_batch_read_answers_207_naming_ids_it_does_not_have(sandbox: Sandbox) -> None:
+    sandbox.hubspot("POST", "/crm/v3/objects/contacts", json={"properties": {"email": "a@x.example", "firstname": "A"}})
+    body = {"idProperty": "email", "properties": ["firstname"], "inputs": [{"id": "A@x.example"}, {"id": "b@x.example"}]}
+    read = sandbox.hubspot("POST", "/crm/v3/objects/contacts/batch/read", json=body)
+    assert read.status_code == 207
+    answer_ = read.json()
+    assert [r["properties"]["firstname"] for r in answer_["results"]] == ["A"]
+    assert [(e["category"], e["context"]) for e in answer_["errors"]] == [("OBJECT_NOT_FOUND", {"ids": ["b@x.example"]})]
+
+
+def test_a_paced_channel_waits_for_the_deal_and_posts_once_with_its_link(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    sandbox.fault(path="/api/chat.postMessage", status=429, times=1, headers={"Retry-After": "0"})
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    worker.drain()
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    # The throttled post does not hold up the CRM records; the post after them carries the link.
+    assert calls(sandbox) == [UPSERT, POST, DEAL, TASK, POST]
+    (message,) = sandbox.state()["messages"]
+    assert deal_link(message) and "edits" not in message
+
+
+def test_with_tasks_off_the_answers_go_in_a_note(config_data: dict[str, Any], sandbox: Sandbox, intake: str) -> None:
+    config_data["tasks"] = {"enabled": False}
+    settings = settings_from_dict(config_data, ROOT)
+    post_typeform(intake, typeform_payload())
+    Worker(settings, Ledger(settings.ledger.path)).drain()
+    assert hubspot_only(calls(sandbox)) == [UPSERT, DEAL, "POST /crm/v3/objects/notes"]
+    (note,) = sandbox.state()["objects"]["notes"]
+    assert "Need a quote for 3 bathrooms" in note["properties"]["hs_note_body"]
+
+
+def test_a_message_deleted_before_its_update_still_delivers_the_lead(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    gone = {"ok": False, "error": "message_not_found"}
+    sandbox.fault(path="/api/chat.update", status=200, body=gone, times=1)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    worker.drain()
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    assert ledger.steps(delivery_id)["notify_update"]["deal_url"] is None
+    assert ("notify_update", "skipped") in [(e["step"], e["outcome"]) for e in ledger.events(delivery_id)]
+
+
+def test_a_worker_killed_between_post_and_update_updates_on_retry_and_never_posts_twice(
+    tmp_path: Path, config_data: dict[str, Any], sandbox: Sandbox, intake: str, ledger: Ledger
+) -> None:
+    # Long enough that the worker cannot take its own delivery back before it is killed.
+    config_data["worker"]["lease_seconds"] = 3.0
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(config_data))
+    # chat.update hangs and then fails, so the worker is caught after the post, the deal and the task.
+    sandbox.fault(path="/api/chat.update", status=503, delay=10, times=1)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    argv = [sys.executable, "-m", "bridge.cli", "worker", "--config", str(config)]
+    with started(argv, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        wait_until(lambda: "task" in ledger.steps(delivery_id), time.monotonic() + 60, "the task step", proc)
+    assert ledger.get(delivery_id).status == Status.PROCESSING
+    assert "notify_update" not in ledger.steps(delivery_id)
+    sandbox.clear_faults()
+    settings = settings_from_dict(config_data, ROOT)
+    Worker(settings, ledger).drain(timeout=30)
+
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    made = calls(sandbox)
+    assert (made.count(POST), made.count(UPSERT), made.count(DEAL), made.count(TASK)) == (1, 1, 1, 1)
+    (message,) = sandbox.state()["messages"]
+    assert message["edits"] == 1 and deal_link(message)
