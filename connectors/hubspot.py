@@ -216,7 +216,14 @@ class HubSpotCRM:
             response = self._call(self._batch.upsert, BatchInputSimplePublicObjectBatchInputUpsert(inputs=inputs))
         except ApiException as exc:
             if exc.status == 409 and len(writes) == 1:
-                return {writes[0].trace_id: self._update_existing(exc, plans[writes[0].trace_id].properties)}
+                try:
+                    return {writes[0].trace_id: self._update_existing(exc, plans[writes[0].trace_id].properties)}
+                except DeliveryError as failed:
+                    return {writes[0].trace_id: failed}
+            if exc.status in (400, 409) and len(writes) > 1:
+                # One input can sink a whole batch (a conflict, or a partial upsert HubSpot refuses
+                # by email, hubspot.md §1): write each alone, so a bad row never fails its neighbours.
+                return {k: v for w in writes for k, v in self._upsert_by_email([w], plans).items()}
             error = self._translate(exc)
             return {w.trace_id: error for w in writes}
         except DeliveryError as exc:

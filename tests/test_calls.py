@@ -16,8 +16,12 @@ from typing import Any
 
 import yaml
 
-from bridge.config import settings_from_dict
+from bridge.config import Settings, settings_from_dict
+from bridge.errors import PermanentError
 from bridge.ledger import Ledger, Status
+from bridge.ports import ContactResult, build_crm, build_notifier
+from bridge.sales import Run, Sales
+from bridge.sources import interpret_body, load_sources
 from bridge.worker import Worker
 
 from .conftest import ROOT, Sandbox, answer, post_typeform, typeform_payload
@@ -185,3 +189,110 @@ def test_a_worker_killed_between_post_and_update_updates_on_retry_and_never_post
     assert (made.count(POST), made.count(UPSERT), made.count(DEAL), made.count(TASK)) == (1, 1, 1, 1)
     (message,) = sandbox.state()["messages"]
     assert message["edits"] == 1 and deal_link(message)
+
+
+# -- several deliveries at once (Sales.write_contacts) -------------------------------------
+
+
+def claimed_runs(settings: Settings, ledger: Ledger, payloads: list[dict[str, Any]]) -> list[Run]:
+    """Deliveries accepted and claimed as the worker would, ready for the sales steps."""
+    kit = load_sources(settings)["typeform"]
+    for payload in payloads:
+        body = json.dumps(payload).encode()
+        lead = interpret_body(kit, body, "application/json", "US").lead
+        ledger.accept(
+            source="typeform",
+            idem_key=f"batch-{payload['form_response']['token']}",
+            body=body,
+            content_type="application/json",
+            headers={},
+            config_version="v",
+            person_keys=lead.person_keys(),
+        )
+    claimed = [d for _ in range(0, len(payloads), 100) for d in ledger.claim("test-worker", 100, 60)]
+    runs = []
+    for delivery in claimed:
+        ledger.begin_attempt(delivery.id, "test-worker")
+        seen = interpret_body(kit, delivery.body, delivery.content_type, "US")
+        runs.append(Run(delivery, "test-worker", seen, ledger.steps(delivery.id)))
+    return runs
+
+
+def person(n: int) -> dict[str, Any]:
+    return answer(answer(typeform_payload(event_id=f"p{n}", token=f"p{n}"), "email", f"p{n}@roofing-co.com"), "phone", None)
+
+
+def test_a_backlog_of_250_new_leads_is_written_with_three_contact_batch_calls(settings: Settings, sandbox: Sandbox) -> None:
+    ledger = Ledger(settings.ledger.path)
+    runs = claimed_runs(settings, ledger, [person(n) for n in range(250)])
+    sales = Sales(settings, ledger, build_crm(settings), build_notifier(settings))
+    results = sales.write_contacts(runs)
+    assert len(runs) == 250 and all(isinstance(r, ContactResult) and r.created for r in results.values())
+    assert hubspot_only(calls(sandbox)) == [UPSERT] * 3  # 100 + 100 + 50, and no read
+    assert len(sandbox.state()["contacts"]) == 250
+    # The rest of a lead goes on from its checkpoints: no second contact write.
+    before = len(sandbox.state()["requests"])
+    sales.deliver(runs[0])
+    assert calls(sandbox, before) == [POST, DEAL, TASK, UPDATE]
+    assert {"score", "route", "contact", "notify", "deal", "task", "notify_update"} <= set(ledger.steps(runs[0].lead_id))
+
+
+def test_a_207_row_error_fails_only_its_own_delivery(config_data: dict[str, Any], sandbox: Sandbox, tmp_path: Path) -> None:
+    mapping = yaml.safe_load((ROOT / "mappings/typeform.yaml").read_text())
+    mapping["custom"]["roof_age"] = "hidden.utm_source"  # a property the portal does not have
+    (tmp_path / "typeform.yaml").write_text(yaml.safe_dump(mapping))
+    config_data["sources"][0]["mapping"] = str(tmp_path / "typeform.yaml")
+    settings = settings_from_dict(config_data, ROOT)
+    ledger = Ledger(settings.ledger.path)
+    payloads = [person(n) for n in range(3)]
+    for n in (0, 2):  # only the middle one carries the value that cannot be written
+        payloads[n]["form_response"]["hidden"].pop("utm_source")
+    runs = claimed_runs(settings, ledger, payloads)
+    results = Sales(settings, ledger, build_crm(settings), build_notifier(settings)).write_contacts(runs)
+    by_email = {run.seen.lead.email: results[run.lead_id] for run in runs}
+    bad = by_email.pop("p1@roofing-co.com")
+    assert isinstance(bad, PermanentError) and bad.step == "contact" and "PROPERTY_DOESNT_EXIST" in str(bad)
+    assert all(isinstance(r, ContactResult) for r in by_email.values())
+    assert hubspot_only(calls(sandbox)) == [UPSERT]  # one call, answered 207
+    assert sorted(c["properties"]["email"] for c in sandbox.state()["contacts"]) == ["p0@roofing-co.com", "p2@roofing-co.com"]
+
+
+def test_a_batch_hubspot_refuses_whole_is_written_row_by_row(settings: Settings, sandbox: Sandbox) -> None:
+    sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=400, times=1)
+    ledger = Ledger(settings.ledger.path)
+    runs = claimed_runs(settings, ledger, [person(n) for n in range(3)])
+    results = Sales(settings, ledger, build_crm(settings), build_notifier(settings)).write_contacts(runs)
+    assert all(isinstance(r, ContactResult) for r in results.values())
+    assert hubspot_only(calls(sandbox)) == [UPSERT] * 4  # the refused batch, then one row each
+    assert len(sandbox.state()["contacts"]) == 3
+
+
+def test_returning_people_in_a_batch_need_no_read(settings: Settings, sandbox: Sandbox) -> None:
+    ledger = Ledger(settings.ledger.path)
+    sales = Sales(settings, ledger, build_crm(settings), build_notifier(settings))
+    for run in claimed_runs(settings, ledger, [person(n) for n in range(2)]):
+        sales.deliver(run)
+        ledger.finish(run.lead_id, run.owner, Status.DELIVERED, None, "finish")
+    before = len(sandbox.state()["requests"])
+    again = [answer(person(n), "message", "Any news?") for n in range(2)]
+    for payload in again:
+        payload["form_response"]["token"] += "-again"
+    results = sales.write_contacts(claimed_runs(settings, ledger, again))
+    assert len(results) == 2
+    assert all(isinstance(r, ContactResult) and not r.created for r in results.values())
+    assert hubspot_only(calls(sandbox, before)) == ["PATCH /crm/v3/objects/contacts"] * 2
+
+
+def test_people_a_batch_must_read_are_read_in_one_call(config_data: dict[str, Any], sandbox: Sandbox) -> None:
+    config_data["hubspot"]["read_unknown_contacts"] = True
+    settings = settings_from_dict(config_data, ROOT)
+    sandbox.hubspot(
+        "POST", "/crm/v3/objects/contacts", json={"properties": {"email": "p1@roofing-co.com", "first_utm_source": "x"}}
+    )
+    ledger = Ledger(settings.ledger.path)
+    runs = claimed_runs(settings, ledger, [person(n) for n in range(3)])
+    results = Sales(settings, ledger, build_crm(settings), build_notifier(settings)).write_contacts(runs)
+    assert sorted(r.created for r in results.values() if isinstance(r, ContactResult)) == [False, True, True]
+    assert hubspot_only(calls(sandbox)) == ["POST /crm/v3/objects/contacts", BATCH_READ, UPSERT]
+    kept = next(c for c in sandbox.state()["contacts"] if c["properties"]["email"] == "p1@roofing-co.com")
+    assert kept["properties"]["first_utm_source"] == "x"
