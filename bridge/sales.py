@@ -82,6 +82,8 @@ class Run:
     owner: str
     seen: Interpretation
     done: dict[str, dict[str, Any]]
+    # Set when the first Slack post failed: the CRM records go ahead, the post is retried later.
+    slack_failure: RetriableError | None = None
 
     @property
     def lead_id(self) -> str:
@@ -369,8 +371,8 @@ class Sales:
     def _alert_first(self, run: Run, contact: ContactResult, score: Score, decision: Decision) -> None:
         """Ping the rep as soon as the contact exists, with the deal link if the deal is known already.
 
-        A channel paced by Slack does not hold up the CRM records: the post waits until after
-        the deal and task, and then goes out with its link.
+        Slack does not hold up the CRM records: a paced channel's post waits until after the
+        deal and task and then goes out with its link; a failing Slack is retried after them.
         """
         if "notify" in run.done:
             return
@@ -387,6 +389,8 @@ class Sales:
             self._post(run, alert)
         except ThrottledError:
             return
+        except RetriableError as exc:
+            run.slack_failure = exc
 
     def _alert_last(self, run: Run, contact: ContactResult, deal_url: str | None, score: Score, decision: Decision) -> None:
         """Queue a digest lead, post a message that had to wait, or add the deal link to the one posted."""
@@ -398,6 +402,8 @@ class Sales:
                 self._queue_digest(run, contact, deal_url, score, decision)
             return
         if "notify" not in run.done:
+            if run.slack_failure is not None:
+                raise run.slack_failure  # not a second wait on a failing Slack in one attempt
             self._post(run, alert)
             return
         posted = run.done["notify"]

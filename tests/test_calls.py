@@ -296,3 +296,17 @@ def test_people_a_batch_must_read_are_read_in_one_call(config_data: dict[str, An
     assert hubspot_only(calls(sandbox)) == ["POST /crm/v3/objects/contacts", BATCH_READ, UPSERT]
     kept = next(c for c in sandbox.state()["contacts"] if c["properties"]["email"] == "p1@roofing-co.com")
     assert kept["properties"]["first_utm_source"] == "x"
+
+
+def test_a_failing_slack_does_not_hold_up_the_deal_and_task(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    sandbox.fault(path="/api/chat.postMessage", status=503, times=1)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    worker.drain()
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    # Attempt 1: the post fails, the records are made anyway; attempt 2 only posts, with the link.
+    assert calls(sandbox) == [UPSERT, POST, DEAL, TASK, POST]
+    assert ledger.get(delivery_id).attempts == 2
+    (message,) = sandbox.state()["messages"]
+    assert deal_link(message) and "edits" not in message
