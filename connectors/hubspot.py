@@ -218,8 +218,8 @@ class HubSpotCRM:
             if exc.status == 409 and len(writes) == 1:
                 try:
                     return {writes[0].trace_id: self._update_existing(exc, plans[writes[0].trace_id].properties)}
-                except DeliveryError as failed:
-                    return {writes[0].trace_id: failed}
+                except DeliveryError as refused:
+                    return {writes[0].trace_id: refused}
             if exc.status in (400, 409) and len(writes) > 1:
                 # One input can sink a whole batch (a conflict, or a partial upsert HubSpot refuses
                 # by email, hubspot.md §1): write each alone, so a bad row never fails its neighbours.
