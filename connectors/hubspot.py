@@ -325,6 +325,10 @@ class HubSpotCRM:
             response = self._call(self._batch.read, request, archived=False)
         except ApiException as exc:
             raise self._translate(exc) from exc
+        # Only "not found" means new: any other row error would make a known contact look new.
+        other = [err for err in getattr(response, "errors", None) or [] if err.category != "OBJECT_NOT_FOUND"]
+        if other:
+            raise _batch_error(other[0])
         snapshots: dict[str, Snapshot] = {}
         # Results are not in input order (hubspot.md §1): match by lowercased email or by id.
         for hit in response.results or []:
