@@ -23,7 +23,7 @@ from typing import Any
 from .config import DealSettings, Settings
 from .errors import DeliveryError, PermanentError, RetriableError, ThrottledError
 from .ledger import Delivery, LeaseLostError, Ledger
-from .merge import OWNER, after_write, careful
+from .merge import OWNER, after_write, careful, merged
 from .ports import CRM, Alert, ContactResult, ContactWrite, Link, Notice, Notifier, Snapshot
 from .routing import Decision, OwnerSpec, RouteContext, route
 from .scoring import Score, ScoreContext, due_at, parse_budget, score_lead
@@ -205,9 +205,15 @@ class Sales:
 
     def _remember(self, run: Run, write: ContactWrite, outcome: ContactResult, decision: Decision) -> None:
         """The person's ids, what the write left in HubSpot and the step's checkpoint, in one transaction."""
-        current = write.current or Snapshot(None)
-        memory = self.ledger.contact_memory(outcome.contact_id) if current.contact_id == outcome.contact_id else None
-        state = after_write(self.crm.planned(write), current.properties, memory, decision.owner_id)
+        current, planned = write.current or Snapshot(None), self.crm.planned(write)
+        if current.contact_id in (None, outcome.contact_id):
+            memory = self.ledger.contact_memory(outcome.contact_id) if current.contact_id else None
+            state = after_write(planned, current.properties, memory, decision.owner_id)
+        else:
+            # The known contact was gone (deleted or merged away) and another one was written:
+            # it holds only what this write sent, so skipped first-touch values are sent next time.
+            state = merged(careful(planned), current.properties)
+            state.update({OWNER: decision.owner_id} if decision.owner_id else {})
         verb = "created" if outcome.created else "updated"
         with self.ledger.exclusive():
             self.ledger.remember_contact(run.seen.lead.person_keys(), outcome.contact_id)

@@ -310,3 +310,22 @@ def test_a_failing_slack_does_not_hold_up_the_deal_and_task(
     assert ledger.get(delivery_id).attempts == 2
     (message,) = sandbox.state()["messages"]
     assert deal_link(message) and "edits" not in message
+
+
+def test_a_remembered_contact_that_hubspot_lost_gets_its_first_touch_on_the_next_lead(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    # The ledger remembers a contact HubSpot no longer has (deleted or merged away).
+    ledger.remember_contact(["email:jane.doe@acme-plumbing.com"], "999999")
+    ledger.remember_contact_state("999999", {"first_utm_source": "bing"})
+    post_typeform(intake, typeform_payload())
+    worker.drain()
+    (contact,) = sandbox.state()["contacts"]
+    assert "first_utm_source" not in contact["properties"]  # skipped: the memory said it was set
+    assert ledger.contact_memory(contact["id"]) == {
+        k: v for k, v in contact["properties"].items() if k.startswith("first_")
+    }  # only what was sent
+    post_typeform(intake, typeform_payload(event_id="evt-2", token="tok-2"))
+    worker.drain()
+    (contact,) = sandbox.state()["contacts"]
+    assert contact["properties"]["first_utm_source"] == "google"
