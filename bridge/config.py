@@ -129,6 +129,10 @@ class HubSpotSettings(Model):
     rate_limit: CallBudget = Field(default_factory=CallBudget)
     # Whether an owner is active is asked again after this long; during an outage the last answer stands.
     owner_cache_seconds: float = Field(300.0, ge=0)
+    # Read a contact the ledger has never written before the first write (one batch read, so a
+    # new lead costs 4 calls, not 3): protects first-touch values and the owner of contacts that
+    # HubSpot had before leadbridge. Worth it while a portal's existing contacts are still arriving.
+    read_unknown_contacts: bool = False
 
     @field_validator("base_url")
     @classmethod

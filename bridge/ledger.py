@@ -256,6 +256,20 @@ def m003_claim_indexes(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
+def m004_contact_memory(db: sqlite_utils.Database) -> None:
+    # What the relay last wrote (or read) for a contact's careful properties (first touch,
+    # append) and its owner, so a returning person's write needs no read of HubSpot first.
+    db.execute(
+        """
+        CREATE TABLE contact_memory (
+            contact_id TEXT PRIMARY KEY,
+            properties TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        )"""
+    )
+
+
+@migrations()
 def m005_heartbeats(db: sqlite_utils.Database) -> None:
     """Worker heartbeats (for /readyz) and intake outcomes the deliveries table cannot show."""
     # Independent of every other migration, so it applies whichever order they end up in:
@@ -968,3 +982,19 @@ class Ledger:
             "SELECT received_at FROM deliveries WHERE source = ? AND received_at >= ? ORDER BY received_at", (source, since)
         )
         return [float(r[0]) for r in rows]
+
+    # -- contact memory -----------------------------------------------------------
+
+    def contact_memory(self, contact_id: str) -> dict[str, str] | None:
+        """What HubSpot holds for this contact's remembered properties, as far as the relay knows;
+        None when the relay has never written (or read) the contact since it kept memory."""
+        row = self.db.execute("SELECT properties FROM contact_memory WHERE contact_id = ?", (contact_id,)).fetchone()
+        return dict(json.loads(row[0])) if row else None
+
+    def remember_contact_state(self, contact_id: str, properties: dict[str, str], now: float | None = None) -> None:
+        """Replace the memory of one contact with what a write just left in HubSpot."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO contact_memory (contact_id, properties, updated_at) VALUES (?, ?, ?)",
+                (contact_id, json.dumps(properties, sort_keys=True), time.time() if now is None else now),
+            )

@@ -2,8 +2,10 @@
 
 - ``Source``: verifies a webhook request against its raw body, parses it, names its
   idempotency key and flattens it for mapping.
-- ``CRM``: creates or updates contacts (a list, so a backlog can go in one batch call).
-- ``Notifier``: tells a person about a delivered lead.
+- ``CRM``: creates or updates contacts and reads them (lists, so a backlog can go in one
+  batch call each way).
+- ``Notifier``: tells a person about a delivered lead, and updates that message later
+  (the deal link is added once the deal exists).
 
 Connectors are found by "module:Class" strings (``connectors.SOURCE_TYPES``) and imported
 only when used, so the core never imports a vendor SDK.
@@ -163,6 +165,9 @@ class CRM(Protocol):
     def lookup_contact(self, write: ContactWrite, properties: Sequence[str]) -> Snapshot:
         """Find the person's contact (known id, else email, else phone) and read some properties."""
 
+    def lookup_contacts(self, writes: Sequence[ContactWrite], properties: Sequence[str]) -> dict[str, Snapshot | DeliveryError]:
+        """``lookup_contact`` for many people in as few calls as the CRM allows; results by trace_id."""
+
     def create_record(self, object_type: str, properties: Mapping[str, str], links: Sequence[Link]) -> str:
         """Create a deal, lead, note or task with inline associations; returns its id."""
 
@@ -191,6 +196,9 @@ class CRM(Protocol):
 class Notifier(Protocol):
     def notify(self, alert: Alert) -> Notice:
         """Send one message about a lead; raise DeliveryError on failure (ThrottledError: not yet)."""
+
+    def update(self, notice: Notice, alert: Alert) -> Notice:
+        """Replace the message ``notice`` names with this alert (no new ping); PermanentError if it is gone."""
 
     def post_digest(self, channel: str, title: str, lines: Sequence[str]) -> Notice:
         """Send one summary message covering many leads."""

@@ -1,26 +1,30 @@
-"""The sales side of a delivered lead: score, route, contact, deal, note, task, alert.
+"""The sales side of a delivered lead: score, route, contact, alert, deal, task, alert update.
 
-Every step that changes something outside (a pool's round-robin count, a HubSpot
-record, a Slack message) is checkpointed in the ledger before the next starts, so a
-retry, a replay or a restarted worker resumes without a second deal, note, task or
-message. Scoring and routing are explainable: their reasons are written to HubSpot
-properties and to the ledger.
+The rep is pinged as soon as the contact exists; the deal and the follow-up task come
+after, and the Slack message gains its deal link then (``chat.update``). Every step that
+changes something outside (a pool's round-robin count, a HubSpot record, a Slack message)
+is checkpointed in the ledger before the next starts, so a retry, a replay or a restarted
+worker resumes without a second deal, task or message. The ledger also remembers what the
+relay left in a contact's first-touch properties and owner, so a returning person's write
+needs no read first (README: "How a lead travels" and the call budget). Scoring and routing
+are explainable: their reasons are written to HubSpot properties and to the ledger.
 """
 
 from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from .config import DealSettings, Settings
-from .errors import DeliveryError
-from .ledger import Delivery, Ledger
-from .ports import CRM, Alert, ContactResult, ContactWrite, Link, Notifier, Snapshot
+from .errors import DeliveryError, PermanentError, RetriableError, ThrottledError
+from .ledger import Delivery, LeaseLostError, Ledger
+from .merge import OWNER, after_write, careful, merged
+from .ports import CRM, Alert, ContactResult, ContactWrite, Link, Notice, Notifier, Snapshot
 from .routing import Decision, OwnerSpec, RouteContext, route
 from .scoring import Score, ScoreContext, due_at, parse_budget, score_lead
 from .sources import Interpretation
@@ -78,6 +82,8 @@ class Run:
     owner: str
     seen: Interpretation
     done: dict[str, dict[str, Any]]
+    # Set when the first Slack post failed: the CRM records go ahead, the post is retried later.
+    slack_failure: RetriableError | None = None
 
     @property
     def lead_id(self) -> str:
@@ -97,18 +103,23 @@ class Sales:
         with self._step(run, "score"):
             score = self.score(run)
         with self._step(run, "route"):
-            snapshot = None if "contact" in run.done else self._lookup(run)
+            snapshot = None if "contact" in run.done else self._snapshot(run)
             decision = self.route(run, score, snapshot)
         with self._step(run, "contact"):
             contact = self._contact(run, score, decision, snapshot)
+        with self._step(run, "notify"):
+            self._alert_first(run, contact, score, decision)
         with self._step(run, "deal"):
             deal_type, deal_id = self._deal(run, contact, decision)
-        with self._step(run, "note"):
-            self._note(run, contact, deal_type, deal_id)
-        with self._step(run, "task"):
-            self._task(run, contact, deal_type, deal_id, score, decision)
-        with self._step(run, "notify"):
-            self._alert(run, contact, deal_type, deal_id, score, decision)
+        if self.settings.tasks.enabled:
+            with self._step(run, "task"):
+                self._task(run, contact, deal_type, deal_id, score, decision)
+        else:
+            with self._step(run, "note"):
+                self._note(run, contact, deal_type, deal_id)
+        deal_url = self.crm.record_url(deal_type, deal_id) if deal_type and deal_id else None
+        with self._step(run, "notify_update" if "notify" in run.done else "notify"):
+            self._alert_last(run, contact, deal_url, score, decision)
         return contact
 
     @contextmanager
@@ -163,24 +174,51 @@ class Sales:
         merge = {name: str(policy) for name, policy in run.seen.mapping.merge_policies().items()}
         return ContactWrite(run.lead_id, lead, known, merge, current, extra or {})
 
-    def _lookup(self, run: Run) -> Snapshot:
+    def _snapshot(self, run: Run) -> Snapshot:
+        """What the contact holds that this write depends on (first touch, append, owner), at the least cost.
+
+        A contact the ledger remembers: its memory, no call. A person the ledger has never seen,
+        with an email: nothing, written as new (``hubspot.read_unknown_contacts`` reads first).
+        Otherwise one batch read by id or email, or a phone search.
+        """
         write = self._write(run)
-        careful = [prop for prop, (_, merge) in self.crm.planned(write).items() if merge != "overwrite"]
-        return self.crm.lookup_contact(write, [*careful, "hubspot_owner_id"])
+        return self._known(write) or self.crm.lookup_contact(write, [*careful(self.crm.planned(write)), OWNER])
+
+    def _known(self, write: ContactWrite) -> Snapshot | None:
+        """The snapshot the ledger can answer without a call, or None when the CRM must be read."""
+        if write.known_contact_id:
+            memory = self.ledger.contact_memory(write.known_contact_id)
+            return Snapshot(write.known_contact_id, memory) if memory is not None else None
+        if write.lead.email and not self.settings.hubspot.read_unknown_contacts:
+            return Snapshot(None)
+        return None
 
     def _contact(self, run: Run, score: Score, decision: Decision, snapshot: Snapshot | None) -> ContactResult:
         if "contact" in run.done:
             return ContactResult(**run.done["contact"])
-        extra = {**score.as_properties(), "routing_reason": decision.reason}
-        if decision.owner_id:
-            extra["hubspot_owner_id"] = decision.owner_id
-        outcome = self.crm.upsert_contacts([self._write(run, extra, snapshot)])[run.lead_id]
+        write = self._write(run, _extra(score, decision), snapshot)
+        outcome = self.crm.upsert_contacts([write])[run.lead_id]
         if isinstance(outcome, Exception):
             raise outcome
-        self.ledger.remember_contact(run.seen.lead.person_keys(), outcome.contact_id)
-        verb = "created" if outcome.created else "updated"
-        self.ledger.record_step(run.lead_id, run.owner, "contact", outcome.__dict__, f"{verb} contact {outcome.contact_id}")
+        self._remember(run, write, outcome, decision)
         return outcome
+
+    def _remember(self, run: Run, write: ContactWrite, outcome: ContactResult, decision: Decision) -> None:
+        """The person's ids, what the write left in HubSpot and the step's checkpoint, in one transaction."""
+        current, planned = write.current or Snapshot(None), self.crm.planned(write)
+        if current.contact_id in (None, outcome.contact_id):
+            memory = self.ledger.contact_memory(outcome.contact_id) if current.contact_id else None
+            state = after_write(planned, current.properties, memory, decision.owner_id)
+        else:
+            # The known contact was gone (deleted or merged away) and another one was written:
+            # it holds only what this write sent, so skipped first-touch values are sent next time.
+            state = merged(careful(planned), current.properties)
+            state.update({OWNER: decision.owner_id} if decision.owner_id else {})
+        verb = "created" if outcome.created else "updated"
+        with self.ledger.exclusive():
+            self.ledger.remember_contact(run.seen.lead.person_keys(), outcome.contact_id)
+            self.ledger.remember_contact_state(outcome.contact_id, state)
+            self.ledger.record_step(run.lead_id, run.owner, "contact", outcome.__dict__, f"{verb} contact {outcome.contact_id}")
 
     def deal_settings(self, source: str) -> DealSettings:
         spec = self.settings.source(source)
@@ -240,9 +278,12 @@ class Sales:
         links = [Link("contacts", contact.contact_id, TASK_TO_CONTACT)]
         if deal_id and deal_type:
             links.append(Link(deal_type, deal_id, TASK_TO_DEAL if deal_type == "deals" else TASK_TO_LEAD))
+        why = f"<p>{html.escape(score.summary())}<br>{html.escape(decision.reason)}</p>"
+        # The form's answers ride in the task (one call, not two); a note from an earlier attempt keeps them.
+        body = why if "note" in run.done else why + note_body(run)
         props = {
             "hs_task_subject": render(cfg.subject_template, lead_values(run.seen)) or f"Call {run.seen.lead.name}",
-            "hs_task_body": f"{score.summary()}\n{decision.reason}",
+            "hs_task_body": body if len(body) <= NOTE_LIMIT else body[: NOTE_LIMIT - 20] + "…</ul>",
             "hs_timestamp": _millis(due.timestamp()),
             "hs_task_priority": score.action.task_priority,
             "hs_task_type": cfg.type,
@@ -254,30 +295,150 @@ class Sales:
         result = {"task_id": task_id, "due": due.isoformat()}
         self.ledger.record_step(run.lead_id, run.owner, "task", result, f"task {task_id} due {due.isoformat()}")
 
+    # -- several deliveries at once -------------------------------------------------
+
+    def write_contacts(self, runs: Sequence[Run]) -> dict[str, ContactResult | DeliveryError | LeaseLostError]:
+        """Score, route and write the contacts of several claimed deliveries with batch calls.
+
+        For a worker holding more than one ready delivery (each of a different person): the
+        reads that are needed go in one ``batch/read``, new emails in one ``batch/upsert`` per
+        100, and each row keeps its own outcome (a 207 row error included), so one bad row
+        never fails its neighbours. The steps are checkpointed as in :meth:`deliver`, which
+        then carries on from the Slack alert for each run that got its contact.
+        """
+        results: dict[str, ContactResult | DeliveryError | LeaseLostError] = {}
+        scored: list[tuple[Run, Score]] = []
+        for run in runs:
+            if "contact" in run.done:
+                results[run.lead_id] = ContactResult(**run.done["contact"])
+                continue
+            try:
+                with self._step(run, "score"):
+                    scored.append((run, self.score(run)))
+            except (DeliveryError, LeaseLostError) as exc:
+                results[run.lead_id] = exc
+        snapshots = self._snapshots([run for run, _ in scored])
+        routed: dict[str, tuple[Run, Decision, ContactWrite]] = {}
+        for run, score in scored:
+            try:
+                with self._step(run, "route"):
+                    snapshot = snapshots[run.lead_id]
+                    if isinstance(snapshot, DeliveryError):
+                        raise snapshot
+                    decision = self.route(run, score, snapshot)
+            except (DeliveryError, LeaseLostError) as exc:
+                results[run.lead_id] = exc
+                continue
+            routed[run.lead_id] = (run, decision, self._write(run, _extra(score, decision), snapshot))
+        results.update(self._write_routed(routed))
+        return results
+
+    def _snapshots(self, runs: Sequence[Run]) -> dict[str, Snapshot | DeliveryError]:
+        """:meth:`_snapshot` for many runs: what the ledger knows, and one batch read for the rest."""
+        found: dict[str, Snapshot | DeliveryError] = {}
+        unread: list[ContactWrite] = []
+        for run in runs:
+            if "contact" in run.done:
+                continue
+            write = self._write(run)
+            known = self._known(write)
+            if known is not None:
+                found[run.lead_id] = known
+            else:
+                unread.append(write)
+        if unread:
+            wanted = {prop for write in unread for prop in careful(self.crm.planned(write))}
+            found.update(self.crm.lookup_contacts(unread, [*sorted(wanted), OWNER]))
+        return found
+
+    def _write_routed(
+        self, routed: dict[str, tuple[Run, Decision, ContactWrite]]
+    ) -> dict[str, ContactResult | DeliveryError | LeaseLostError]:
+        outcomes = self.crm.upsert_contacts([write for _, _, write in routed.values()]) if routed else {}
+        results: dict[str, ContactResult | DeliveryError | LeaseLostError] = {}
+        for lead_id, (run, decision, write) in routed.items():
+            outcome = outcomes.get(lead_id) or RetriableError("the CRM returned no result for this contact")
+            if isinstance(outcome, DeliveryError):
+                outcome.step = outcome.step or "contact"
+                results[lead_id] = outcome
+                continue
+            try:
+                self._remember(run, write, outcome, decision)
+            except LeaseLostError as exc:
+                results[lead_id] = exc
+                continue
+            # deliver() goes on from here: score, route and contact count as done.
+            run.done.update(self.ledger.steps(lead_id))
+            results[lead_id] = outcome
+        return results
+
     # -- Slack --------------------------------------------------------------------
 
-    def _alert(
-        self, run: Run, contact: ContactResult, deal_type: str | None, deal_id: str | None, score: Score, decision: Decision
-    ) -> None:
+    def _alert_first(self, run: Run, contact: ContactResult, score: Score, decision: Decision) -> None:
+        """Ping the rep as soon as the contact exists, with the deal link if the deal is known already.
+
+        Slack does not hold up the CRM records: a paced channel's post waits until after the
+        deal and task and then goes out with its link; a failing Slack is retried after them.
+        """
         if "notify" in run.done:
             return
+        cfg = self.deal_settings(run.delivery.source)
+        object_type = {"deal": "deals", "lead": "leads"}.get(cfg.object)
+        deal_id = run.done.get("deal", {}).get("record_id") if object_type else None
+        if object_type and deal_id is None:
+            deal_id = self.ledger.open_deal(contact.contact_id, object_type)
+        deal_url = self.crm.record_url(object_type, deal_id) if object_type and deal_id else None
+        alert = self._alert(run, contact, deal_url, score, decision)
+        if alert is None:
+            return  # a digest lead: queued once its deal exists, with that link
+        try:
+            self._post(run, alert)
+        except ThrottledError:
+            return
+        except RetriableError as exc:
+            run.slack_failure = exc
+
+    def _alert_last(self, run: Run, contact: ContactResult, deal_url: str | None, score: Score, decision: Decision) -> None:
+        """Queue a digest lead, post a message that had to wait, or add the deal link to the one posted."""
+        if "notify_update" in run.done:
+            return
+        alert = self._alert(run, contact, deal_url, score, decision)
+        if alert is None:
+            if "notify" not in run.done:
+                self._queue_digest(run, contact, deal_url, score, decision)
+            return
+        if "notify" not in run.done:
+            if run.slack_failure is not None:
+                raise run.slack_failure  # not a second wait on a failing Slack in one attempt
+            self._post(run, alert)
+            return
+        posted = run.done["notify"]
+        if not deal_url or posted.get("deal_url") == deal_url or "ts" not in posted:
+            return
+        try:
+            notice = self.notifier.update(Notice(posted["channel"], posted["ts"]), alert)
+        except PermanentError as exc:
+            # The ping went out; a message deleted or no longer editable only misses its link.
+            self.ledger.note(run.lead_id, "notify_update", "skipped", str(exc))
+            notice = None
+        result = {"channel": posted["channel"], "ts": posted["ts"], "deal_url": deal_url if notice else None}
+        self._record(run, "notify_update", result, f"deal link added to {posted['channel']}" if notice else "")
+
+    def _alert(self, run: Run, contact: ContactResult, deal_url: str | None, score: Score, decision: Decision) -> Alert | None:
+        """The Slack message for this lead as things stand; None for a lead that goes to a digest."""
         lead, action = run.seen.lead, score.action
         channel = decision.channel or action.channel or self.settings.slack.channel
-        deal_url = self.crm.record_url(deal_type, deal_id) if deal_type and deal_id else None
         # Without routing configured every lead is unassigned by design: that is not triage.
         routed = bool(self.settings.routing.rules or self.settings.routing.owners)
         triage = decision.triage and routed
         if action.digest and not triage:
-            line = digest_line(run, contact, deal_url, score)
-            self.ledger.queue_digest(run.lead_id, channel, line)
-            self.ledger.record_step(run.lead_id, run.owner, "notify", {"digest": channel}, f"queued for the {channel} digest")
-            return
+            return None
         if triage:
             channel = self.settings.routing.triage.channel or channel
         mention = self._slack_user(decision) if action.mention_owner and not triage else None
         headline = "Unassigned lead (triage)" if triage else f"{score.segment.upper()} lead ({score.points})"
         details = (score.summary(), f"Routing: {decision.reason}") if routed else (score.summary(),)
-        alert = Alert(
+        return Alert(
             lead=lead,
             source=run.delivery.source,
             contact=contact,
@@ -288,9 +449,21 @@ class Sales:
             headline=headline,
             details=details,
         )
+
+    def _post(self, run: Run, alert: Alert) -> None:
         notice = self.notifier.notify(alert)
-        result = {"channel": notice.channel, "ts": notice.ts}
-        self.ledger.record_step(run.lead_id, run.owner, "notify", result, f"posted to {notice.channel}")
+        result = {"channel": notice.channel, "ts": notice.ts, "deal_url": alert.deal_url}
+        self._record(run, "notify", result, f"posted to {notice.channel}")
+
+    def _queue_digest(self, run: Run, contact: ContactResult, deal_url: str | None, score: Score, decision: Decision) -> None:
+        channel = decision.channel or score.action.channel or self.settings.slack.channel
+        self.ledger.queue_digest(run.lead_id, channel, digest_line(run, contact, deal_url, score))
+        self._record(run, "notify", {"digest": channel}, f"queued for the {channel} digest")
+
+    def _record(self, run: Run, step: str, result: dict[str, Any], detail: str) -> None:
+        """Checkpoint a step and count it done for the rest of this attempt too."""
+        self.ledger.record_step(run.lead_id, run.owner, step, result, detail)
+        run.done[step] = result
 
     def _slack_user(self, decision: Decision) -> str | None:
         spec = self.settings.routing.owners.get(decision.owner_name or "")
@@ -299,6 +472,14 @@ class Sales:
         if spec.slack:
             return spec.slack
         return self.notifier.user_id_for_email(spec.email) if spec.email else None
+
+
+def _extra(score: Score, decision: Decision) -> dict[str, str]:
+    """Contact properties the relay decides itself: score, routing reason, owner."""
+    extra = {**score.as_properties(), "routing_reason": decision.reason}
+    if decision.owner_id:
+        extra[OWNER] = decision.owner_id
+    return extra
 
 
 def lead_values(seen: Interpretation) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Create-or-update without duplicates:
 - a person the ledger already knows: PATCH that contact by id;
 - a person with an email: ``batch/upsert`` by email (one call, no search, so no search lag);
 - a person with only a phone: search by phone, then PATCH or create.
+Reads of contacts by id or email go through ``batch/read`` (up to 100 per call).
 A ``409 Contact already exists. Existing ID: N`` always ends as an update of N.
 Only non-empty values are sent, so a field the form left empty never blanks HubSpot.
 Every SDK or transport error is translated here into RetriableError or PermanentError.
@@ -28,11 +29,13 @@ from hubspot.crm import properties as properties_api
 from hubspot.crm.contacts import (
     ApiException,
     BatchInputSimplePublicObjectBatchInputUpsert,
+    BatchReadInputSimplePublicObjectId,
     Filter,
     FilterGroup,
     PublicGdprDeleteInput,
     PublicObjectSearchRequest,
     SimplePublicObjectBatchInputUpsert,
+    SimplePublicObjectId,
     SimplePublicObjectInput,
     SimplePublicObjectInputForCreate,
 )
@@ -41,12 +44,12 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from bridge.config import HubSpotSettings
 from bridge.errors import DeliveryError, PermanentError, RetriableError, ThrottledError
 from bridge.logs import redact
+from bridge.merge import OVERWRITE, merged
 from bridge.ports import ContactResult, ContactWrite, Link, Snapshot
 from bridge.ratelimit import CallPacer
 
 log = logging.getLogger(__name__)
 BATCH_LIMIT = 100
-OVERWRITE, SET_IF_EMPTY, APPEND = "overwrite", "set_if_empty", "append"
 EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 # 429 policies (hubspot.md §4): the ten-second burst window vs the search API's per-second limit.
 RATE_LIMIT_WAIT = {"TEN_SECONDLY_ROLLING": 10.0, "SECONDLY": 1.0}
@@ -99,14 +102,29 @@ class HubSpotCRM:
         return results
 
     def lookup_contact(self, write: ContactWrite, properties: Sequence[str]) -> Snapshot:
+        outcome = self.lookup_contacts([write], properties)[write.trace_id]
+        if isinstance(outcome, DeliveryError):
+            raise outcome
+        return outcome
+
+    def lookup_contacts(self, writes: Sequence[ContactWrite], properties: Sequence[str]) -> dict[str, Snapshot | DeliveryError]:
+        """Snapshots by trace_id: known ids in one batch read, emails in another, phones by search."""
         names = sorted(set(properties))
-        if write.known_contact_id:
-            return Snapshot(write.known_contact_id, self._read(write.known_contact_id, names, by_email=False) or {})
-        if write.lead.email:
-            found = self._read(write.lead.email, names, by_email=True)
-            return Snapshot(found.pop("hs_object_id", None), found) if found is not None else Snapshot(None)
-        contact_id, props = self._find_by_phone(write.lead.phone, names)
-        return Snapshot(contact_id, props)
+        by_id = {w.trace_id: w.known_contact_id for w in writes if w.known_contact_id}
+        by_email = {w.trace_id: str(w.lead.email).lower() for w in writes if not w.known_contact_id and w.lead.email}
+        results: dict[str, Snapshot | DeliveryError] = {}
+        for trace, found in self._read_many(by_id, names, by_email=False).items():
+            # A known id HubSpot no longer has keeps its id: the write's 404 falls back to the email.
+            results[trace] = found if isinstance(found, DeliveryError) or found.contact_id else Snapshot(by_id[trace])
+        results.update(self._read_many(by_email, names, by_email=True))
+        for write in writes:
+            if write.trace_id in results:
+                continue
+            try:
+                results[write.trace_id] = Snapshot(*self._find_by_phone(write.lead.phone, names))
+            except DeliveryError as exc:
+                results[write.trace_id] = exc
+        return results
 
     def create_record(self, object_type: str, properties: Mapping[str, str], links: Sequence[Link]) -> str:
         associations = [
@@ -257,7 +275,14 @@ class HubSpotCRM:
             response = self._call(self._batch.upsert, BatchInputSimplePublicObjectBatchInputUpsert(inputs=inputs))
         except ApiException as exc:
             if exc.status == 409 and len(writes) == 1:
-                return {writes[0].trace_id: self._update_existing(exc, plans[writes[0].trace_id].properties)}
+                try:
+                    return {writes[0].trace_id: self._update_existing(exc, plans[writes[0].trace_id].properties)}
+                except DeliveryError as refused:
+                    return {writes[0].trace_id: refused}
+            if exc.status in (400, 409) and len(writes) > 1:
+                # One input can sink a whole batch (a conflict, or a partial upsert HubSpot refuses
+                # by email, hubspot.md §1): write each alone, so a bad row never fails its neighbours.
+                return {k: v for w in writes for k, v in self._upsert_by_email([w], plans).items()}
             error = self._translate(exc)
             return {w.trace_id: error for w in writes}
         except DeliveryError as exc:
@@ -335,17 +360,44 @@ class HubSpotCRM:
         hit = found.results[0]
         return str(hit.id), {k: v for k, v in (hit.properties or {}).items() if v is not None}
 
-    def _read(self, contact: str, names: list[str], *, by_email: bool) -> dict[str, str] | None:
-        """Current values of some properties (and hs_object_id); None when HubSpot has no such contact."""
+    def _read_many(self, keys: Mapping[str, str], names: list[str], *, by_email: bool) -> dict[str, Snapshot | DeliveryError]:
+        """Snapshots for trace_id -> contact id (or email), 100 distinct keys per batch read."""
+        distinct = sorted(set(keys.values()))
+        found: dict[str, Snapshot | DeliveryError] = {}
+        for start in range(0, len(distinct), BATCH_LIMIT):
+            chunk = distinct[start : start + BATCH_LIMIT]
+            try:
+                found.update(self._read(chunk, names, by_email=by_email))
+            except DeliveryError as exc:
+                found.update(dict.fromkeys(chunk, exc))
+        return {trace: found.get(key, Snapshot(None)) for trace, key in keys.items()}
+
+    def _read(self, keys: list[str], names: list[str], *, by_email: bool) -> dict[str, Snapshot]:
+        """One ``batch/read``; keys HubSpot has no contact for are left out (its 207 lists them)."""
+        request = BatchReadInputSimplePublicObjectId(
+            properties=sorted({*names, "email"}) if by_email else names,
+            id_property="email" if by_email else None,
+            inputs=[SimplePublicObjectId(id=key) for key in keys],
+            properties_with_history=[],
+        )
         try:
-            found = self._call(self._basic.get_by_id, contact, properties=names, id_property="email" if by_email else None)
+            response = self._call(self._batch.read, request, archived=False)
         except ApiException as exc:
-            if exc.status == 404:
-                return None
             raise self._translate(exc) from exc
-        props = {k: v for k, v in (found.properties or {}).items() if v is not None}
-        props["hs_object_id"] = str(found.id)
-        return props
+        # Only "not found" means new: any other row error would make a known contact look new.
+        other = [err for err in getattr(response, "errors", None) or [] if err.category != "OBJECT_NOT_FOUND"]
+        if other:
+            raise _batch_error(other[0])
+        snapshots: dict[str, Snapshot] = {}
+        # Results are not in input order (hubspot.md §1): match by lowercased email or by id.
+        for hit in response.results or []:
+            props = {k: v for k, v in (hit.properties or {}).items() if v is not None}
+            props.pop("hs_object_id", None)
+            key = str(props.get("email", "")).lower() if by_email else str(hit.id)
+            if "email" not in names:
+                props.pop("email", None)
+            snapshots[key] = Snapshot(str(hit.id), props)
+        return snapshots
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -410,21 +462,6 @@ class Plan:
     properties: dict[str, str]
     # The contact to update by id (known to the ledger, or found by phone); None: upsert or create.
     contact_id: str | None
-
-
-def merged(planned: dict[str, tuple[str, str]], current: dict[str, str]) -> dict[str, str]:
-    """Apply merge policies: set_if_empty keeps a first-touch value; append adds a new value once."""
-    props = {}
-    for prop, (value, merge) in planned.items():
-        have = (current.get(prop) or "").strip()
-        if merge == SET_IF_EMPTY and have:
-            continue
-        if merge == APPEND and have:
-            if value in have.split("\n"):
-                continue
-            value = f"{have}\n{value}"
-        props[prop] = value
-    return props
 
 
 def _is_blip(exc: BaseException) -> bool:

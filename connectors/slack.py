@@ -1,6 +1,8 @@
 """Slack through ``slack_sdk.WebClient``: one Block Kit message per lead, and daily digests.
 
-The message has what a rep needs to call back at once: name, phone as a ``tel:`` link,
+The message goes out as soon as the contact exists and is updated in place
+(``chat.update``) once the deal does, so the rep is pinged first and the link follows.
+It has what a rep needs to call back at once: name, phone as a ``tel:`` link,
 email, service, location, source and campaign, links to the HubSpot contact and deal,
 and the owner mentioned, with a plain-text fallback. Lead text is escaped, so a form
 cannot inject ``<!channel>`` or a fake link, and clipped to Block Kit's limits.
@@ -52,6 +54,19 @@ class SlackNotifier:
     def notify(self, alert: Alert) -> Notice:
         channel = alert.channel or self.settings.channel
         return self._post(channel, lead_message(alert))
+
+    def update(self, notice: Notice, alert: Alert) -> Notice:
+        """chat.update with the alert as it is now (its deal link added): same ts, no second ping.
+
+        Not paced: the one-per-second limit is chat.postMessage's; chat.update has its own tier.
+        """
+        try:
+            response = self.client.chat_update(channel=notice.channel, ts=notice.ts, **lead_message(alert))
+        except SlackApiError as exc:
+            raise _translate(exc) from exc
+        except (SlackClientError, OSError) as exc:
+            raise RetriableError(f"Slack unreachable ({type(exc).__name__})") from exc
+        return Notice(channel=str(response.get("channel") or notice.channel), ts=str(response.get("ts") or notice.ts))
 
     def post_digest(self, channel: str, title: str, lines: Sequence[str]) -> Notice:
         return self._post(channel, digest_message(title, lines))

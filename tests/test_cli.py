@@ -71,7 +71,7 @@ def test_deliveries_and_show_tell_an_admin_what_happened(config: str, intake: st
         assert secret not in shown.output
     assert "typeform-signature" not in shown.output.lower()
     data = json.loads(run("show", delivery_id, "--config", config, "--json").output)
-    assert set(data["steps"]) == {"map", "validate", "score", "route", "contact", "deal", "note", "task", "notify"}
+    assert set(data["steps"]) == {"map", "validate", "score", "route", "contact", "deal", "task", "notify", "notify_update"}
 
 
 def test_replay_misuse_exits_2(config: str) -> None:

@@ -60,6 +60,10 @@ def test_a_run_with_a_validation_error_and_a_dropped_connection_logs_no_personal
 ) -> None:
     caplog.set_level(logging.DEBUG)
     config_data["hubspot"]["timeout_seconds"] = 0.5
+    # An owner known by email, so the worker makes a GET (the one call urllib3 itself retries).
+    config_data["routing"] = {"owners": {"pat": {"email": "pat@acme-plumbing.com"}}, "rules": [{"name": "all", "owner": "pat"}]}
+    owner = {"id": "601", "email": "pat@acme-plumbing.com"}
+    requests.post(f"{sandbox.url}/__sandbox/owners", json=owner, timeout=5).raise_for_status()
     settings = settings_from_dict(config_data, ROOT)
     ledger = Ledger(settings.ledger.path)
     # HubSpot quoting the email and phone back, as its VALIDATION_ERROR messages do.
@@ -75,7 +79,7 @@ def test_a_run_with_a_validation_error_and_a_dropped_connection_logs_no_personal
         Worker(settings, ledger).drain()
         sandbox.clear_faults()
         # A connection that hangs past the timeout, then recovers (urllib3/tenacity retry it).
-        sandbox.fault(path="/crm/v3/objects/contacts", delay=1.0, times=1)
+        sandbox.fault(path="/crm/v3/owners", delay=1.0, times=1)
         second = post_typeform(url, typeform_payload(event_id="evt-drop", token="tok-drop"))
         Worker(settings, ledger).drain()
     dead = ledger.get(first.json()["delivery_id"])
@@ -84,9 +88,9 @@ def test_a_run_with_a_validation_error_and_a_dropped_connection_logs_no_personal
     stored = json.dumps([ledger.events(first.json()["delivery_id"]), ledger.events(second.json()["delivery_id"])])
     stored += (dead.reason or "") + (dead.last_error or "")
     logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
-    # The real urllib3 retry warning happened, with the contact URL redacted.
+    # The real urllib3 retry warning happened, with the owner's email in its URL redacted.
     retried = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3") and "Retrying" in r.getMessage()]
-    assert retried and all("/crm/v3/objects/contacts/[redacted]" in m for m in retried)
+    assert retried and all("/crm/v3/owners/[redacted]" in m for m in retried)
     assert _leaks(stored) == [] and _leaks(logged) == []
 
 

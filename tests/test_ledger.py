@@ -33,6 +33,7 @@ def test_wal_mode_and_migrations_are_applied_once(tmp_path: Path) -> None:
     assert applied[:3] == ["m001_initial", "m002_sales_memory", "m003_claim_indexes"]
     assert len(applied) == len(set(applied))
     assert "m005_heartbeats" in applied
+    assert "m004_contact_memory" in applied
 
 
 def test_the_same_key_is_accepted_once(db: Ledger) -> None:

@@ -1,4 +1,4 @@
-"""Issue 4 acceptance over real HTTP: deals, notes, tasks, routing, scoring, routed Slack and digests."""
+"""Issue 4 acceptance over real HTTP: deals, tasks (the form's answers folded in), routing, scoring, routed Slack and digests."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def roofing(payload: dict[str, Any], message: str = "Roof leak over the kitchen"
     return payload
 
 
-def test_a_new_person_gets_contact_deal_note_and_task_all_associated(
+def test_a_new_person_gets_contact_deal_and_task_all_associated(
     relay: str, sandbox: Sandbox, sales_worker: Worker, ledger: Ledger
 ) -> None:
     delivery_id = post_typeform(relay, roofing(typeform_payload())).json()["delivery_id"]
@@ -124,8 +124,8 @@ def test_a_new_person_gets_contact_deal_note_and_task_all_associated(
     assert ledger.get(delivery_id).status == Status.DELIVERED
     (contact,) = sandbox.state()["contacts"]
     (deal,) = objects(sandbox, "deals")
-    (note,) = objects(sandbox, "notes")
     (task,) = objects(sandbox, "tasks")
+    assert objects(sandbox, "notes") == []  # the form's answers are in the task's body
     cid, did = contact["id"], deal["id"]
     assert {k: deal["properties"].get(k) for k in ("dealname", "pipeline", "dealstage", "amount")} == {
         "dealname": "Roofing — Doe, San Francisco",
@@ -134,9 +134,8 @@ def test_a_new_person_gets_contact_deal_note_and_task_all_associated(
         "amount": "10000",
     }
     assert links(deal) == {(cid, 3)}
-    assert links(note) == {(cid, 202), (did, 214)}
     assert links(task) == {(cid, 204), (did, 216)}
-    assert "Roof leak over the kitchen" in note["properties"]["hs_note_body"]
+    assert "Roof leak over the kitchen" in task["properties"]["hs_task_body"]
     assert task["properties"]["hs_task_subject"] == "Call Jane Doe — Roofing"
     assert task["properties"]["hs_task_priority"] == "HIGH"
     # The pool's first pick owns contact, deal and task, and the reason is on the contact.
@@ -144,17 +143,15 @@ def test_a_new_person_gets_contact_deal_note_and_task_all_associated(
     assert owner in ("501", "502") and deal["properties"]["hubspot_owner_id"] == owner == task["properties"]["hubspot_owner_id"]
     assert contact["properties"]["routing_reason"].startswith('rule "roofing"')
     assert contact["properties"]["lead_segment"] == "hot" and contact["properties"]["lead_score"] == "80"
-    # Calls per new lead: look up, upsert, deal, note, task.
+    # Calls per new lead: upsert, deal, task (no read: the ledger has never seen this person).
     assert crm_calls(sandbox) == [
-        "GET /crm/v3/objects/contacts/jane.doe@acme-plumbing.com",
         "POST /crm/v3/objects/contacts/batch/upsert",
         "POST /crm/v3/objects/deals",
-        "POST /crm/v3/objects/notes",
         "POST /crm/v3/objects/tasks",
     ]
 
 
-def test_a_returning_person_gets_a_note_on_the_same_deal_and_keeps_the_owner(
+def test_a_returning_person_gets_a_task_on_the_same_deal_and_keeps_the_owner(
     relay: str, sandbox: Sandbox, sales_worker: Worker
 ) -> None:
     post_typeform(relay, roofing(typeform_payload()))
@@ -164,16 +161,15 @@ def test_a_returning_person_gets_a_note_on_the_same_deal_and_keeps_the_owner(
     post_typeform(relay, roofing(typeform_payload(event_id="evt-2", token="tok-2"), "Still leaking, please call"))
     sales_worker.drain()
     (deal,) = objects(sandbox, "deals")
-    notes = objects(sandbox, "notes")
-    assert len(notes) == 2 and all((deal["id"], 214) in links(n) for n in notes)
+    tasks = objects(sandbox, "tasks")
+    assert len(tasks) == 2 and all((deal["id"], 216) in links(t) for t in tasks)
+    assert "Still leaking, please call" in tasks[1]["properties"]["hs_task_body"]
     (contact,) = sandbox.state()["contacts"]
     assert contact["properties"]["hubspot_owner_id"] == first_owner
     assert contact["properties"]["routing_reason"].startswith("returning contact keeps owner")
-    # Calls per returning lead: read the contact (owner, first touch), update it, note, task.
+    # Calls per returning lead: update the contact (owner and first touch from the ledger's memory), task.
     assert [c.split(" ")[0] + " " + c.split("/")[4] for c in crm_calls(sandbox, before)] == [
-        "GET contacts",
         "PATCH contacts",
-        "POST notes",
         "POST tasks",
     ]
     assert sum("/owners" in r["path"] for r in sandbox.state()["requests"][before:]) == 0  # cached per worker
@@ -192,7 +188,7 @@ def test_two_near_simultaneous_submissions_from_a_new_person_make_one_deal(
         t.join()
     assert len(sandbox.state()["contacts"]) == 1
     assert len(objects(sandbox, "deals")) == 1
-    assert len(objects(sandbox, "notes")) == 2
+    assert len(objects(sandbox, "tasks")) == 2
 
 
 def test_a_hot_lead_mentions_its_owner_in_the_routed_channel(relay: str, sandbox: Sandbox, sales_worker: Worker) -> None:
@@ -270,8 +266,8 @@ def test_a_portal_with_the_lead_object_gets_a_hubspot_lead_instead_of_a_deal(
     assert objects(sandbox, "deals") == []
     assert lead["properties"]["hs_lead_name"] == "Roofing — Doe, San Francisco"
     assert links(lead) == {(contact["id"], 578)}
-    (note,) = objects(sandbox, "notes")
-    assert links(note) == {(contact["id"], 202), (lead["id"], 855)}
+    (task,) = objects(sandbox, "tasks")
+    assert links(task) == {(contact["id"], 204), (lead["id"], 647)}
 
 
 def test_the_round_robin_is_fair_over_100_leads_and_stays_fair_when_the_pool_changes(

@@ -1,5 +1,5 @@
-"""The HubSpot CRM v3 routes: objects (create, read, update, search, batch create and contact
-upsert with 207 partial answers), property definitions and owners."""
+"""The HubSpot CRM v3 routes: objects (create, read, update, search, batch create, batch read and
+contact upsert with 207 partial answers), property definitions and owners."""
 
 from __future__ import annotations
 
@@ -117,6 +117,36 @@ def crm_batch_upsert(object_type: str) -> ResponseReturnValue:
         crm = state().crm
         results, errors = run_batch(inputs, crm.prepare_upsert, crm.upsert_contact)
         return batch_response(results, errors, started_at, 200)
+
+
+def crm_batch_read(object_type: str) -> ResponseReturnValue:
+    """Read many records by id or by a unique property (contacts: ``idProperty: email``).
+
+    Ids that match nothing do not fail the request: HubSpot answers 207 and lists them in one
+    OBJECT_NOT_FOUND error.
+    """
+    started_at = utc_now_iso()
+    body = json_body()
+    inputs = batch_inputs(body)
+    id_property = body.get("idProperty")
+    names = [str(n) for n in body.get("properties") or []] or default_read_properties(object_type)
+    results: list[dict[str, Any]] = []
+    missing: list[str] = []
+    with state().lock:
+        for item in inputs:
+            key = str(item.get("id", ""))
+            try:
+                record = state().crm.find(object_type, key, id_property)
+            except HubSpotError:
+                missing.append(key)
+                continue
+            results.append(record.to_json(names=names))
+    errors = []
+    if missing:
+        label = object_type.rstrip("s").upper()
+        message = f"Could not get some {label} objects, they may be deleted or not exist. Check that ids are valid."
+        errors.append({"status": "error", "category": "OBJECT_NOT_FOUND", "message": message, "context": {"ids": missing}})
+    return batch_response(results, errors, started_at, 200)
 
 
 def crm_search(object_type: str) -> ResponseReturnValue:

@@ -32,6 +32,7 @@ from connectors.sandbox.control import (
 from connectors.sandbox.errors import AUTH_MESSAGE, HubSpotError
 from connectors.sandbox.hubspot import (
     crm_batch_create,
+    crm_batch_read,
     crm_batch_upsert,
     crm_create,
     crm_gdpr_delete,
@@ -106,6 +107,7 @@ ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
     ("/crm/v3/objects/<object_type>", crm_create, ["POST"]),
     ("/crm/v3/objects/<object_type>/batch/create", crm_batch_create, ["POST"]),
     ("/crm/v3/objects/<object_type>/batch/upsert", crm_batch_upsert, ["POST"]),
+    ("/crm/v3/objects/<object_type>/batch/read", crm_batch_read, ["POST"]),
     ("/crm/v3/objects/<object_type>/search", crm_search, ["POST"]),
     ("/crm/v3/objects/contacts/gdpr-delete", crm_gdpr_delete, ["POST"]),
     ("/crm/v3/objects/<object_type>/<object_id>", crm_get, ["GET"]),

@@ -1,4 +1,4 @@
-"""The Slack Web API methods leadbridge calls (``auth.test``, ``chat.postMessage``,
+"""The Slack Web API methods leadbridge calls (``auth.test``, ``chat.postMessage``, ``chat.update``,
 ``users.lookupByEmail``), with Slack's ``ok``/``error`` envelope."""
 
 from __future__ import annotations
@@ -74,6 +74,23 @@ def slack_post_message(sandbox: SandboxState, args: dict[str, Any]) -> dict[str,
     return {"ok": True, "channel": channel, "ts": ts, "message": message}
 
 
+def slack_update(sandbox: SandboxState, args: dict[str, Any]) -> dict[str, Any]:
+    """Replace a posted message's text and blocks in place, as Slack does (its ts stays)."""
+    channel, ts, blocks = args.get("channel"), str(args.get("ts") or ""), args.get("blocks")
+    if not channel:
+        return {"ok": False, "error": "channel_not_found"}
+    if not (args.get("text") or blocks):
+        return {"ok": False, "error": "no_text"}
+    if blocks is not None and (not isinstance(blocks, list) or len(blocks) > SLACK_MAX_BLOCKS):
+        return {"ok": False, "error": "invalid_blocks"}
+    message = next((m for m in sandbox.messages if m["channel"] == channel and m["ts"] == ts), None)
+    if message is None:
+        return {"ok": False, "error": "message_not_found"}
+    message.update(text=args.get("text"), blocks=blocks, edits=int(message.get("edits") or 0) + 1)
+    answer = {"text": args.get("text", ""), **({"blocks": blocks} if blocks else {})}
+    return {"ok": True, "channel": channel, "ts": ts, "text": args.get("text", ""), "message": answer}
+
+
 def slack_lookup_by_email(sandbox: SandboxState, args: dict[str, Any]) -> dict[str, Any]:
     email = str(args.get("email", "")).strip().lower()
     for user in sandbox.slack_users:
@@ -99,6 +116,7 @@ SLACK_METHODS: dict[str, Callable[[SandboxState, dict[str, Any]], dict[str, Any]
     "auth.test": slack_auth_test,
     "conversations.list": slack_conversations_list,
     "chat.postMessage": slack_post_message,
+    "chat.update": slack_update,
     "users.lookupByEmail": slack_lookup_by_email,
 }
 

@@ -1,0 +1,331 @@
+"""Issue 8, the HubSpot side, over real HTTP: Slack first, then the deal link; calls per lead.
+
+Every count here is read off the sandbox's request log, in the order the relay made them.
+Owner lookups are left out (cached per worker, and reads that never touch a contact).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bridge.config import Settings, settings_from_dict
+from bridge.errors import PermanentError
+from bridge.ledger import Ledger, Status
+from bridge.ports import ContactResult, build_crm, build_notifier
+from bridge.sales import Run, Sales
+from bridge.sources import interpret_body, load_sources
+from bridge.worker import Worker
+
+from .conftest import ROOT, Sandbox, answer, post_typeform, typeform_payload
+from .procs import started, wait_until
+
+UPSERT = "POST /crm/v3/objects/contacts/batch/upsert"
+BATCH_READ = "POST /crm/v3/objects/contacts/batch/read"
+SEARCH = "POST /crm/v3/objects/contacts/search"
+DEAL, TASK = "POST /crm/v3/objects/deals", "POST /crm/v3/objects/tasks"
+POST, UPDATE = "POST /api/chat.postMessage", "POST /api/chat.update"
+READS = ("GET", BATCH_READ, SEARCH)
+
+
+def calls(sandbox: Sandbox, since: int = 0) -> list[str]:
+    """HubSpot and Slack calls in order, with PATCHes shortened to their object type."""
+    made = []
+    for r in sandbox.state()["requests"][since:]:
+        if "/owners" in r["path"] or not r["path"].startswith(("/crm/", "/api/")):
+            continue
+        path = "/".join(r["path"].split("/")[:5]) if r["method"] == "PATCH" else r["path"]
+        made.append(f"{r['method']} {path}")
+    return made
+
+
+def hubspot_only(made: list[str]) -> list[str]:
+    return [c for c in made if " /crm/" in c]
+
+
+def deal_link(message: dict[str, Any]) -> bool:
+    return "Open deal" in json.dumps(message["blocks"])
+
+
+def test_a_new_lead_pings_slack_after_one_contact_write_then_gains_its_deal_link(
+    intake: str, sandbox: Sandbox, worker: Worker
+) -> None:
+    post_typeform(intake, typeform_payload())
+    worker.drain()
+    made = calls(sandbox)
+    assert made == [UPSERT, POST, DEAL, TASK, UPDATE]
+    before_post = made[: made.index(POST)]
+    assert before_post == [UPSERT]  # exactly one HubSpot write, and no read, before the rep is pinged
+    (message,) = sandbox.state()["messages"]
+    assert message["edits"] == 1 and deal_link(message)
+    (deal,) = sandbox.state()["objects"]["deals"]
+    assert f"/__sandbox/deals/{deal['id']}" in json.dumps(message["blocks"])
+
+
+def test_a_returning_lead_with_an_open_deal_costs_two_calls_and_links_the_deal_at_once(
+    intake: str, sandbox: Sandbox, worker: Worker
+) -> None:
+    post_typeform(intake, typeform_payload())
+    worker.drain()
+    before = len(sandbox.state()["requests"])
+    again = answer(typeform_payload(event_id="evt-2", token="tok-2"), "message", "Still leaking")
+    post_typeform(intake, again)
+    worker.drain()
+    made = calls(sandbox, before)
+    # No read (first touch comes from the ledger's memory), the open deal reused, one task.
+    assert made == ["PATCH /crm/v3/objects/contacts", POST, TASK]
+    second = sandbox.state()["messages"][1]
+    assert deal_link(second) and "edits" not in second
+    first_touch = sandbox.state()["contacts"][0]["properties"]["first_utm_source"]
+    assert first_touch == "google"
+
+
+def test_a_phone_only_lead_costs_a_search_when_new_and_two_calls_when_it_returns(
+    intake: str, sandbox: Sandbox, worker: Worker
+) -> None:
+    post_typeform(intake, answer(typeform_payload(), "email", None))
+    worker.drain()
+    # A phone is no upsert key: the search is the only way not to duplicate a contact.
+    assert hubspot_only(calls(sandbox)) == [SEARCH, "POST /crm/v3/objects/contacts", DEAL, TASK]
+    before = len(sandbox.state()["requests"])
+    post_typeform(intake, answer(typeform_payload(event_id="evt-2", token="tok-2"), "email", None))
+    worker.drain()
+    assert hubspot_only(calls(sandbox, before)) == ["PATCH /crm/v3/objects/contacts", TASK]
+    assert len(sandbox.state()["contacts"]) == 1
+
+
+def test_reading_unknown_contacts_first_costs_one_batch_read_and_keeps_what_hubspot_had(
+    config_data: dict[str, Any], sandbox: Sandbox, intake: str
+) -> None:
+    existing = {"email": "jane.doe@acme-plumbing.com", "first_utm_source": "bing", "hubspot_owner_id": "777"}
+    sandbox.hubspot("POST", "/crm/v3/objects/contacts", json={"properties": existing}).raise_for_status()
+    config_data["hubspot"]["read_unknown_contacts"] = True
+    settings = settings_from_dict(config_data, ROOT)
+    before = len(sandbox.state()["requests"])
+    post_typeform(intake, typeform_payload())
+    Worker(settings, Ledger(settings.ledger.path)).drain()
+    assert hubspot_only(calls(sandbox, before)) == [BATCH_READ, UPSERT, DEAL, TASK]
+    (contact,) = sandbox.state()["contacts"]
+    assert (contact["properties"]["first_utm_source"], contact["properties"]["hubspot_owner_id"]) == ("bing", "777")
+
+
+def test_the_sandbox_batch_read_answers_207_naming_ids_it_does_not_have(sandbox: Sandbox) -> None:
+    sandbox.hubspot("POST", "/crm/v3/objects/contacts", json={"properties": {"email": "a@x.example", "firstname": "A"}})
+    body = {"idProperty": "email", "properties": ["firstname"], "inputs": [{"id": "A@x.example"}, {"id": "b@x.example"}]}
+    read = sandbox.hubspot("POST", "/crm/v3/objects/contacts/batch/read", json=body)
+    assert read.status_code == 207
+    answer_ = read.json()
+    assert [r["properties"]["firstname"] for r in answer_["results"]] == ["A"]
+    assert [(e["category"], e["context"]) for e in answer_["errors"]] == [("OBJECT_NOT_FOUND", {"ids": ["b@x.example"]})]
+
+
+def test_a_paced_channel_waits_for_the_deal_and_posts_once_with_its_link(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    sandbox.fault(path="/api/chat.postMessage", status=429, times=1, headers={"Retry-After": "0"})
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    worker.drain()
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    # The throttled post does not hold up the CRM records; the post after them carries the link.
+    assert calls(sandbox) == [UPSERT, POST, DEAL, TASK, POST]
+    (message,) = sandbox.state()["messages"]
+    assert deal_link(message) and "edits" not in message
+
+
+def test_with_tasks_off_the_answers_go_in_a_note(config_data: dict[str, Any], sandbox: Sandbox, intake: str) -> None:
+    config_data["tasks"] = {"enabled": False}
+    settings = settings_from_dict(config_data, ROOT)
+    post_typeform(intake, typeform_payload())
+    Worker(settings, Ledger(settings.ledger.path)).drain()
+    assert hubspot_only(calls(sandbox)) == [UPSERT, DEAL, "POST /crm/v3/objects/notes"]
+    (note,) = sandbox.state()["objects"]["notes"]
+    assert "Need a quote for 3 bathrooms" in note["properties"]["hs_note_body"]
+
+
+def test_a_message_deleted_before_its_update_still_delivers_the_lead(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    gone = {"ok": False, "error": "message_not_found"}
+    sandbox.fault(path="/api/chat.update", status=200, body=gone, times=1)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    worker.drain()
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    assert ledger.steps(delivery_id)["notify_update"]["deal_url"] is None
+    assert ("notify_update", "skipped") in [(e["step"], e["outcome"]) for e in ledger.events(delivery_id)]
+
+
+def test_a_worker_killed_between_post_and_update_updates_on_retry_and_never_posts_twice(
+    tmp_path: Path, config_data: dict[str, Any], sandbox: Sandbox, intake: str, ledger: Ledger
+) -> None:
+    # chat.update keeps failing, so the worker has posted, made the deal and the task, and is
+    # waiting to retry the update when it is killed. (A failure, not a hang: a hanging request
+    # would outlive this test and land in another test's request log.)
+    config_data["retry"] = {"schedule_seconds": [2, 2, 2], "jitter": 0}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(config_data))
+    sandbox.fault(path="/api/chat.update", status=503, times=1000)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+
+    def update_failed() -> bool:
+        return ("notify_update", "retrying") in [(e["step"], e["outcome"]) for e in ledger.events(delivery_id)]
+
+    argv = [sys.executable, "-m", "bridge.cli", "worker", "--config", str(config)]
+    with started(argv, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        wait_until(update_failed, time.monotonic() + 60, "a failed chat.update", proc)
+    assert {"notify", "deal", "task"} <= set(ledger.steps(delivery_id)) and "notify_update" not in ledger.steps(delivery_id)
+    sandbox.clear_faults()
+    settings = settings_from_dict(config_data, ROOT)
+    Worker(settings, ledger).drain(timeout=30)
+
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    made = calls(sandbox)
+    assert (made.count(POST), made.count(UPSERT), made.count(DEAL), made.count(TASK)) == (1, 1, 1, 1)
+    (message,) = sandbox.state()["messages"]
+    assert message["edits"] == 1 and deal_link(message)
+
+
+# -- several deliveries at once (Sales.write_contacts) -------------------------------------
+
+
+def claimed_runs(settings: Settings, ledger: Ledger, payloads: list[dict[str, Any]]) -> list[Run]:
+    """Deliveries accepted and claimed as the worker would, ready for the sales steps."""
+    kit = load_sources(settings)["typeform"]
+    for payload in payloads:
+        body = json.dumps(payload).encode()
+        lead = interpret_body(kit, body, "application/json", "US").lead
+        ledger.accept(
+            source="typeform",
+            idem_key=f"batch-{payload['form_response']['token']}",
+            body=body,
+            content_type="application/json",
+            headers={},
+            config_version="v",
+            person_keys=lead.person_keys(),
+        )
+    claimed = [d for _ in range(0, len(payloads), 100) for d in ledger.claim("test-worker", 100, 60)]
+    runs = []
+    for delivery in claimed:
+        ledger.begin_attempt(delivery.id, "test-worker")
+        seen = interpret_body(kit, delivery.body, delivery.content_type, "US")
+        runs.append(Run(delivery, "test-worker", seen, ledger.steps(delivery.id)))
+    return runs
+
+
+def person(n: int) -> dict[str, Any]:
+    return answer(answer(typeform_payload(event_id=f"p{n}", token=f"p{n}"), "email", f"p{n}@roofing-co.com"), "phone", None)
+
+
+def test_a_backlog_of_250_new_leads_is_written_with_three_contact_batch_calls(settings: Settings, sandbox: Sandbox) -> None:
+    ledger = Ledger(settings.ledger.path)
+    runs = claimed_runs(settings, ledger, [person(n) for n in range(250)])
+    sales = Sales(settings, ledger, build_crm(settings), build_notifier(settings))
+    results = sales.write_contacts(runs)
+    assert len(runs) == 250 and all(isinstance(r, ContactResult) and r.created for r in results.values())
+    assert hubspot_only(calls(sandbox)) == [UPSERT] * 3  # 100 + 100 + 50, and no read
+    assert len(sandbox.state()["contacts"]) == 250
+    # The rest of a lead goes on from its checkpoints: no second contact write.
+    before = len(sandbox.state()["requests"])
+    sales.deliver(runs[0])
+    assert calls(sandbox, before) == [POST, DEAL, TASK, UPDATE]
+    assert {"score", "route", "contact", "notify", "deal", "task", "notify_update"} <= set(ledger.steps(runs[0].lead_id))
+
+
+def test_a_207_row_error_fails_only_its_own_delivery(config_data: dict[str, Any], sandbox: Sandbox, tmp_path: Path) -> None:
+    mapping = yaml.safe_load((ROOT / "mappings/typeform.yaml").read_text())
+    mapping["custom"]["roof_age"] = "hidden.utm_source"  # a property the portal does not have
+    (tmp_path / "typeform.yaml").write_text(yaml.safe_dump(mapping))
+    config_data["sources"][0]["mapping"] = str(tmp_path / "typeform.yaml")
+    settings = settings_from_dict(config_data, ROOT)
+    ledger = Ledger(settings.ledger.path)
+    payloads = [person(n) for n in range(3)]
+    for n in (0, 2):  # only the middle one carries the value that cannot be written
+        payloads[n]["form_response"]["hidden"].pop("utm_source")
+    runs = claimed_runs(settings, ledger, payloads)
+    results = Sales(settings, ledger, build_crm(settings), build_notifier(settings)).write_contacts(runs)
+    by_email = {run.seen.lead.email: results[run.lead_id] for run in runs}
+    bad = by_email.pop("p1@roofing-co.com")
+    assert isinstance(bad, PermanentError) and bad.step == "contact" and "PROPERTY_DOESNT_EXIST" in str(bad)
+    assert all(isinstance(r, ContactResult) for r in by_email.values())
+    assert hubspot_only(calls(sandbox)) == [UPSERT]  # one call, answered 207
+    assert sorted(c["properties"]["email"] for c in sandbox.state()["contacts"]) == ["p0@roofing-co.com", "p2@roofing-co.com"]
+
+
+def test_a_batch_hubspot_refuses_whole_is_written_row_by_row(settings: Settings, sandbox: Sandbox) -> None:
+    sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=400, times=1)
+    ledger = Ledger(settings.ledger.path)
+    runs = claimed_runs(settings, ledger, [person(n) for n in range(3)])
+    results = Sales(settings, ledger, build_crm(settings), build_notifier(settings)).write_contacts(runs)
+    assert all(isinstance(r, ContactResult) for r in results.values())
+    assert hubspot_only(calls(sandbox)) == [UPSERT] * 4  # the refused batch, then one row each
+    assert len(sandbox.state()["contacts"]) == 3
+
+
+def test_returning_people_in_a_batch_need_no_read(settings: Settings, sandbox: Sandbox) -> None:
+    ledger = Ledger(settings.ledger.path)
+    sales = Sales(settings, ledger, build_crm(settings), build_notifier(settings))
+    for run in claimed_runs(settings, ledger, [person(n) for n in range(2)]):
+        sales.deliver(run)
+        ledger.finish(run.lead_id, run.owner, Status.DELIVERED, None, "finish")
+    before = len(sandbox.state()["requests"])
+    again = [answer(person(n), "message", "Any news?") for n in range(2)]
+    for payload in again:
+        payload["form_response"]["token"] += "-again"
+    results = sales.write_contacts(claimed_runs(settings, ledger, again))
+    assert len(results) == 2
+    assert all(isinstance(r, ContactResult) and not r.created for r in results.values())
+    assert hubspot_only(calls(sandbox, before)) == ["PATCH /crm/v3/objects/contacts"] * 2
+
+
+def test_people_a_batch_must_read_are_read_in_one_call(config_data: dict[str, Any], sandbox: Sandbox) -> None:
+    config_data["hubspot"]["read_unknown_contacts"] = True
+    settings = settings_from_dict(config_data, ROOT)
+    sandbox.hubspot(
+        "POST", "/crm/v3/objects/contacts", json={"properties": {"email": "p1@roofing-co.com", "first_utm_source": "x"}}
+    )
+    ledger = Ledger(settings.ledger.path)
+    runs = claimed_runs(settings, ledger, [person(n) for n in range(3)])
+    results = Sales(settings, ledger, build_crm(settings), build_notifier(settings)).write_contacts(runs)
+    assert sorted(r.created for r in results.values() if isinstance(r, ContactResult)) == [False, True, True]
+    assert hubspot_only(calls(sandbox)) == ["POST /crm/v3/objects/contacts", BATCH_READ, UPSERT]
+    kept = next(c for c in sandbox.state()["contacts"] if c["properties"]["email"] == "p1@roofing-co.com")
+    assert kept["properties"]["first_utm_source"] == "x"
+
+
+def test_a_failing_slack_does_not_hold_up_the_deal_and_task(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    sandbox.fault(path="/api/chat.postMessage", status=503, times=1)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    worker.drain()
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    # Attempt 1: the post fails, the records are made anyway; attempt 2 only posts, with the link.
+    assert calls(sandbox) == [UPSERT, POST, DEAL, TASK, POST]
+    assert ledger.get(delivery_id).attempts == 2
+    (message,) = sandbox.state()["messages"]
+    assert deal_link(message) and "edits" not in message
+
+
+def test_a_remembered_contact_that_hubspot_lost_gets_its_first_touch_on_the_next_lead(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    # The ledger remembers a contact HubSpot no longer has (deleted or merged away).
+    ledger.remember_contact(["email:jane.doe@acme-plumbing.com"], "999999")
+    ledger.remember_contact_state("999999", {"first_utm_source": "bing"})
+    post_typeform(intake, typeform_payload())
+    worker.drain()
+    (contact,) = sandbox.state()["contacts"]
+    assert "first_utm_source" not in contact["properties"]  # skipped: the memory said it was set
+    assert ledger.contact_memory(contact["id"]) == {
+        k: v for k, v in contact["properties"].items() if k.startswith("first_")
+    }  # only what was sent
+    post_typeform(intake, typeform_payload(event_id="evt-2", token="tok-2"))
+    worker.drain()
+    (contact,) = sandbox.state()["contacts"]
+    assert contact["properties"]["first_utm_source"] == "google"
