@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from bridge.errors import LedgerUnavailableError, PayloadError, SignatureError
 from bridge.ports import Kind, Request
 from connectors import parse_options, secret_matches
+from connectors.bodies import TooDeepError, TooManyFieldsError, load_json_object
 
 KEY_FIELD = "google_key"
 # int64 fields the docs say to process as 8-byte integers.
@@ -81,14 +82,8 @@ def google_key(payload: Mapping[str, Any]) -> str | None:
 
 
 def json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object (Python ints are exact, so int64 ids stay exact)."""
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError("body is not valid JSON") from exc
-    if not isinstance(payload, dict):
-        raise PayloadError("body is not a JSON object")
-    return payload
+    """The body as a JSON object, within the parsing limits (Python ints are exact, so int64 ids stay exact)."""
+    return load_json_object(body)
 
 
 def load_lead(body: bytes) -> dict[str, Any]:
@@ -111,6 +106,9 @@ class GoogleAdsSource:
     def verify(self, request: Request, secrets: Sequence[str]) -> None:
         try:
             payload = json_object(request.body)
+        except (TooDeepError, TooManyFieldsError):
+            # Over a parsing limit: refused as such, whoever sent it.
+            raise
         except PayloadError as exc:
             # Nothing readable carries a key: refuse it as unauthenticated, like a missing signature.
             raise SignatureError("body carries no google_key") from exc

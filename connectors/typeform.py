@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from bridge.errors import PayloadError, SignatureError
 from bridge.ports import Kind, Request
 from connectors import parse_options, secret_matches
+from connectors.bodies import load_json
 
 SIGNATURE_HEADER = "typeform-signature"
 
@@ -66,17 +67,15 @@ class TypeformSource:
         verify_typeform(request.body, request.headers.get(SIGNATURE_HEADER), secrets)
 
     def parse(self, body: bytes, content_type: str) -> dict[str, Any]:
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PayloadError("body is not valid JSON") from exc
+        payload = load_json(body)
         if not isinstance(payload, dict) or not isinstance(payload.get("form_response"), dict):
             raise PayloadError("body has no form_response object")
         response = payload["form_response"]
         if not (payload.get("event_id") or response.get("token")):
             raise PayloadError("body has neither event_id nor form_response.token")
-        if not isinstance(response.get("answers") or [], list):
-            raise PayloadError("form_response.answers is not a list")
+        answers = response.get("answers") or []
+        if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
+            raise PayloadError("form_response.answers is not a list of objects")
         return payload
 
     def idempotency_key(self, payload: dict[str, Any], received_at: float) -> str:
