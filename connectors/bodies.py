@@ -8,7 +8,8 @@ more than 4,300), or a flood of tiny fields. Every source parses through ``load_
 - nesting deeper than ``MAX_DEPTH`` answers 400 ``too_deep``;
 - more than ``MAX_FIELDS`` values (object members, list items and form fields counted
   together) answers 400 ``too_many_fields``;
-- an integer longer than ``MAX_INT_DIGITS`` digits is not a number any form sends: 400.
+- an integer longer than ``MAX_INT_DIGITS`` digits is not a number any form sends: 400
+  ``number_too_long``.
 
 Each check is one pass over the text or the parsed object, so the cost stays linear in
 the body. Intake refuses bodies over ``server.max_body_bytes`` before any of this runs.
@@ -28,12 +29,20 @@ MAX_FIELDS = 5000
 MAX_INT_DIGITS = 100
 
 
-class TooDeepError(PayloadError):
+class LimitError(PayloadError):
+    """A body over one of the parsing limits (400, like any unreadable body)."""
+
+
+class TooDeepError(LimitError):
     code = "too_deep"
 
 
-class TooManyFieldsError(PayloadError):
+class TooManyFieldsError(LimitError):
     code = "too_many_fields"
+
+
+class NumberTooLongError(LimitError):
+    code = "number_too_long"
 
 
 def load_json(body: bytes | str, charset: str = "utf-8") -> Any:
@@ -44,7 +53,8 @@ def load_json(body: bytes | str, charset: str = "utf-8") -> Any:
     except RecursionError as exc:
         # The C decoder stops at the interpreter's recursion limit, long before memory runs out.
         raise TooDeepError(f"body is nested more than {MAX_DEPTH} levels deep") from exc
-    except (LookupError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (LookupError, ValueError) as exc:
+        # ValueError covers JSONDecodeError and every codec's UnicodeError (a charset=idna body).
         raise PayloadError("body is not valid JSON") from exc
     check_shape(value)
     return value
@@ -84,5 +94,5 @@ def check_depth(depth: int) -> None:
 
 def _bounded_int(text: str) -> int:
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise PayloadError(f"body holds an integer longer than {MAX_INT_DIGITS} digits")
+        raise NumberTooLongError(f"body holds an integer longer than {MAX_INT_DIGITS} digits")
     return int(text)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from bridge.errors import LedgerUnavailableError, PayloadError, SignatureError
 from bridge.ports import Kind, Request
 from connectors import parse_options, secret_matches
-from connectors.bodies import TooDeepError, TooManyFieldsError, load_json_object
+from connectors.bodies import LimitError, load_json_object
 
 KEY_FIELD = "google_key"
 # int64 fields the docs say to process as 8-byte integers.
@@ -106,7 +106,7 @@ class GoogleAdsSource:
     def verify(self, request: Request, secrets: Sequence[str]) -> None:
         try:
             payload = json_object(request.body)
-        except (TooDeepError, TooManyFieldsError):
+        except LimitError:
             # Over a parsing limit: refused as such, whoever sent it.
             raise
         except PayloadError as exc:

@@ -7,11 +7,29 @@ case goes over a real socket to the served app and is followed by a normal reque
 
 from __future__ import annotations
 
-import pytest
+import json
+import logging
+import socket
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import pytest
+import requests
+import yaml
+
+from bridge.app import UNEXPECTED, create_app
+from bridge.config import Settings, settings_from_dict
 from bridge.errors import PayloadError
-from connectors.bodies import MAX_DEPTH, MAX_FIELDS, TooDeepError, TooManyFieldsError, load_json_object
+from connectors.bodies import MAX_DEPTH, MAX_FIELDS, NumberTooLongError, TooDeepError, TooManyFieldsError, load_json_object
 from connectors.formdata import parse_body, unflatten_php
+from connectors.typeform import typeform_signature
+
+from .conftest import ENV, ROOT, answer, typeform_payload
+from .procs import BOOT_SECONDS, free_port, started, wait_for
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -19,8 +37,8 @@ FORM = "application/x-www-form-urlencoded"
 
 PARSE_CASES = [
     ("json nested 10,000 deep", b"[" * 10_000 + b"]" * 10_000, "application/json", TooDeepError),
-    ("json object nested past the limit", b'{"a":' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 1), "application/json", TooDeepError),
-    ("json 5,000-digit integer", b'{"n":' + b"7" * 5000 + b"}", "application/json", PayloadError),
+    ("json object past the limit", b'{"a":' * (MAX_DEPTH + 1) + b"1" + b"}" * (MAX_DEPTH + 1), "application/json", TooDeepError),
+    ("json 5,000-digit integer", b'{"n":' + b"7" * 5000 + b"}", "application/json", NumberTooLongError),
     ("json too many values", b'{"a":[' + b"0," * MAX_FIELDS + b"0]}", "application/json", TooManyFieldsError),
     ("json not an object", b"[1, 2]", "application/json", PayloadError),
     ("json invalid utf-8", b'{"a": "\xff"}', "application/json", PayloadError),
@@ -57,3 +75,191 @@ def test_php_appends_are_linear_and_keep_php_order() -> None:
     # Thousands of appends make one list of that length (PHP's order), in one pass.
     many = unflatten_php([("a[]", str(i)) for i in range(MAX_FIELDS)])
     assert many["a"][:3] == ["0", "1", "2"] and len(many["a"]) == MAX_FIELDS
+
+
+# -- the corpus, over a real socket -------------------------------------------------
+
+EMAIL, PHONE = "mallory.hostile@corp-mail.test", "+1 415 555 0123"
+GOOGLE_KEY, WP_SECRET = ENV["GOOGLE_ADS_KEY"], ENV["WORDPRESS_SECRET"]
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """One hostile request: where it goes, its body and how the body is framed on the wire."""
+
+    source: str
+    body: bytes
+    content_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+    query: str = ""
+    # "length": a true Content-Length; "chunked"; "short": Content-Length promises more, then the
+    # sender hangs up; "bad-chunk": a chunk size that is not hex.
+    framing: str = "length"
+
+
+def nested(levels: int, inner: str = '"x"') -> str:
+    return "[" * levels + inner + "]" * levels
+
+
+def google_body(**extra: Any) -> bytes:
+    lead = {"lead_id": "L-1", "google_key": GOOGLE_KEY, "user_column_data": [{"column_id": "EMAIL", "string_value": EMAIL}]}
+    return json.dumps(lead | extra).encode()
+
+
+def typeform_body(**overrides: Any) -> bytes:
+    payload = answer(typeform_payload(), "email", EMAIL)
+    payload["form_response"].update(overrides)
+    return json.dumps(payload).encode()
+
+
+def signed_typeform(body: bytes) -> Hostile:
+    return Hostile("typeform", body, headers={"Typeform-Signature": typeform_signature(ENV["TYPEFORM_SECRET"], body)})
+
+
+def cf7(body: bytes, content_type: str = FORM, framing: str = "length") -> Hostile:
+    return Hostile("cf7-contact", body, content_type, {"X-Leadbridge-Token": WP_SECRET}, framing=framing)
+
+
+LEAD_FORM = f"your-email={EMAIL}&your-phone={PHONE}&your-name=Mallory".encode()
+BIG_FORM = LEAD_FORM + b"&filler=" + b"y" * 300_000
+DEEP_GOOGLE = google_body().replace(b'"L-1"', b'"L-1", "extra": ' + nested(10_000).encode())
+CORPUS: list[tuple[str, Hostile, int, str]] = [
+    ("google nested 10,000 deep", Hostile("google", DEEP_GOOGLE), 400, "too_deep"),
+    ("google 5,000-digit form_id", Hostile("google", google_body().replace(b"{", b'{"form_id": ' + b"9" * 5000 + b",", 1)), 400,
+     "number_too_long"),
+    ("google deep answer value", Hostile("google", google_body(user_column_data=[{"string_value": json.loads(nested(30))}])),
+     400, "too_deep"),
+    ("google body that is not JSON", Hostile("google", b"google_key=" + GOOGLE_KEY.encode()), 401, "bad_signature"),
+    ("google charset=idna", Hostile("google", google_body(), "application/json; charset=idna"), 200, ""),
+    ("typeform nested past the limit", signed_typeform(typeform_body(hidden={"h": json.loads(nested(40))})), 400, "too_deep"),
+    ("typeform 6,000 answers", signed_typeform(typeform_body(variables=[{"key": "k", "type": "number", "number": 1}] * 1500)),
+     400, "too_many_fields"),
+    ("typeform answers that are not objects", signed_typeform(typeform_body(answers=[EMAIL, PHONE])), 400, "malformed_body"),
+    ("cf7 a[]= 10,000 times", cf7(b"a[]=&" * 10_000), 400, "too_many_fields"),
+    ("cf7 5,000-digit PHP index", cf7(LEAD_FORM + b"&a[" + b"1" * 5000 + b"]=x"), 200, ""),
+    ("cf7 unicode digit index", cf7(LEAD_FORM + "&a[²]=x&a[]=y".encode()), 200, ""),
+    ("cf7 JSON array", cf7(json.dumps([EMAIL, PHONE]).encode(), JSON), 400, "malformed_body"),
+    ("cf7 invalid UTF-8", cf7(b'{"your-email": "' + EMAIL.encode() + b'\xff"}', JSON), 400, "malformed_body"),
+    ("cf7 multipart without boundary", cf7(LEAD_FORM, "multipart/form-data"), 400, "malformed_body"),
+    ("cf7 unknown charset", cf7(LEAD_FORM, FORM + "; charset=no-such-codec"), 400, "malformed_body"),
+    ("cf7 chunked 300 KB", cf7(BIG_FORM, framing="chunked"), 413, "body_too_large"),
+    ("cf7 300 KB with its length", cf7(BIG_FORM), 413, "body_too_large"),
+    ("cf7 short body, sender hangs up", cf7(LEAD_FORM, framing="short"), 400, "malformed_body"),
+    ("cf7 malformed chunk size", cf7(LEAD_FORM, framing="bad-chunk"), 400, "malformed_body"),
+    ("elementor brackets 10,000 deep", Hostile("elementor-landing", b"fields" + b"[a]" * 10_000 + b"=" + EMAIL.encode(), FORM,
+     query=f"token={WP_SECRET}"), 400, "too_deep"),
+    ("ninja JSON parameter too deep", Hostile("ninja-booking", b"json=" + nested(50).encode(), FORM, query=f"token={WP_SECRET}"),
+     400, "too_deep"),
+    ("wpforms t= with 400 digits", Hostile("wpforms-estimate", json.dumps({"email": EMAIL}).encode(),
+     headers={"X-WPForms-Webhook-Signature": "t=" + "9" * 400 + ",v=00"}), 401, "bad_signature"),
+]
+
+
+def wire(case: Hostile, port: int) -> bytes:
+    path = f"/hooks/{case.source}" + (f"?{case.query}" if case.query else "")
+    head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Type: {case.content_type}", "Connection: close"]
+    head += [f"{k}: {v}" for k, v in case.headers.items()]
+    body = case.body
+    if case.framing in ("chunked", "bad-chunk"):
+        head.append("Transfer-Encoding: chunked")
+        pieces = [body[i : i + 8192] for i in range(0, len(body), 8192)]
+        size = (lambda n: b"zz") if case.framing == "bad-chunk" else (lambda n: b"%x" % n)
+        body = b"".join(size(len(p)) + b"\r\n" + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+    else:
+        head.append(f"Content-Length: {len(body) + (500 if case.framing == 'short' else 0)}")
+    return "\r\n".join(head).encode() + b"\r\n\r\n" + body
+
+
+def send_raw(base: str, case: Hostile) -> tuple[int, dict[str, Any]]:
+    """Send ``case`` over a plain socket; the status and JSON body of the answer."""
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(wire(case, port))
+        if case.framing == "short":
+            sock.shutdown(socket.SHUT_WR)  # the sender hangs up
+        answer_bytes = b""
+        while chunk := sock.recv(65536):
+            answer_bytes += chunk
+    head, _, body = answer_bytes.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body) if body.strip() else {}
+
+
+def deliveries(settings: Settings) -> int:
+    with sqlite3.connect(settings.ledger.path) as db:
+        return int(db.execute("SELECT count(*) FROM deliveries").fetchone()[0])
+
+
+def normal_request(base: str) -> requests.Response:
+    body = json.dumps({"your-email": "jo@normal-lead.test", "your-name": "Jo", "nonce": time.time_ns()})
+    headers = {"Content-Type": JSON, "X-Leadbridge-Token": WP_SECRET}
+    return requests.post(f"{base}/hooks/cf7-contact", data=body, headers=headers, timeout=30)
+
+
+def assert_no_personal_data(text: str) -> None:
+    for secret in (EMAIL, PHONE, "555 0123", GOOGLE_KEY, WP_SECRET, ENV["TYPEFORM_SECRET"]):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(("case", "status", "code"), [c[1:] for c in CORPUS], ids=[c[0] for c in CORPUS])
+def test_hostile_requests_get_a_4xx_and_leave_nothing_behind(
+    settings: Settings, intake: str, caplog: pytest.LogCaptureFixture, case: Hostile, status: int, code: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    before = deliveries(settings)
+    got, body = send_raw(intake, case)
+    assert got == status, body
+    if status == 200:
+        # Odd but harmless: stored whole, once.
+        assert deliveries(settings) == before + 1
+    else:
+        assert body["ok"] is False and body["error"]["code"] == code
+        assert deliveries(settings) == before
+    assert normal_request(intake).status_code == 200
+    assert deliveries(settings) == before + (2 if status == 200 else 1)
+    assert_no_personal_data(caplog.text)
+
+
+def test_a_true_bug_answers_json_500_and_logs_only_its_type_and_place(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(settings)
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise ValueError(f"could not handle {EMAIL}")
+
+    response = app.test_client().get("/boom")
+    assert response.status_code == 500
+    assert response.get_json() == {"ok": False, "error": {"code": "internal_error", "message": UNEXPECTED}}
+    assert "unexpected ValueError at test_hostile_input.py:" in caplog.text
+    assert_no_personal_data(caplog.text)
+
+
+# Bodies the way gunicorn frames them: `leadbridge serve`, the real path.
+WIRE_CASES = [
+    ("chunked 300 KB", cf7(BIG_FORM, framing="chunked"), 413),
+    ("300 KB with its length", cf7(BIG_FORM), 413),
+    ("short body, sender hangs up", cf7(LEAD_FORM, framing="short"), 400),
+    ("malformed chunk size", cf7(LEAD_FORM, framing="bad-chunk"), 400),
+    ("chunked lead", cf7(LEAD_FORM, framing="chunked"), 200),
+]
+
+
+def test_gunicorn_refuses_bodies_that_are_not_whole(config_data: dict[str, Any], tmp_path: Path) -> None:
+    port = free_port()
+    config_data["server"].update(port=port, gunicorn_workers=1, threads=2)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(config_data))
+    base = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "bridge", "serve", "--config", str(config)]
+    with (tmp_path / "serve.log").open("ab") as log, started(argv, cwd=ROOT, stdout=log, stderr=log) as proc:
+        wait_for(f"{base}/healthz", time.monotonic() + BOOT_SECONDS, proc)
+        settings = settings_from_dict(config_data, ROOT)
+        for name, case, status in WIRE_CASES:
+            before = deliveries(settings)
+            got, body = send_raw(base, case)
+            assert got == status, (name, body)
+            assert deliveries(settings) == before + (status == 200), name
+            assert normal_request(base).status_code == 200, name
+    assert_no_personal_data((tmp_path / "serve.log").read_text(errors="replace"))
