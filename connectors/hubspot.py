@@ -51,6 +51,9 @@ RETRIABLE_STATUSES = {423, 429, 477, 500, 502, 503, 504, 521, 523, 524}
 T = TypeVar("T")
 # Each SDK module has its own exception class with no shared base (hubspot.md §12).
 API_ERRORS = (ApiException, objects.ApiException, owners.ApiException)
+# A property value holds at most 65,536 characters (hubspot.md, notes): longer ones are refused.
+PROPERTY_LIMIT = 65_536
+TRUNCATED = "… [truncated]"
 OBJECT_TYPE_IDS = {"contacts": "0-1", "deals": "0-3", "notes": "0-46", "tasks": "0-27", "leads": "0-136"}
 
 
@@ -154,7 +157,8 @@ class HubSpotCRM:
         return template.format(portal_id=self.settings.portal_id, contact_id=record_id)
 
     def planned(self, write: ContactWrite) -> dict[str, tuple[str, str]]:
-        """Contact property -> (value, merge policy) for a lead: mapped, non-empty values only."""
+        """Contact property -> (value, merge policy) for a lead: mapped, non-empty values only,
+        each cut to what a HubSpot property holds."""
         lead, merge = write.lead, write.merge
         planned: dict[str, tuple[str, str]] = {}
         for field, prop in self.settings.properties.items():
@@ -167,7 +171,7 @@ class HubSpotCRM:
         for name, prop in self.settings.consent_properties.items():
             if name in lead.consent:
                 planned[prop] = (lead.consent[name], OVERWRITE)
-        return planned
+        return {prop: (capped(value), merge) for prop, (value, merge) in planned.items()}
 
     # -- paths --------------------------------------------------------------------
 
@@ -181,6 +185,8 @@ class HubSpotCRM:
         contact_id = write.known_contact_id or (snapshot.contact_id if snapshot else None)
         props = merged(planned, snapshot.properties if snapshot else {})
         props.update(write.extra)
+        # Again after merging: an appended value grows with every submission.
+        props = {prop: capped(value) for prop, value in props.items()}
         # No id: an email is upserted, a phone-only person created (search already found nobody).
         return Plan(props, contact_id)
 
@@ -331,6 +337,13 @@ class Plan:
     properties: dict[str, str]
     # The contact to update by id (known to the ledger, or found by phone); None: upsert or create.
     contact_id: str | None
+
+
+def capped(value: str) -> str:
+    """A value HubSpot accepts: at most PROPERTY_LIMIT characters, a visible marker where cut."""
+    if len(value) <= PROPERTY_LIMIT:
+        return value
+    return value[: PROPERTY_LIMIT - len(TRUNCATED)] + TRUNCATED
 
 
 def merged(planned: dict[str, tuple[str, str]], current: dict[str, str]) -> dict[str, str]:

@@ -24,11 +24,19 @@ import yaml
 from bridge.app import UNEXPECTED, create_app
 from bridge.config import Settings, settings_from_dict
 from bridge.errors import PayloadError
+from bridge.lead import Lead, LeadResult
+from bridge.ledger import Ledger, Status
+from bridge.ports import ContactResult, build_notifier
+from bridge.sales import Run, digest_line
+from bridge.scoring import Score
+from bridge.sources import Interpretation
+from bridge.worker import Worker
 from connectors.bodies import MAX_DEPTH, MAX_FIELDS, NumberTooLongError, TooDeepError, TooManyFieldsError, load_json_object
 from connectors.formdata import parse_body, unflatten_php
+from connectors.hubspot import PROPERTY_LIMIT
 from connectors.typeform import typeform_signature
 
-from .conftest import ENV, ROOT, answer, typeform_payload
+from .conftest import ENV, ROOT, Sandbox, answer, post_typeform, typeform_payload
 from .procs import BOOT_SECONDS, free_port, started, wait_for
 
 FORM = "application/x-www-form-urlencoded"
@@ -79,7 +87,7 @@ def test_php_appends_are_linear_and_keep_php_order() -> None:
 
 # -- the corpus, over a real socket -------------------------------------------------
 
-EMAIL, PHONE = "mallory.hostile@corp-mail.test", "+1 415 555 0123"
+EMAIL, PHONE = "mallory.hostile@corp-mail.net", "+1 415 555 0123"
 GOOGLE_KEY, WP_SECRET = ENV["GOOGLE_ADS_KEY"], ENV["WORDPRESS_SECRET"]
 JSON = "application/json"
 
@@ -126,15 +134,27 @@ BIG_FORM = LEAD_FORM + b"&filler=" + b"y" * 300_000
 DEEP_GOOGLE = google_body().replace(b'"L-1"', b'"L-1", "extra": ' + nested(10_000).encode())
 CORPUS: list[tuple[str, Hostile, int, str]] = [
     ("google nested 10,000 deep", Hostile("google", DEEP_GOOGLE), 400, "too_deep"),
-    ("google 5,000-digit form_id", Hostile("google", google_body().replace(b"{", b'{"form_id": ' + b"9" * 5000 + b",", 1)), 400,
-     "number_too_long"),
-    ("google deep answer value", Hostile("google", google_body(user_column_data=[{"string_value": json.loads(nested(30))}])),
-     400, "too_deep"),
+    (
+        "google 5,000-digit form_id",
+        Hostile("google", google_body().replace(b"{", b'{"form_id": ' + b"9" * 5000 + b",", 1)),
+        400,
+        "number_too_long",
+    ),
+    (
+        "google deep answer value",
+        Hostile("google", google_body(user_column_data=[{"string_value": json.loads(nested(30))}])),
+        400,
+        "too_deep",
+    ),
     ("google body that is not JSON", Hostile("google", b"google_key=" + GOOGLE_KEY.encode()), 401, "bad_signature"),
     ("google charset=idna", Hostile("google", google_body(), "application/json; charset=idna"), 200, ""),
     ("typeform nested past the limit", signed_typeform(typeform_body(hidden={"h": json.loads(nested(40))})), 400, "too_deep"),
-    ("typeform 6,000 answers", signed_typeform(typeform_body(variables=[{"key": "k", "type": "number", "number": 1}] * 1500)),
-     400, "too_many_fields"),
+    (
+        "typeform 6,000 answers",
+        signed_typeform(typeform_body(variables=[{"key": "k", "type": "number", "number": 1}] * 1500)),
+        400,
+        "too_many_fields",
+    ),
     ("typeform answers that are not objects", signed_typeform(typeform_body(answers=[EMAIL, PHONE])), 400, "malformed_body"),
     ("cf7 a[]= 10,000 times", cf7(b"a[]=&" * 10_000), 400, "too_many_fields"),
     ("cf7 5,000-digit PHP index", cf7(LEAD_FORM + b"&a[" + b"1" * 5000 + b"]=x"), 200, ""),
@@ -147,12 +167,28 @@ CORPUS: list[tuple[str, Hostile, int, str]] = [
     ("cf7 300 KB with its length", cf7(BIG_FORM), 413, "body_too_large"),
     ("cf7 short body, sender hangs up", cf7(LEAD_FORM, framing="short"), 400, "malformed_body"),
     ("cf7 malformed chunk size", cf7(LEAD_FORM, framing="bad-chunk"), 400, "malformed_body"),
-    ("elementor brackets 10,000 deep", Hostile("elementor-landing", b"fields" + b"[a]" * 10_000 + b"=" + EMAIL.encode(), FORM,
-     query=f"token={WP_SECRET}"), 400, "too_deep"),
-    ("ninja JSON parameter too deep", Hostile("ninja-booking", b"json=" + nested(50).encode(), FORM, query=f"token={WP_SECRET}"),
-     400, "too_deep"),
-    ("wpforms t= with 400 digits", Hostile("wpforms-estimate", json.dumps({"email": EMAIL}).encode(),
-     headers={"X-WPForms-Webhook-Signature": "t=" + "9" * 400 + ",v=00"}), 401, "bad_signature"),
+    (
+        "elementor brackets 10,000 deep",
+        Hostile("elementor-landing", b"fields" + b"[a]" * 10_000 + b"=" + EMAIL.encode(), FORM, query=f"token={WP_SECRET}"),
+        400,
+        "too_deep",
+    ),
+    (
+        "ninja JSON parameter too deep",
+        Hostile("ninja-booking", b"json=" + nested(50).encode(), FORM, query=f"token={WP_SECRET}"),
+        400,
+        "too_deep",
+    ),
+    (
+        "wpforms t= with 400 digits",
+        Hostile(
+            "wpforms-estimate",
+            json.dumps({"email": EMAIL}).encode(),
+            headers={"X-WPForms-Webhook-Signature": "t=" + "9" * 400 + ",v=00"},
+        ),
+        401,
+        "bad_signature",
+    ),
 ]
 
 
@@ -263,3 +299,90 @@ def test_gunicorn_refuses_bodies_that_are_not_whole(config_data: dict[str, Any],
             assert deliveries(settings) == before + (status == 200), name
             assert normal_request(base).status_code == 200, name
     assert_no_personal_data((tmp_path / "serve.log").read_text(errors="replace"))
+
+
+# -- what gets through is clean ----------------------------------------------------
+
+SLACK_INJECTIONS = ("<!channel>", "<!here>", "<https://evil.example|Click here>")
+
+
+def only_contact_properties(sandbox: Sandbox) -> dict[str, Any]:
+    (contact,) = sandbox.state()["contacts"]
+    return dict(contact["properties"])
+
+
+def assert_inert(message: dict[str, Any]) -> None:
+    """No injection arrives raw anywhere in what Slack was sent (text, blocks, every argument)."""
+    sent = json.dumps(message["args"], ensure_ascii=False)
+    for raw in SLACK_INJECTIONS:
+        assert raw not in sent
+    assert "&lt;!channel&gt;" in sent
+
+
+def test_every_slack_string_escapes_lead_values(intake: str, sandbox: Sandbox, worker: Worker) -> None:
+    # Names with markup count as spam signals (a digest line, tested below): the rest are alerted.
+    payload = typeform_payload()
+    for ref, value in [("company", "<!channel> & co"), ("city", SLACK_INJECTIONS[2]), ("message", "water heater <!here>")]:
+        answer(payload, ref, value)
+    answer(payload, "services", None)
+    field = {"id": "Se5kL6mN7oP8", "type": "short_text", "ref": "service"}
+    payload["form_response"]["answers"].append({"type": "text", "text": "<!channel> water heater", "field": field})
+    assert post_typeform(intake, payload).status_code == 200
+    assert worker.drain() == 1
+    (message,) = sandbox.state()["messages"]
+    assert_inert(message)
+    assert "(&lt;!channel&gt; water heater) from typeform" in message["text"]
+
+
+def test_the_test_channel_message_is_escaped_too(intake: str, sandbox: Sandbox, worker: Worker) -> None:
+    lead = json.loads(google_body(is_test=True))
+    lead["user_column_data"].append({"column_id": "FULL_NAME", "string_value": "<!channel> <!here>"})
+    body = json.dumps(lead).encode()
+    assert requests.post(f"{intake}/hooks/google", data=body, headers={"Content-Type": JSON}, timeout=30).status_code == 200
+    worker.drain()
+    (message,) = sandbox.state()["messages"]
+    assert message["channel"] == "#lead-tests"
+    assert_inert(message)
+
+
+def test_the_digest_line_escapes_service_city_and_name(sandbox: Sandbox, settings: Settings) -> None:
+    lead = Lead(first_name="<!channel>", service="<!here>", city=SLACK_INJECTIONS[2], email="jo@digest.test")
+    run = Run(delivery=None, owner="", seen=Interpretation("lead", LeadResult(lead), None), done={})  # type: ignore[arg-type]
+    line = digest_line(run, ContactResult("1", True, "https://app.example/c/1"), None, Score(0, "cold", (), None))  # type: ignore[arg-type]
+    assert (
+        line
+        == "• &lt;!channel&gt; (&lt;!here&gt;, &lt;https://evil.example|Click here&gt;), score 0 · <https://app.example/c/1|contact>"
+    )
+    build_notifier(settings).post_digest("#leads", "Today", [line])
+    (message,) = sandbox.state()["messages"]
+    assert_inert(message)
+
+
+def test_control_characters_never_reach_hubspot_or_slack(intake: str, sandbox: Sandbox, worker: Worker) -> None:
+    payload = answer(typeform_payload(), "first_name", "Ro\x00b\x07\x1b[31mert")
+    answer(payload, "message", "Line one\r\nline\u202e two\x00\tend")
+    assert post_typeform(intake, payload).status_code == 200
+    assert worker.drain() == 1
+    props = only_contact_properties(sandbox)
+    assert (props["firstname"], props["message"]) == ("Robert", "Line one\nline two\tend")
+    (message,) = sandbox.state()["messages"]
+    assert ": Robert Doe +1 415-555-0132" in message["text"]
+
+
+def test_a_100_kb_first_name_is_capped_and_still_alerts(intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger) -> None:
+    payload = answer(typeform_payload(), "first_name", "A" * 100_000)
+    answer(payload, "company", "&" * 100_000)
+    delivery_id = post_typeform(intake, payload).json()["delivery_id"]
+    assert worker.drain() == 1
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    props = only_contact_properties(sandbox)
+    assert len(props["firstname"]) == PROPERTY_LIMIT and props["firstname"].endswith("… [truncated]")
+    assert len(props["company"]) == PROPERTY_LIMIT
+    (message,) = sandbox.state()["messages"]
+    assert len(message["text"]) <= 3000
+    header, fields, *_ = message["blocks"]
+    assert len(header["text"]["text"]) <= 150
+    assert all(len(f["text"]) <= 2000 for f in fields["fields"])
+    company = next(f["text"] for f in fields["fields"] if f["text"].startswith("*Company*"))
+    assert company.endswith("&amp;… (cut; full text in HubSpot)")  # no entity cut in half
+    assert len(json.dumps(message["blocks"])) < 13_000
