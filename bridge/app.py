@@ -33,7 +33,7 @@ from .errors import (
 from .ledger import Ledger
 from .logs import install as install_redaction
 from .logs import settings_secrets
-from .ports import Request, key_aliases
+from .ports import Request, Source, key_aliases
 from .ratelimit import LimitStore, RateLimiter, limits_path
 from .sources import interpret, load_sources
 
@@ -78,7 +78,7 @@ class Intake:
             return self.ledger.accept(
                 source=source_name,
                 idem_key=key,
-                body=req.body,
+                body=at_rest(kit.source, req.body),
                 content_type=req.content_type,
                 headers=headers,
                 config_version=self.settings.version,
@@ -173,6 +173,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         return _error(500, "internal_error", UNEXPECTED)
 
     return app
+
+
+def at_rest(source: Source, body: bytes) -> bytes:
+    """The body as the ledger stores it: a source whose secret travels inside the body
+    (Google's ``google_key``) takes it out first; the worker never needs it."""
+    scrub = getattr(source, "at_rest", None)
+    return bytes(scrub(body)) if scrub else body
 
 
 def read_body(environ: dict[str, Any], limit: int) -> bytes:

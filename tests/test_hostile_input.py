@@ -386,3 +386,20 @@ def test_a_100_kb_first_name_is_capped_and_still_alerts(intake: str, sandbox: Sa
     company = next(f["text"] for f in fields["fields"] if f["text"].startswith("*Company*"))
     assert company.endswith("&amp;… (cut; full text in HubSpot)")  # no entity cut in half
     assert len(json.dumps(message["blocks"])) < 13_000
+
+
+def test_google_key_is_not_stored_and_the_stored_lead_still_delivers(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    lead = json.loads(google_body(form_id=40000000000000001234))
+    lead["user_column_data"].append({"column_name": "Google_key", "string_value": GOOGLE_KEY})
+    lead["Google_key"] = lead.pop("google_key")
+    body = json.dumps(lead).encode()
+    response = requests.post(f"{intake}/hooks/google", data=body, headers={"Content-Type": JSON}, timeout=30)
+    assert response.status_code == 200
+    stored = ledger.get(response.json()["delivery_id"])
+    assert GOOGLE_KEY.encode() not in stored.body and b"oogle_key" not in stored.body
+    assert json.loads(stored.body)["form_id"] == 40000000000000001234  # int64 ids stay exact
+    assert worker.drain() == 1
+    assert ledger.get(stored.id).status == Status.DELIVERED
+    assert only_contact_properties(sandbox)["email"] == EMAIL
