@@ -40,6 +40,7 @@ from bridge.config import HubSpotSettings
 from bridge.errors import DeliveryError, PermanentError, RetriableError, ThrottledError
 from bridge.logs import redact
 from bridge.ports import ContactResult, ContactWrite, Link, Snapshot
+from bridge.text import clean_text
 
 BATCH_LIMIT = 100
 OWNER_CACHE_SECONDS = 300
@@ -113,7 +114,9 @@ class HubSpotCRM:
             )
             for link in links
         ]
-        body = objects.SimplePublicObjectInputForCreate(properties=dict(properties), associations=associations)
+        # A note quotes the form's raw answers: cleaned and capped here like contact properties.
+        clean = {name: capped(clean_text(value, multiline=True)) for name, value in properties.items()}
+        body = objects.SimplePublicObjectInputForCreate(properties=clean, associations=associations)
         try:
             created = self._call(self._objects.create, object_type, body)
         except objects.ApiException as exc:

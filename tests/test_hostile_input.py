@@ -30,6 +30,7 @@ from bridge.ports import ContactResult, build_notifier
 from bridge.sales import Run, digest_line
 from bridge.scoring import Score
 from bridge.sources import Interpretation
+from bridge.text import clean_text
 from bridge.worker import Worker
 from connectors.bodies import MAX_DEPTH, MAX_FIELDS, NumberTooLongError, TooDeepError, TooManyFieldsError, load_json_object
 from connectors.formdata import parse_body, unflatten_php
@@ -367,6 +368,23 @@ def test_control_characters_never_reach_hubspot_or_slack(intake: str, sandbox: S
     assert (props["firstname"], props["message"]) == ("Robert", "Line one\nline two\tend")
     (message,) = sandbox.state()["messages"]
     assert ": Robert Doe +1 415-555-0132" in message["text"]
+    # The note quotes the raw answers: cleaned at the connector like every other record.
+    (note,) = sandbox.state()["objects"]["notes"]
+    assert "\x00" not in note["properties"]["hs_note_body"] and "Robert" in note["properties"]["hs_note_body"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "multiline", "clean"),
+    [
+        ("Ro\x00b\x07\x1b[31mert", False, "Robert"),
+        ("Jane\r\nDoe\tJr", False, "Jane Doe Jr"),
+        ("one\r\ntwo\rthree\tend\x7f", True, "one\ntwo\nthree\tend"),
+        ("lone \ud800 surrogate, \u202eevil\u202c bidi", False, "lone  surrogate, evil bidi"),
+        ("café 👩‍🔧 日本", False, "café 👩‍🔧 日本"),
+    ],
+)
+def test_clean_text_strips_only_what_nobody_typed(raw: str, multiline: bool, clean: str) -> None:
+    assert clean_text(raw, multiline=multiline) == clean
 
 
 def test_a_100_kb_first_name_is_capped_and_still_alerts(intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger) -> None:
