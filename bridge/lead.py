@@ -98,9 +98,13 @@ def build_lead(values: dict[str, Any], default_region: str) -> LeadResult:
         if text is None:
             continue
         if key in extras:
-            extras[key] = {k: t for k, v in dict(value).items() if (t := _text(v, multiline)) is not None}
-        else:
+            pairs = value.items() if isinstance(value, dict) else ()
+            extras[key] = {str(k): t for k, v in pairs if isinstance(t := _text(v, multiline), str)}
+        elif isinstance(text, str):
             clean[key] = text
+        else:
+            # An object where a form sends text (a hostile or broken payload): dropped, named.
+            problems.append(f"{key} is not text")
     if "email" in clean:
         clean["email"] = normalise_email(clean["email"], problems)
     if "phone" in clean:

@@ -29,7 +29,7 @@ from bridge.ledger import Ledger, Status
 from bridge.ports import ContactResult, build_notifier
 from bridge.sales import Run, digest_line
 from bridge.scoring import Score
-from bridge.sources import Interpretation
+from bridge.sources import Interpretation, interpret_body, load_sources
 from bridge.text import clean_text
 from bridge.worker import Worker
 from connectors.bodies import MAX_DEPTH, MAX_FIELDS, NumberTooLongError, TooDeepError, TooManyFieldsError, load_json_object
@@ -37,7 +37,7 @@ from connectors.formdata import parse_body, unflatten_php
 from connectors.hubspot import PROPERTY_LIMIT
 from connectors.typeform import typeform_signature
 
-from .conftest import ENV, ROOT, Sandbox, answer, post_typeform, typeform_payload
+from .conftest import ENV, FIXTURES, ROOT, Sandbox, answer, post_typeform, typeform_payload
 from .procs import BOOT_SECONDS, free_port, started, wait_for
 
 FORM = "application/x-www-form-urlencoded"
@@ -421,3 +421,50 @@ def test_google_key_is_not_stored_and_the_stored_lead_still_delivers(
     assert worker.drain() == 1
     assert ledger.get(stored.id).status == Status.DELIVERED
     assert only_contact_properties(sandbox)["email"] == EMAIL
+
+
+# Each value of each recorded payload replaced by something of the wrong shape: the worker
+# must still read the delivery (a lead or a PayloadError), never crash on it.
+ODD_VALUES = [None, 1.5, True, {}, {"a": [1]}, [[{}]], "\ud800"]
+RECORDED = {
+    "typeform": "typeform/quote.json",
+    "google": "google/lead.json",
+    "cf7-contact": "wordpress/cf7.json",
+    "gravity-quote": "wordpress/gravity.json",
+    "fluent-callback": "wordpress/fluent.json",
+    "wpforms-estimate": "wordpress/wpforms.json",
+}
+
+
+def value_paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return [path] + [p for key, child in children for p in value_paths(child, (*path, key))]
+
+
+def replaced(node: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    copy = json.loads(json.dumps(node))
+    parent = copy
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    return copy
+
+
+@pytest.mark.parametrize("source", list(RECORDED))
+def test_oddly_shaped_values_never_crash_interpretation(settings: Settings, source: str) -> None:
+    kit = load_sources(settings)[source]
+    payload = json.loads((FIXTURES / RECORDED[source]).read_text())
+    read = 0
+    for path in value_paths(payload)[1:]:
+        for odd in ODD_VALUES:
+            body = json.dumps(replaced(payload, path, odd)).encode()
+            try:
+                seen = interpret_body(kit, body, JSON, "US")
+            except PayloadError:
+                continue
+            read += 1
+            # What the CRM client will send must encode (a lone surrogate would not).
+            json.dumps(seen.lead.model_dump(mode="json"), ensure_ascii=False).encode()
+    assert read > len(value_paths(payload))
