@@ -468,3 +468,17 @@ def test_oddly_shaped_values_never_crash_interpretation(settings: Settings, sour
             # What the CRM client will send must encode (a lone surrogate would not).
             json.dumps(seen.lead.model_dump(mode="json"), ensure_ascii=False).encode()
     assert read > len(value_paths(payload))
+
+
+def test_a_stored_body_over_the_depth_limit_is_dead_at_once_not_a_crash_loop(ledger: Ledger, worker: Worker) -> None:
+    # The poison: accepted by an earlier intake, a list nested 500 deep in one answer.
+    poison = typeform_payload()
+    poison["form_response"]["answers"][0]["text"] = "NESTED"
+    body = json.dumps(poison).replace('"NESTED"', nested(500)).encode()
+    delivery_id, _ = ledger.accept(
+        source="typeform", idem_key="deep", body=body, content_type=JSON, headers={}, config_version="t"
+    )
+    worker.drain(timeout=30)
+    dead = ledger.get(delivery_id)
+    assert (dead.status, dead.attempts) == (Status.DEAD, 0)
+    assert dead.reason == f"cannot be mapped: body is nested more than {MAX_DEPTH} levels deep"
