@@ -189,15 +189,16 @@ def read_body(environ: dict[str, Any], limit: int) -> bytes:
     at the limit and hands on what a sender that hung up managed to send.
     """
     length = get_content_length(environ)
+    if length is None and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        # RFC 9112 §6.3: a request with neither header has no body; never wait for one.
+        return b""
     if length is not None and length > limit:
         if length <= DRAIN_BYTES:
             # Swallowed, so the sender is still listening when the 413 comes.
             _read_up_to(environ["wsgi.input"], length)
         raise BodyTooLargeError(f"body is over {limit} bytes")
     if length is None and not environ.get("wsgi.input_terminated"):
-        if environ.get("HTTP_TRANSFER_ENCODING"):
-            raise PayloadError("a chunked body needs a server that decodes it (leadbridge serve)")
-        return b""
+        raise PayloadError("a chunked body needs a server that decodes it (leadbridge serve)")
     want = limit + 1 if length is None else length
     body = _read_up_to(environ["wsgi.input"], want)
     if length is not None and len(body) < length:

@@ -103,7 +103,7 @@ class Hostile:
     headers: dict[str, str] = field(default_factory=dict)
     query: str = ""
     # "length": a true Content-Length; "chunked"; "short": Content-Length promises more, then the
-    # sender hangs up; "bad-chunk": a chunk size that is not hex.
+    # sender hangs up; "bad-chunk": a chunk size that is not hex; "none": neither header.
     framing: str = "length"
 
 
@@ -168,6 +168,7 @@ CORPUS: list[tuple[str, Hostile, int, str]] = [
     ("cf7 300 KB with its length", cf7(BIG_FORM), 413, "body_too_large"),
     ("cf7 short body, sender hangs up", cf7(LEAD_FORM, framing="short"), 400, "malformed_body"),
     ("cf7 malformed chunk size", cf7(LEAD_FORM, framing="bad-chunk"), 400, "malformed_body"),
+    ("cf7 neither length nor chunks", cf7(LEAD_FORM, framing="none"), 400, "malformed_body"),
     (
         "elementor brackets 10,000 deep",
         Hostile("elementor-landing", b"fields" + b"[a]" * 10_000 + b"=" + EMAIL.encode(), FORM, query=f"token={WP_SECRET}"),
@@ -203,7 +204,7 @@ def wire(case: Hostile, port: int) -> bytes:
         pieces = [body[i : i + 8192] for i in range(0, len(body), 8192)]
         size = (lambda n: b"zz") if case.framing == "bad-chunk" else (lambda n: b"%x" % n)
         body = b"".join(size(len(p)) + b"\r\n" + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
-    else:
+    elif case.framing != "none":
         head.append(f"Content-Length: {len(body) + (500 if case.framing == 'short' else 0)}")
     return "\r\n".join(head).encode() + b"\r\n\r\n" + body
 
@@ -279,6 +280,7 @@ WIRE_CASES = [
     ("300 KB with its length", cf7(BIG_FORM), 413),
     ("short body, sender hangs up", cf7(LEAD_FORM, framing="short"), 400),
     ("malformed chunk size", cf7(LEAD_FORM, framing="bad-chunk"), 400),
+    ("neither length nor chunks (no body, not a wait)", cf7(LEAD_FORM, framing="none"), 400),
     ("chunked lead", cf7(LEAD_FORM, framing="chunked"), 200),
 ]
 
