@@ -12,17 +12,21 @@ import logging
 import math
 import sqlite3
 import time
+import traceback
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wsgi import get_content_length
 
 from .config import Settings, load_settings
 from .errors import (
     BodyTooLargeError,
     IntakeError,
     LedgerUnavailableError,
+    PayloadError,
     SignatureError,
     SourceNotConfiguredError,
     UnknownSourceError,
@@ -33,11 +37,16 @@ from .ledger import Ledger
 from .logs import install as install_redaction
 from .logs import settings_secrets
 from .metrics import register_metrics
-from .ports import Request, key_aliases
+from .ports import Request, Source, key_aliases
 from .ratelimit import LimitStore, RateLimiter, limits_path
 from .sources import interpret, load_sources
 
 log = logging.getLogger(__name__)
+READ_CHUNK = 64 * 1024
+# How much of an oversized body to swallow before answering 413 (a sender still writing
+# into a closed socket sees a reset instead of the answer).
+DRAIN_BYTES = 4 * 1024 * 1024
+UNEXPECTED = "unexpected error on our side; retry later"
 
 
 class Intake:
@@ -77,7 +86,7 @@ class Intake:
             return self.ledger.accept(
                 source=source_name,
                 idem_key=key,
-                body=req.body,
+                body=at_rest(kit.source, req.body),
                 content_type=req.content_type,
                 headers=headers,
                 config_version=self.settings.version,
@@ -126,7 +135,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if refused:
             return refused
         req = Request(
-            body=request.get_data(cache=False),
+            body=read_body(request.environ, settings.server.max_body_bytes),
             content_type=request.content_type or "",
             headers={k.lower(): v for k, v in request.headers.items()},
             query=request.args.to_dict(),
@@ -168,7 +177,71 @@ def create_app(settings: Settings | None = None) -> Flask:
         status = exc.code or 500
         return _error(status, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
 
+    @app.errorhandler(Exception)
+    def bug(exc: Exception) -> tuple[Response, int]:
+        # Last resort, for true bugs only: every refusal is an IntakeError or HTTPException above.
+        # Type and place only: the message or the locals may quote the body.
+        log.error("unexpected %s at %s on %s", type(exc).__name__, _where(exc), request.path)
+        return _error(500, "internal_error", UNEXPECTED)
+
     return app
+
+
+def at_rest(source: Source, body: bytes) -> bytes:
+    """The body as the ledger stores it: a source whose secret travels inside the body
+    (Google's ``google_key``) takes it out first; the worker never needs it."""
+    scrub = getattr(source, "at_rest", None)
+    return bytes(scrub(body)) if scrub else body
+
+
+def read_body(environ: dict[str, Any], limit: int) -> bytes:
+    """The whole request body, or an IntakeError: over ``limit`` 413, cut short or garbled 400.
+
+    Read here rather than through ``request.get_data``, which silently stops a chunked body
+    at the limit and hands on what a sender that hung up managed to send.
+    """
+    length = get_content_length(environ)
+    if length is None and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        # RFC 9112 §6.3: a request with neither header has no body; never wait for one.
+        return b""
+    if length is not None and length > limit:
+        if length <= DRAIN_BYTES:
+            # Swallowed, so the sender is still listening when the 413 comes.
+            _read_up_to(environ["wsgi.input"], length)
+        raise BodyTooLargeError(f"body is over {limit} bytes")
+    if length is None and not environ.get("wsgi.input_terminated"):
+        raise PayloadError("a chunked body needs a server that decodes it (leadbridge serve)")
+    want = limit + 1 if length is None else length
+    body = _read_up_to(environ["wsgi.input"], want)
+    if length is not None and len(body) < length:
+        raise PayloadError("the body ended before its Content-Length: the sender hung up")
+    if len(body) > limit:
+        # Read on a little, so the sender is still listening when the 413 comes.
+        _read_up_to(environ["wsgi.input"], DRAIN_BYTES)
+        raise BodyTooLargeError(f"body is over {limit} bytes")
+    return body
+
+
+def _read_up_to(stream: Any, size: int) -> bytes:
+    chunks: list[bytes] = []
+    got = 0
+    while got < size:
+        try:
+            data = stream.read(min(READ_CHUNK, size - got))
+        except Exception as exc:  # each server frames bodies its own way (OSError, gunicorn's ParseException)
+            raise PayloadError(f"the body could not be read ({type(exc).__name__})") from exc
+        if not data:
+            break
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}"
 
 
 def _error(status: int, code: str, message: str) -> tuple[Response, int]:

@@ -1,6 +1,7 @@
 """The canonical lead, and how raw mapped values become one.
 
-A mapping produces plain values keyed by canonical field; ``build_lead`` trims them,
+A mapping produces plain values keyed by canonical field; ``build_lead`` strips control
+characters from every one (``bridge.text``; the message keeps its lines), trims them,
 normalises the email (email-validator, syntax only, no DNS) and the phone (E.164 with
 phonenumbers and a default region), and reports what it had to drop. A lead needs at
 least one way to reach the person: a valid email or a valid phone.
@@ -15,6 +16,11 @@ from typing import Any
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict
+
+from .text import clean_text
+
+# Fields whose line breaks and tabs are the sender's own (custom properties may be textareas too).
+MULTILINE = frozenset({"message", "custom"})
 
 
 class Lead(BaseModel):
@@ -87,13 +93,18 @@ def build_lead(values: dict[str, Any], default_region: str) -> LeadResult:
     clean: dict[str, Any] = {}
     extras: dict[str, dict[str, str]] = {"custom": {}, "consent": {}}
     for key, value in values.items():
-        text = _text(value)
+        multiline = key in MULTILINE
+        text = _text(value, multiline)
         if text is None:
             continue
         if key in extras:
-            extras[key] = {k: t for k, v in dict(value).items() if (t := _text(v)) is not None}
-        else:
+            pairs = value.items() if isinstance(value, dict) else ()
+            extras[key] = {str(k): t for k, v in pairs if isinstance(t := _text(v, multiline), str)}
+        elif isinstance(text, str):
             clean[key] = text
+        else:
+            # An object where a form sends text (a hostile or broken payload): dropped, named.
+            problems.append(f"{key} is not text")
     if "email" in clean:
         clean["email"] = normalise_email(clean["email"], problems)
     if "phone" in clean:
@@ -153,15 +164,15 @@ def _timestamp(raw: str, problems: list[str]) -> datetime | None:
         return None
 
 
-def _text(value: Any) -> Any:
+def _text(value: Any, multiline: bool = False) -> Any:
     if value is None or isinstance(value, dict):
         return value or None
     if isinstance(value, (list, tuple)):
-        joined = ", ".join(t for v in value if (t := _text(v)))
+        joined = ", ".join(t for v in value if (t := _text(v, multiline)) and isinstance(t, str))
         return joined or None
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = str(value).strip()
+    text = clean_text(str(value), multiline=multiline).strip()
     return text or None
 
 

@@ -28,6 +28,7 @@ from .ports import CRM, Alert, ContactResult, ContactWrite, Link, Notice, Notifi
 from .routing import Decision, OwnerSpec, RouteContext, route
 from .scoring import Score, ScoreContext, due_at, parse_budget, score_lead
 from .sources import Interpretation
+from .text import escape_mrkdwn
 
 # HubSpot-defined association type ids (hubspot.md §5).
 DEAL_TO_CONTACT, LEAD_TO_PRIMARY_CONTACT = 3, 578
@@ -510,11 +511,11 @@ def note_body(run: Run) -> str:
 
 
 def digest_line(run: Run, contact: ContactResult, deal_url: str | None, score: Score) -> str:
+    """One mrkdwn line; every lead value in it escaped by the one Slack escaper."""
     lead = run.seen.lead
-    what = ", ".join(p for p in (lead.service, lead.city) if p) or "no details"
+    what = escape_mrkdwn(", ".join(p for p in (lead.service, lead.city) if p) or "no details")
     link = f"<{deal_url}|deal>" if deal_url else f"<{contact.url}|contact>"
-    name = lead.name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return f"• {name} ({what}), score {score.points} · {link}"
+    return f"• {escape_mrkdwn(lead.name)} ({what}), score {score.points} · {link}"
 
 
 def _plain(value: Any) -> str:

@@ -6,21 +6,26 @@ WordPress plugins post JSON, or an array that WordPress form-encodes with PHP's
 these (and multipart forms) back into the nested dict the plugin meant, keeping literal
 keys such as Gravity's ``2.3`` unchanged (only a PHP receiver turns ``.`` into ``_``).
 ``build_php_query`` is the inverse, for sending requests as those plugins would.
+
+Parsing is bounded as ``connectors.bodies`` says (depth, field count) and linear in the
+body: a thousand ``a[]=`` appends cost a thousand steps, not a million.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus
 
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 from werkzeug.http import parse_options_header
 
 from bridge.errors import PayloadError
+
+from .bodies import MAX_FIELDS, TooManyFieldsError, check_depth, check_field_count, load_json_object
 
 FORM = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
@@ -29,6 +34,8 @@ JSON = "application/json"
 # name[seg][seg]...: a PHP array key; anything else is kept as a literal key.
 _BRACKETED = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])+)$")
 _SEGMENT = re.compile(r"\[([^\[\]]*)\]")
+# The keys PHP treats as integers (and so as list positions): canonical decimals only.
+_INT_KEY = re.compile(r"^(?:0|[1-9][0-9]{0,17})$")
 
 
 def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
@@ -53,17 +60,13 @@ def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
 
 
 def parse_json(body: bytes, charset: str = "utf-8") -> dict[str, Any]:
-    try:
-        data = json.loads(body.decode(charset))
-    except (LookupError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError("body is not valid JSON") from exc
-    if not isinstance(data, dict):
-        raise PayloadError("body is JSON but not an object")
-    return data
+    return load_json_object(body, charset)
 
 
 def parse_form(body: bytes, charset: str = "utf-8") -> dict[str, Any]:
     """An ``application/x-www-form-urlencoded`` body, blanks kept, PHP brackets unflattened."""
+    # Counted before splitting, so a flood of empty fields costs one pass.
+    check_field_count(body.count(b"&") + 1)
     try:
         pairs = parse_qsl(body.decode(charset), keep_blank_values=True, encoding=charset, errors="strict")
     except (LookupError, UnicodeDecodeError, ValueError) as exc:
@@ -74,9 +77,11 @@ def parse_form(body: bytes, charset: str = "utf-8") -> dict[str, Any]:
 def parse_multipart(body: bytes, params: Mapping[str, str]) -> dict[str, Any]:
     """The text fields of a ``multipart/form-data`` body; file parts are ignored."""
     # Files go to memory, not temp files (the body is already size-limited), and are dropped.
-    parser = FormDataParser(stream_factory=lambda *_, **__: io.BytesIO(), silent=False)
+    parser = FormDataParser(stream_factory=lambda *_, **__: io.BytesIO(), silent=False, max_form_parts=MAX_FIELDS)
     try:
         _, form, _files = parser.parse(io.BytesIO(body), MULTIPART, len(body), dict(params))
+    except RequestEntityTooLarge as exc:
+        raise TooManyFieldsError(f"body has more than {MAX_FIELDS} fields") from exc
     except ValueError as exc:
         raise PayloadError("body is not a valid multipart form") from exc
     return unflatten_php(form.items(multi=True))
@@ -89,17 +94,19 @@ def unflatten_php(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     keys are exactly 0..n-1 become lists, which is what the sender's ``json_encode`` shows.
     """
     root: dict[str, Any] = {}
+    # Each array's next append position, kept as PHP does instead of rescanning its keys.
+    next_index: dict[int, tuple[dict[str, Any], int]] = {}
     for key, value in pairs:
         path = php_key_path(key)
+        check_depth(len(path))
         node = root
         for part in path[:-1]:
-            part = _next_index(node) if part == "" else part
+            part = _claim_index(node, part, next_index)
             child = node.get(part)
             if not isinstance(child, dict):
                 child = node[part] = {}
             node = child
-        last = path[-1]
-        node[_next_index(node) if last == "" else last] = value
+        node[_claim_index(node, path[-1], next_index)] = value
     return {key: _listify(value) for key, value in root.items()}
 
 
@@ -158,10 +165,17 @@ def _php_pairs(value: Any, name: str | None) -> Iterable[tuple[str, str]]:
         yield from _php_pairs(child, str(key) if name is None else f"{name}[{key}]")
 
 
-def _next_index(node: dict[str, Any]) -> str:
-    # PHP appends after the highest integer key so far.
-    ints = [int(k) for k in node if k.isdigit()]
-    return str(max(ints) + 1 if ints else 0)
+def _claim_index(node: dict[str, Any], part: str, next_index: dict[int, tuple[dict[str, Any], int]]) -> str:
+    """The key ``part`` stands for in ``node`` (``""`` appends), noting integer keys as PHP does:
+    an append goes after the highest integer key so far."""
+    # The node rides along with its count so its id cannot be reused by a later array.
+    after = next_index.get(id(node), (node, 0))[1]
+    if part == "":
+        part = str(after)
+    elif not _INT_KEY.match(part):
+        return part
+    next_index[id(node)] = (node, max(after, int(part) + 1))
+    return part
 
 
 def _listify(value: Any) -> Any:

@@ -4,7 +4,8 @@ Google posts one JSON ``WebhookLead`` per submission. It is not signed: the adve
 shared key travels inside the body as ``google_key`` (spelled ``Google_key`` on Google's
 Samples page), so verification is a constant-time comparison of that field, against the
 key configured for the delivery's form or campaign (``options.keys``) if there is one,
-else against the source's secrets. The idempotency key is ``lead_id``. Flattening gives
+else against the source's secrets. The key is then removed (``at_rest``) before the body is
+stored, so neither the ledger nor ``leadbridge show --body`` ever holds it. The idempotency key is ``lead_id``. Flattening gives
 each answer by its ``column_id`` (``EMAIL``, ``FULL_NAME``...) and by its ``column_name``
 (custom questions may have no id), plus the lead's metadata. The int64 ids (``form_id``,
 ``campaign_id``...) are kept as exact decimal strings: they exceed 2**53, so a float
@@ -26,6 +27,7 @@ from bridge.errors import LedgerUnavailableError, PayloadError, SignatureError
 from bridge.ports import Kind, Request
 from bridge.secrets import read_secrets
 from connectors import parse_options, secret_matches
+from connectors.bodies import LimitError, load_json_object
 
 KEY_FIELD = "google_key"
 # int64 fields the docs say to process as 8-byte integers.
@@ -81,14 +83,22 @@ def google_key(payload: Mapping[str, Any]) -> str | None:
 
 
 def json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object (Python ints are exact, so int64 ids stay exact)."""
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError("body is not valid JSON") from exc
-    if not isinstance(payload, dict):
-        raise PayloadError("body is not a JSON object")
-    return payload
+    """The body as a JSON object, within the parsing limits (Python ints are exact, so int64 ids stay exact)."""
+    return load_json_object(body)
+
+
+def without_key(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The lead without its ``google_key``, at the top or as an answer column (ids stay exact ints)."""
+    kept = {k: v for k, v in payload.items() if k.lower() != KEY_FIELD}
+    columns = kept.get("user_column_data")
+    if isinstance(columns, list):
+        kept["user_column_data"] = [c for c in columns if not _is_key_column(c)]
+    return kept
+
+
+def _is_key_column(column: Any) -> bool:
+    names = (column.get("column_name"), column.get("column_id")) if isinstance(column, dict) else ()
+    return any(isinstance(n, str) and n.lower() == KEY_FIELD for n in names)
 
 
 def load_lead(body: bytes) -> dict[str, Any]:
@@ -111,6 +121,9 @@ class GoogleAdsSource:
     def verify(self, request: Request, secrets: Sequence[str]) -> None:
         try:
             payload = json_object(request.body)
+        except LimitError:
+            # Over a parsing limit: refused as such, whoever sent it.
+            raise
         except PayloadError as exc:
             # Nothing readable carries a key: refuse it as unauthenticated, like a missing signature.
             raise SignatureError("body carries no google_key") from exc
@@ -135,6 +148,10 @@ class GoogleAdsSource:
 
     def parse(self, body: bytes, content_type: str) -> dict[str, Any]:
         return load_lead(body)
+
+    def at_rest(self, body: bytes) -> bytes:
+        """The body as the ledger keeps it: without the key, which is only needed to verify at intake."""
+        return json.dumps(without_key(load_lead(body)), ensure_ascii=False).encode()
 
     def idempotency_key(self, payload: dict[str, Any], received_at: float) -> str:
         return str(payload["lead_id"]).strip()

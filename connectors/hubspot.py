@@ -47,6 +47,7 @@ from bridge.logs import redact
 from bridge.merge import OVERWRITE, merged
 from bridge.ports import ContactResult, ContactWrite, Link, Snapshot
 from bridge.ratelimit import CallPacer
+from bridge.text import clean_text
 
 log = logging.getLogger(__name__)
 BATCH_LIMIT = 100
@@ -57,6 +58,9 @@ RETRIABLE_STATUSES = {423, 429, 477, 500, 502, 503, 504, 521, 523, 524}
 T = TypeVar("T")
 # Each SDK module has its own exception class with no shared base (hubspot.md §12).
 API_ERRORS = (ApiException, objects.ApiException, owners.ApiException, pipelines_api.ApiException, properties_api.ApiException)
+# A property value holds at most 65,536 characters (hubspot.md, notes): longer ones are refused.
+PROPERTY_LIMIT = 65_536
+TRUNCATED = "… [truncated]"
 OBJECT_TYPE_IDS = {"contacts": "0-1", "deals": "0-3", "notes": "0-46", "tasks": "0-27", "leads": "0-136"}
 
 
@@ -134,7 +138,9 @@ class HubSpotCRM:
             )
             for link in links
         ]
-        body = objects.SimplePublicObjectInputForCreate(properties=dict(properties), associations=associations)
+        # A note quotes the form's raw answers: cleaned and capped here like contact properties.
+        clean = {name: capped(clean_text(value, multiline=True)) for name, value in properties.items()}
+        body = objects.SimplePublicObjectInputForCreate(properties=clean, associations=associations)
         try:
             created = self._call(self._objects.create, object_type, body)
         except objects.ApiException as exc:
@@ -231,7 +237,8 @@ class HubSpotCRM:
         return template.format(portal_id=self.settings.portal_id, contact_id=record_id)
 
     def planned(self, write: ContactWrite) -> dict[str, tuple[str, str]]:
-        """Contact property -> (value, merge policy) for a lead: mapped, non-empty values only."""
+        """Contact property -> (value, merge policy) for a lead: mapped, non-empty values only,
+        each cut to what a HubSpot property holds."""
         lead, merge = write.lead, write.merge
         planned: dict[str, tuple[str, str]] = {}
         for field, prop in self.settings.properties.items():
@@ -244,7 +251,7 @@ class HubSpotCRM:
         for name, prop in self.settings.consent_properties.items():
             if name in lead.consent:
                 planned[prop] = (lead.consent[name], OVERWRITE)
-        return planned
+        return {prop: (capped(value), merge) for prop, (value, merge) in planned.items()}
 
     # -- paths --------------------------------------------------------------------
 
@@ -258,6 +265,8 @@ class HubSpotCRM:
         contact_id = write.known_contact_id or (snapshot.contact_id if snapshot else None)
         props = merged(planned, snapshot.properties if snapshot else {})
         props.update(write.extra)
+        # Again after merging: an appended value grows with every submission.
+        props = {prop: capped(value) for prop, value in props.items()}
         # No id: an email is upserted, a phone-only person created (search already found nobody).
         return Plan(props, contact_id)
 
@@ -462,6 +471,13 @@ class Plan:
     properties: dict[str, str]
     # The contact to update by id (known to the ledger, or found by phone); None: upsert or create.
     contact_id: str | None
+
+
+def capped(value: str) -> str:
+    """A value HubSpot accepts: at most PROPERTY_LIMIT characters, a visible marker where cut."""
+    if len(value) <= PROPERTY_LIMIT:
+        return value
+    return value[: PROPERTY_LIMIT - len(TRUNCATED)] + TRUNCATED
 
 
 def _is_blip(exc: BaseException) -> bool:

@@ -15,10 +15,12 @@ becomes a RetriableError carrying Slack's Retry-After.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import phonenumbers
 from slack_sdk import WebClient
@@ -27,11 +29,16 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from bridge.config import SlackSettings
 from bridge.errors import PermanentError, RetriableError, ThrottledError
 from bridge.ports import Alert, Notice
+from bridge.text import escape_mrkdwn
 
 # Errors that retrying may fix; anything else (bad channel, bad token) needs a person.
 TRANSIENT = {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 # Block Kit limits (sources.md §4.2).
 SECTION_LIMIT, HEADER_LIMIT, MAX_FIELDS, MAX_BLOCKS = 3000, 150, 10, 50
+# Below Block Kit's own 2,000 per field: all blocks together must stay under ~12,000
+# characters (msg_blocks_too_long, sources.md §4.2), and the text fallback under 40,000.
+FIELD_LIMIT, DETAILS_LIMIT, TEXT_LIMIT = 1000, 1500, 3000
+_PARTIAL_ENTITY = re.compile(r"&[a-z]{0,3}$")
 CUT = "… (cut; full text in HubSpot)"
 
 
@@ -142,26 +149,30 @@ def _translate(exc: SlackApiError) -> RetriableError | PermanentError:
 
 
 def lead_message(alert: Alert) -> dict[str, Any]:
-    """chat.postMessage arguments (text fallback and blocks) for one lead."""
-    lead, contact = alert.lead, alert.contact
+    """chat.postMessage arguments (text fallback and blocks) for one lead.
+
+    Every lead value goes through ``_escape`` and every string through ``_cut``, so a
+    hostile value can neither ping the channel nor grow the message past Slack's limits.
+    """
+    lead = alert.lead
     campaign = " / ".join(p for p in (lead.utm_source, lead.utm_medium, lead.utm_campaign) if p)
     location = " ".join(p for p in (lead.city, lead.postal_code) if p)
     owner = f"<@{alert.mention}>" if alert.mention else _escape(alert.owner_name)
     fields = [
         ("Phone", f"<tel:{lead.phone}|{_escape(_pretty_phone(lead.phone))}>" if lead.phone else None),
-        ("Email", f"<mailto:{lead.email}|{_escape(lead.email)}>" if lead.email else None),
+        ("Email", f"<mailto:{quote(lead.email, safe='@')}|{_escape(lead.email)}>" if lead.email else None),
         ("Service", _escape(lead.service)),
         ("Location", _escape(location)),
         ("Company", _escape(lead.company)),
         ("Source", _escape(f"{alert.source}" + (f" · {campaign}" if campaign else ""))),
         ("Owner", owner),
     ]
-    headline = f"{alert.headline}: {lead.name}" if alert.headline else f"New lead: {lead.name}"
+    headline = _escape(f"{alert.headline}: {lead.name}" if alert.headline else f"New lead: {lead.name}") or ""
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _cut(headline, HEADER_LIMIT)}},
         {
             "type": "section",
-            "fields": [{"type": "mrkdwn", "text": _cut(f"*{label}*\n{value}", 2000)} for label, value in fields if value][
+            "fields": [{"type": "mrkdwn", "text": _cut(f"*{label}*\n{value}", FIELD_LIMIT)} for label, value in fields if value][
                 :MAX_FIELDS
             ],
         },
@@ -172,15 +183,20 @@ def lead_message(alert: Alert) -> dict[str, Any]:
         )
     if alert.details:
         context = "\n".join(_escape(d) or "" for d in alert.details)
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(context, SECTION_LIMIT)}})
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(context, DETAILS_LIMIT)}})
     links = _links(alert)
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(" · ".join(links), SECTION_LIMIT)}]})
-    reach = (lead.phone and _pretty_phone(lead.phone)) or lead.email or ""
+    return {"text": _cut(_fallback(alert, headline, owner), TEXT_LIMIT), "blocks": blocks[:MAX_BLOCKS]}
+
+
+def _fallback(alert: Alert, headline: str, owner: str | None) -> str:
+    """The plain text notifications and screen readers show; escaped like the blocks."""
+    lead = alert.lead
+    reach = _escape((lead.phone and _pretty_phone(lead.phone)) or lead.email) or ""
     mention = f" {owner}" if alert.mention else ""
-    text = f"{headline} {reach} ({lead.service or 'no service given'}) from {alert.source}.{mention} " + (
-        f"HubSpot: {contact.url}" if contact else "Test lead, not in HubSpot."
-    )
-    return {"text": text, "blocks": blocks[:MAX_BLOCKS]}
+    service = _escape(lead.service) or "no service given"
+    where = f"HubSpot: {alert.contact.url}" if alert.contact else "Test lead, not in HubSpot."
+    return f"{headline} {reach} ({service}) from {_escape(alert.source)}.{mention} {where}"
 
 
 def _links(alert: Alert) -> list[str]:
@@ -214,13 +230,15 @@ def digest_message(title: str, lines: Sequence[str]) -> dict[str, Any]:
 
 
 def _escape(value: str | None) -> str | None:
-    if not value:
-        return None
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Lead text for Slack, through the one escaper (``bridge.text``); None when empty."""
+    return escape_mrkdwn(value) if value else None
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - len(CUT)] + CUT
+    """At most ``limit`` characters; an entity (``&amp;``) is never split in two."""
+    if len(text) <= limit:
+        return text
+    return _PARTIAL_ENTITY.sub("", text[: limit - len(CUT)]) + CUT
 
 
 def _pretty_phone(e164: str) -> str:

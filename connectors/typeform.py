@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from bridge.errors import PayloadError, SignatureError
 from bridge.ports import Kind, Request
 from connectors import parse_options, secret_matches
+from connectors.bodies import load_json
 
 SIGNATURE_HEADER = "typeform-signature"
 
@@ -45,7 +46,8 @@ def answer_value(answer: dict[str, Any]) -> Any:
     if kind == "choice" and isinstance(value, dict):
         return value.get("label") or value.get("other")
     if kind == "choices" and isinstance(value, dict):
-        labels = list(value.get("labels") or [])
+        labels = value.get("labels")
+        labels = list(labels) if isinstance(labels, list) else []
         return labels + ([value["other"]] if value.get("other") else [])
     if kind == "payment" and isinstance(value, dict):
         return value.get("amount")
@@ -66,17 +68,15 @@ class TypeformSource:
         verify_typeform(request.body, request.headers.get(SIGNATURE_HEADER), secrets)
 
     def parse(self, body: bytes, content_type: str) -> dict[str, Any]:
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PayloadError("body is not valid JSON") from exc
+        payload = load_json(body)
         if not isinstance(payload, dict) or not isinstance(payload.get("form_response"), dict):
             raise PayloadError("body has no form_response object")
         response = payload["form_response"]
         if not (payload.get("event_id") or response.get("token")):
             raise PayloadError("body has neither event_id nor form_response.token")
-        if not isinstance(response.get("answers") or [], list):
-            raise PayloadError("form_response.answers is not a list")
+        answers = response.get("answers") or []
+        if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
+            raise PayloadError("form_response.answers is not a list of objects")
         return payload
 
     def idempotency_key(self, payload: dict[str, Any], received_at: float) -> str:
@@ -113,14 +113,27 @@ class TypeformSource:
             "event_type": payload.get("event_type"),
         }
         # Answers carry field.id always and field.ref only sometimes: join refs via the definition.
-        refs = {f.get("id"): f.get("ref") for f in (response.get("definition") or {}).get("fields") or []}
-        for answer in response.get("answers") or []:
-            field = answer.get("field") or {}
-            key = field.get("ref") or refs.get(field.get("id")) or field.get("id")
+        # Anything of the wrong shape is skipped: the signature says who sent it, not that it is sane.
+        refs = {_name(f.get("id")): f.get("ref") for f in _objects(_object(response.get("definition")).get("fields"))}
+        for answer in _objects(response.get("answers")):
+            field = _object(answer.get("field"))
+            key = next((k for k in (field.get("ref"), refs.get(_name(field.get("id"))), field.get("id")) if _name(k)), None)
             if key:
                 flat[key] = answer_value(answer)
-        for name, value in (response.get("hidden") or {}).items():
+        for name, value in _object(response.get("hidden")).items():
             flat[f"hidden.{name}"] = value
-        for variable in response.get("variables") or []:
-            flat[f"variables.{variable.get('key')}"] = variable.get(variable.get("type"))
+        for variable in _objects(response.get("variables")):
+            flat[f"variables.{variable.get('key')}"] = variable.get(_name(variable.get("type")) or "")
         return flat
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _objects(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _name(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
