@@ -102,7 +102,7 @@ def test_latency_is_slept_outside_the_lock_so_concurrent_calls_overlap() -> None
     assert len(took) == 4 and min(took) >= 1.5
     # Slept one after another, at most one call would ever be inside its latency.
     assert seen["peak_waiting"] >= 2
-    assert seen["statuses"] == {"hubspot 200": 2, "slack 200": 2}
+    assert seen["statuses"] == {"hubspot 200": 2, "slack auth.test 200": 2}
 
 
 def test_limits_are_off_by_default_and_report_the_old_window() -> None:

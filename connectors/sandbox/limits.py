@@ -5,7 +5,7 @@ Off by default (no latency, nothing refused; the rate-limit headers then report 
 never-enforced 190 per 10 s). ``leadbridge sandbox --latency-ms 150 --rate-limit 100/10s
 --search-rate-limit 5/1s`` turns it on at start; ``POST /__sandbox/limits`` changes it at run
 time and ``GET /__sandbox/limits`` shows it with counters a benchmark can poll cheaply
-(requests per kind and status, so 429s, and the most calls ever inside their latency at once).
+(requests per kind (Slack: per method) and status, so 429s, and the most calls ever inside their latency at once).
 
 The latency is slept outside every lock, so concurrent calls overlap as they do against the
 real service. A refused request does not use up the window: HubSpot counts what it serves.
@@ -171,10 +171,10 @@ class Limits:
 
 
 def request_kind(path: str) -> str:
-    """``hubspot``, ``search`` or ``slack``: how counters and limits tell requests apart."""
+    """``hubspot``, ``search`` or ``slack <method>``: how the counters tell requests apart."""
     if path.startswith("/crm/"):
         return "search" if path.endswith("/search") else "hubspot"
-    return "slack" if path.startswith("/api/") else "other"
+    return f"slack {path.removeprefix('/api/')}" if path.startswith("/api/") else "other"
 
 
 def rate_headers(interval_ms: int, limit: int, remaining: int) -> dict[str, str]:
