@@ -82,7 +82,7 @@ def first_ledger(table: Table, tmp: Path, sb: Sandbox, plan: Plan, latency_ms: f
         sb.reset(r.data["routing"]["owners"])
         r.serve()
         r.worker()
-        table.phase("HubSpot calls per lead", lambda: calls_per_lead(sb, r))
+        table.phase("HubSpot calls per lead", lambda: calls_per_lead(sb, r, latency_ms))
         table.phase(
             "webhook -> Slack",
             lambda: speed_to_lead(sb, r, LEADS_PER_S, plan.s2l_seconds, latency_ms, plan.s2l_tail),
@@ -107,11 +107,11 @@ def measured_throughput(tmp: Path, r: Relay, plan: Plan, memory: Memory) -> list
 
 
 def commit() -> str:
-    found = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True, timeout=10)
+    found = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h (%cs)"], capture_output=True, text=True, timeout=10)
     dirty = subprocess.run(
         ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
     )
-    return found.stdout.strip()[:60] + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
+    return found.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else "")
 
 
 def run_parse() -> None:
