@@ -165,13 +165,25 @@ def relay(folder: Path, sandbox_url: str) -> Iterator[Relay]:
 
 
 def hello_command(data: dict[str, Any], config: Path, port: int) -> list[str]:
-    """gunicorn serving ``bench.hello`` with the argv ``leadbridge serve`` would use."""
-    from bridge.cli import gunicorn_command
-    from bridge.config import settings_from_dict
+    """gunicorn serving ``bench.hello`` with the argv ``leadbridge serve`` would use; if that
+    argv cannot be had (the helper changed), the same settings read from the config."""
+    try:
+        from bridge.cli import gunicorn_command
+        from bridge.config import settings_from_dict
 
-    settings = settings_from_dict({**data, "server": {**data["server"], "port": port}}, config.parent)
-    argv = gunicorn_command(settings)
-    return [("bench.hello:app" if "bridge.app" in arg else arg) for arg in argv]
+        settings = settings_from_dict({**data, "server": {**data["server"], "port": port}}, config.parent)
+        argv = [str(arg) for arg in gunicorn_command(settings)]
+    except (ImportError, TypeError, AttributeError, ValueError):
+        argv = []
+    if sum("bridge.app" in arg for arg in argv) == 1:
+        return [("bench.hello:app" if "bridge.app" in arg else arg) for arg in argv]
+    server = data["server"]
+    return [
+        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+        "--workers", str(server.get("gunicorn_workers", 2)), "--worker-class", "gthread",
+        "--threads", str(server.get("threads", 8)), "--keep-alive", str(server.get("keepalive_seconds", 5)),
+        "--access-logfile", "-", "bench.hello:app",
+    ]  # fmt: skip
 
 
 @contextmanager
