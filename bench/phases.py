@@ -227,6 +227,15 @@ def backlog_and_drain(
         after = sandbox.counters()
     finally:
         worker.close()
+    return drain_rows(done, queued, elapsed, cap, since(after, before))
+
+
+def since(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """Counters gained between two readings."""
+    return {key: n - before.get(key, 0) for key, n in after.items()}
+
+
+def drain_rows(done: int, queued: int, elapsed: float, cap: float, counted: dict[str, int]) -> list[Row]:
     speed = done / elapsed
     capped = f" (capped at {cap:g} s)" if done < queued else ""
     return [
@@ -236,12 +245,8 @@ def backlog_and_drain(
             f"≥ 90 % of {BATCH_OPTIMUM_LEADS_PER_S:.0f}",
             ratio(speed, BATCH_OPTIMUM_LEADS_PER_S),
         ),
-        Row("drain: HubSpot answers 429", str(hubspot_429s(after) - hubspot_429s(before)), "0"),
-        Row(
-            "drain: HubSpot calls per delivered lead",
-            f"{(hubspot_calls(after) - hubspot_calls(before)) / max(done, 1):.2f}",
-            "≈ 0.04 (batches)",
-        ),
+        Row("drain: HubSpot answers 429", str(hubspot_429s(counted)), "0"),
+        Row("drain: HubSpot calls per delivered lead", f"{hubspot_calls(counted) / max(done, 1):.2f}", "≈ 0.04 (batches)"),
     ]
 
 
