@@ -27,7 +27,7 @@ lint: install
 	$(BIN)/mypy bridge connectors
 
 bench: install
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -452,16 +452,43 @@ def sandbox_command(settings: Settings, state_file: str | os.PathLike[str] | Non
 @click.option("--search-lag", default=3.0, show_default=True, type=float, help="Seconds before writes show in search.")
 @click.option("--state", "state_file", type=click.Path(dir_okay=False), help="Keep records in this JSON file across restarts.")
 @click.option("--reset", is_flag=True, help="Start clean: delete the state file first.")
-def sandbox(host: str, port: int, search_lag: float, state_file: str | None, reset: bool) -> None:
+@click.option(
+    "--latency-ms", default=0.0, show_default=True, type=click.FloatRange(0, 600_000), help="Delay every HubSpot/Slack call."
+)
+@click.option(
+    "--rate-limit", is_flag=False, flag_value="100/10s", help="Enforce HubSpot's burst limit per token (alone: 100/10s)."
+)
+@click.option("--search-rate-limit", is_flag=False, flag_value="5/1s", help="Enforce the search limit per token (alone: 5/1s).")
+def sandbox(
+    host: str,
+    port: int,
+    search_lag: float,
+    state_file: str | None,
+    reset: bool,
+    latency_ms: float = 0.0,
+    rate_limit: str | None = None,
+    search_rate_limit: str | None = None,
+) -> None:
     """Serve a local stand-in for HubSpot's CRM API and Slack's Web API.
 
     State is in memory, or with --state kept in a file after every write (ids never repeat
     across restarts); see it at /__sandbox/state.
 
+    With --latency-ms and --rate-limit it behaves like a busy HubSpot (429s included), for
+    benchmarks; POST /__sandbox/limits changes both while it runs.
+
     Example: leadbridge sandbox --port 8025 --state var/sandbox-state.json
+
+    Example: leadbridge sandbox --latency-ms 150 --rate-limit 100/10s --search-rate-limit 5/1s
     """
     from connectors.sandbox import serve_forever
+    from connectors.sandbox.limits import LimitSettings
     from connectors.sandbox.persist import StateFile, StateFileError
+
+    try:
+        limits = LimitSettings.parse(latency_ms, rate_limit, search_rate_limit)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
     install_redaction()
     if reset:
@@ -470,7 +497,7 @@ def sandbox(host: str, port: int, search_lag: float, state_file: str | None, res
     kept = f", kept in {state_file}" if state_file else ""
     click.echo(f"sandbox on http://{host}:{port} (state: /__sandbox/state{kept})", err=True)
     try:
-        serve_forever(host, port, search_lag, state_file)
+        serve_forever(host, port, search_lag, state_file, limits)
     except StateFileError as exc:
         raise click.ClickException(str(exc)) from exc
 

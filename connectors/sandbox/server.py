@@ -45,12 +45,12 @@ from connectors.sandbox.hubspot import (
     properties_create,
     properties_list,
 )
+from connectors.sandbox.limits import LimitSettings, install_limits
+from connectors.sandbox.limits import limits as live_limits
 from connectors.sandbox.persist import StateFile
 from connectors.sandbox.slack import slack_method
 from connectors.sandbox.state import (
     EXTENSION_KEY,
-    RATE_LIMIT_INTERVAL_MS,
-    RATE_LIMIT_MAX,
     SandboxState,
     bearer_token,
     state,
@@ -61,6 +61,9 @@ def before_request() -> ResponseReturnValue | None:
     """Apply injected faults, then the vendors' auth rules, to every non-control request."""
     if request.path.startswith(CONTROL_PREFIX):
         return None
+    refused = live_limits().enter(request.path, bearer_token())  # latency, then HubSpot's rate limits
+    if refused is not None:
+        return refused
     with state().lock:
         fault = state().take_fault(request.method, request.path)
     if fault is not None:
@@ -80,17 +83,12 @@ def after_request(response: Response) -> Response:
             state().save()
     if request.path.startswith(CONTROL_PREFIX):
         return response
+    live_limits().leave(request.path, response.status_code)
     with state().lock:
         state().requests.append({"method": request.method, "path": request.path, "status": response.status_code})
         # HubSpot leaves rate-limit headers off search answers; they have their own limit.
         if request.path.startswith("/crm/") and not request.path.endswith("/search") and 200 <= response.status_code < 300:
-            response.headers.update(
-                {
-                    "X-HubSpot-RateLimit-Interval-Milliseconds": str(RATE_LIMIT_INTERVAL_MS),
-                    "X-HubSpot-RateLimit-Max": str(RATE_LIMIT_MAX),
-                    "X-HubSpot-RateLimit-Remaining": str(state().rate_limit_remaining()),
-                }
-            )
+            response.headers.update(live_limits().headers(state(), bearer_token()))
     return response
 
 
@@ -132,9 +130,11 @@ ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
 ]
 
 
-def create_sandbox_app(search_lag: float = 3.0, state_file: str | os.PathLike[str] | None = None) -> Flask:
+def create_sandbox_app(
+    search_lag: float = 3.0, state_file: str | os.PathLike[str] | None = None, limits: LimitSettings | None = None
+) -> Flask:
     """A sandbox whose search sees writes ``search_lag`` seconds late; empty, or restored from
-    and saved to ``state_file``."""
+    and saved to ``state_file``; as slow and as strict as ``limits`` says (default: neither)."""
     # Named after the package, as before it was split into modules: the name is the app's and its logger's.
     app = Flask("connectors.sandbox")
     provider = DefaultJSONProvider(app)
@@ -150,6 +150,7 @@ def create_sandbox_app(search_lag: float = 3.0, state_file: str | os.PathLike[st
             methods=methods,
             strict_slashes=False,
         )
+    install_limits(app, limits)
     app.before_request(before_request)
     app.after_request(after_request)
     app.register_error_handler(HubSpotError, lambda exc: exc.response())
@@ -161,11 +162,16 @@ class SandboxServer:
     """The sandbox app served on a daemon thread; ``with SandboxServer() as server:`` in tests."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, search_lag: float = 3.0, state_file: str | os.PathLike[str] | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        search_lag: float = 3.0,
+        state_file: str | os.PathLike[str] | None = None,
+        limits: LimitSettings | None = None,
     ) -> None:
         self.host = host
         self.port = port
-        self.app = create_sandbox_app(search_lag, state_file)
+        self.app = create_sandbox_app(search_lag, state_file, limits)
         self.url = ""
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -193,9 +199,11 @@ class SandboxServer:
         self.stop()
 
 
-def serve_forever(host: str, port: int, search_lag: float, state_file: str | os.PathLike[str] | None = None) -> None:
+def serve_forever(
+    host: str, port: int, search_lag: float, state_file: str | os.PathLike[str] | None = None, limits: LimitSettings | None = None
+) -> None:
     """Serve the sandbox until interrupted; what ``leadbridge sandbox`` runs."""
-    server = make_server(host, port, create_sandbox_app(search_lag, state_file), threaded=True)
+    server = make_server(host, port, create_sandbox_app(search_lag, state_file, limits), threaded=True)
     try:
         server.serve_forever()
     finally:
