@@ -370,9 +370,9 @@ def test_control_characters_never_reach_hubspot_or_slack(intake: str, sandbox: S
     assert (props["firstname"], props["message"]) == ("Robert", "Line one\nline two\tend")
     (message,) = sandbox.state()["messages"]
     assert ": Robert Doe +1 415-555-0132" in message["text"]
-    # The note quotes the raw answers: cleaned at the connector like every other record.
-    (note,) = sandbox.state()["objects"]["notes"]
-    assert "\x00" not in note["properties"]["hs_note_body"] and "Robert" in note["properties"]["hs_note_body"]
+    # The task's body quotes the raw answers (no separate note): cleaned at the connector like every other record.
+    (task,) = sandbox.state()["objects"]["tasks"]
+    assert "\x00" not in task["properties"]["hs_task_body"] and "Robert" in task["properties"]["hs_task_body"]
 
 
 @pytest.mark.parametrize(
