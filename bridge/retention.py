@@ -5,7 +5,7 @@
   record ids and the event log stay, so `deliveries`, `show` and stats still add up.
   Unfinished deliveries are never touched: the worker still needs their bodies.
 - ``forget(person)`` erases one person (by email or phone) entirely: their deliveries,
-  steps, events, person keys, identities and the deals remembered for their contacts.
+  steps, events, person keys, identities, and the deals and contact memory kept for their contacts.
 
 Both run with ``secure_delete`` and then truncate the WAL, so the erased bytes are gone
 from the ledger file itself, not merely unlinked (SQLite otherwise leaves deleted rows in
@@ -43,6 +43,7 @@ class Removed:
     person_keys: int = 0
     identities: int = 0
     deals: int = 0
+    contact_memory: int = 0  # what the relay remembers writing to their contacts
     digest_lines: int = 0
     # False when another process held the ledger open, so old copies may remain in the WAL
     # until its next checkpoint; run again when the relay is idle to be sure.
@@ -109,6 +110,7 @@ def forget(ledger: Ledger, keys: Sequence[str], now: float | None = None) -> Rem
             raise BusyPersonError(f"{busy} of this person's deliveries are being processed; try again in a minute")
         contacts = _contacts_of(conn, keys, ids)
         removed.deals = _delete(conn, "deals", "contact_id", contacts)
+        removed.contact_memory = _delete(conn, "contact_memory", "contact_id", contacts)
         removed.identities = _delete(conn, "identities", "contact_id", contacts)
         for key in keys:
             kind, _, value = key.partition(":")

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bridge.errors import LedgerUnavailableError, PayloadError, SignatureError
+from bridge.errors import PayloadError, SignatureError, SourceNotConfiguredError
 from bridge.ports import Kind, Request
 from bridge.secrets import read_secrets
 from connectors import parse_options, secret_matches
@@ -142,7 +142,7 @@ class GoogleAdsSource:
             keys = read_secrets(names)
             if not keys:
                 # Fail closed with a status the sender retries, as intake does for an unset secret_env.
-                raise LedgerUnavailableError(f"no key is configured yet for this {id_field.removesuffix('_id')}")
+                raise SourceNotConfiguredError(f"no key is configured yet for this {id_field.removesuffix('_id')}")
             return keys
         return list(secrets)
 

@@ -197,7 +197,7 @@ def test_a_form_key_whose_variable_is_unset_fails_closed_with_a_retriable_status
 ) -> None:
     monkeypatch.delenv("GOOGLE_KEY_FORM")
     response = post(intake, lead_body(form_id=int(KEYED_FORM), google_key=FORM_KEY))
-    assert response.status_code == 503
+    assert (response.status_code, response.json()["error"]["code"]) == (503, "source_not_configured")
     assert ledger.deliveries() == []
 
 

@@ -58,6 +58,8 @@ def test_forget_erases_a_person_from_the_ledger_file_and_keeps_everyone_else(
     worker.drain()
     assert {ledger.get(i).status for i in [*jane, omar]} == {Status.DELIVERED}
     assert holds(file_bytes(settings), JANE)
+    jane_contact, omar_contact = (ledger.steps(i)["contact"]["contact_id"] for i in (jane[0], omar))
+    assert ledger.contact_memory(jane_contact) is not None
 
     result = cli(settings, tmp_path, config_data, "forget", JANE[0].upper(), "--hubspot")
     assert result.exit_code == 0, result.output
@@ -69,6 +71,7 @@ def test_forget_erases_a_person_from_the_ledger_file_and_keeps_everyone_else(
     # Omar is untouched: his delivery, its steps and events, and his email in the file.
     assert ledger.get(omar).status == Status.DELIVERED and ledger.steps(omar) and ledger.events(omar)
     assert holds(data, OMAR)
+    assert ledger.contact_memory(jane_contact) is None and ledger.contact_memory(omar_contact) is not None
     emails = {c["properties"].get("email") for c in sandbox.state()["contacts"]}
     assert emails == {OMAR[0]}
 
