@@ -776,6 +776,25 @@ class Ledger:
         sql = f"SELECT * FROM deliveries WHERE {' AND '.join(where)} ORDER BY received_at DESC LIMIT ?"
         return [Delivery.from_row(row) for row in self.db.query(sql, [*params, limit])]
 
+    def written_since_last_look(self) -> bool:
+        """Whether another connection committed since this thread last asked (SQLite's data_version)."""
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        changed = version != getattr(self._local, "data_version", version)
+        self._local.data_version = version
+        return bool(changed)
+
+    def due_now(self, now: float | None = None) -> bool:
+        """Whether anything can be claimed now: a cheap read, two index probes."""
+        now = time.time() if now is None else now
+        row = self.db.execute(
+            f"""SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_waiting
+                               WHERE status IN ('{Status.RECEIVED}', '{Status.RETRYING}') AND next_attempt_at <= :now)
+                OR EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_leased
+                           WHERE status = '{Status.PROCESSING}' AND lease_until < :now)""",
+            {"now": now},
+        ).fetchone()
+        return bool(row[0])
+
     def next_due_at(self) -> float | None:
         """When the earliest waiting delivery falls due (an expired lease counts as due now)."""
         row = self.db.execute(

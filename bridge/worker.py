@@ -27,6 +27,8 @@ from .retention import purge
 from .workermetrics import counted_ports, record_delivery, serve_worker_metrics
 
 log = logging.getLogger(__name__)
+# How often an idle worker looks whether the ledger changed (a read of one counter, no query).
+WAKE_SECONDS = 0.02
 
 
 def worker_id() -> str:
@@ -55,19 +57,44 @@ class Worker:
                 if time.monotonic() >= next_beat:
                     self._heartbeat()
                     next_beat = time.monotonic() + cfg.heartbeat_seconds
-                free = cfg.concurrency - len(running)
-                claimed = self._claim(min(free, cfg.claim_batch)) if free else []
+                want = min(cfg.concurrency - len(running), cfg.claim_batch)
+                # Look before claiming, so a delivery written after the claim's read still wakes us.
+                self.ledger.written_since_last_look()
+                claimed = self._claim(want) if want > 0 else []
                 running |= {pool.submit(self._process_one, d) for d in claimed}
                 if time.monotonic() >= next_digest:
                     self._digests()
                     next_digest = time.monotonic() + cfg.poll_seconds
-                if running:
-                    # Back to claiming as soon as a slot frees: never idle while work is due.
+                if len(running) >= cfg.concurrency:
+                    # Full: back to claiming as soon as a slot frees, never idle while work is due.
                     running = set(wait(running, timeout=cfg.poll_seconds, return_when=FIRST_COMPLETED).not_done)
-                elif not claimed:
-                    self.stopping.wait(cfg.poll_seconds)
+                elif len(claimed) < want:
+                    # Room, and nothing more due: until a slot frees or a new delivery is written.
+                    running = self._idle(running, cfg.poll_seconds)
             wait(running)
         log.info("worker %s stopped", self.owner)
+
+    def _idle(self, running: set[Future[str]], timeout: float) -> set[Future[str]]:
+        """Wait up to ``timeout`` for a running delivery to finish, or for something to fall due.
+
+        A new delivery wakes the worker within ``WAKE_SECONDS`` rather than a whole poll
+        interval: the ledger says cheaply whether anyone wrote to it since we last looked.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if running:
+                done, pending = wait(running, timeout=min(WAKE_SECONDS, left), return_when=FIRST_COMPLETED)
+                running = set(pending)
+                if done:
+                    break
+            else:
+                self.stopping.wait(min(WAKE_SECONDS, left))
+            if self.ledger.written_since_last_look() and self.ledger.due_now():
+                break
+        return running
 
     def _digests(self) -> None:
         try:

@@ -7,6 +7,7 @@ the webhook is stored and answered before the hanging call has even been answere
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,3 +175,25 @@ def test_owner_lookups_during_an_outage_use_the_last_answer(
     refused = [r for r in sandbox.state()["requests"] if r["path"].startswith("/crm/v3/owners") and r["status"] == 503]
     assert refused
     assert ledger.steps(later)["route"]["owner_id"] in {"501", "502"}
+
+
+def test_an_idle_worker_wakes_for_a_new_delivery_without_waiting_out_its_poll(
+    config_data: dict[str, Any], sandbox: Sandbox
+) -> None:
+    config_data["worker"]["poll_seconds"] = 300  # were it polling, the lead would wait five minutes
+    settings = settings_from_dict(config_data, ROOT)
+    ledger = Ledger(settings.ledger.path)
+    worker = Worker(settings, ledger)
+    running = threading.Thread(target=worker.run)
+    with served(settings) as url:
+        running.start()
+        try:
+            delivery_id = post_typeform(url, typeform_payload()).json()["delivery_id"]
+            deadline = time.monotonic() + 120
+            while ledger.get(delivery_id).status != Status.DELIVERED and time.monotonic() < deadline:
+                running.join(0.05)
+        finally:
+            worker.stop()
+            running.join(60)
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    assert not running.is_alive()
