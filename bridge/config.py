@@ -111,6 +111,15 @@ class CallBudget(Model):
     max_wait_seconds: float = Field(10.0, ge=0)
 
 
+class BatchingSettings(Model):
+    """Batches across deliveries (bridge/coalesce.py): how long a write may wait for company,
+    only while the call budget is tight (at most ``tight_below`` of the window left; 1: always)."""
+
+    contact_wait_seconds: float = Field(0.1, ge=0, le=5)
+    record_wait_seconds: float = Field(1.0, ge=0, le=30)
+    tight_below: float = Field(0.5, ge=0, le=1)
+
+
 class HubSpotSettings(Model):
     base_url: str = "https://api.hubapi.com"
     token_env: str = "HUBSPOT_TOKEN"
@@ -127,6 +136,7 @@ class HubSpotSettings(Model):
     consent_properties: dict[str, str] = Field(default_factory=dict)
     # Shared by every worker process through the limits file beside the ledger.
     rate_limit: CallBudget = Field(default_factory=CallBudget)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
     # Whether an owner is active is asked again after this long; during an outage the last answer stands.
     owner_cache_seconds: float = Field(300.0, ge=0)
     # Read a contact the ledger has never written before the first write (one batch read, so a
@@ -165,7 +175,7 @@ class SlackSettings(Model):
 
 
 class WorkerSettings(Model):
-    concurrency: int = Field(4, ge=1, le=64)
+    concurrency: int = Field(32, ge=1, le=200)
     lease_seconds: float = Field(60.0, gt=0)
     poll_seconds: float = Field(0.5, gt=0)
     # Deliveries claimed per poll; sized for HubSpot's 100-input batch endpoints.

@@ -5,8 +5,8 @@ threads of an intake process fight each other for SQLite's write lock through it
 handler, which sleeps in growing steps (up to 100 ms) and is unfair: under a burst, a
 request that lost once keeps losing, and acks of a few milliseconds turn into seconds.
 
-Here the first request to arrive becomes the leader: it takes the write lock, runs its own
-write and every write queued behind it (each in a savepoint, so one failure fails only its
+Here (through bridge/batching.py) the first request to arrive becomes the leader: it takes
+the write lock, runs its own write and every write queued behind it (each in a savepoint, so one failure fails only its
 own request), commits once, and wakes them all; the next request queued meanwhile leads the
 next batch. Nobody is answered before the commit that holds their delivery, so the
 durability promise is unchanged, and a burst costs one fsync per batch instead of one per
@@ -20,26 +20,16 @@ within a millisecond or so of it coming free.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .batching import Batcher, Failed
 
 # Most writes in one transaction: bounds how long the lock is held for one batch.
 MAX_BATCH = 200
 POLL_SECONDS = 0.001
-
-
-@dataclass
-class _Write:
-    work: Callable[[sqlite3.Connection], Any]
-    wake: threading.Event = field(default_factory=threading.Event)
-    leads: bool = False
-    done: bool = False
-    result: Any = None
-    error: BaseException | None = None
 
 
 class GroupCommit:
@@ -48,54 +38,24 @@ class GroupCommit:
     def __init__(self, path: Path, busy_timeout: float, autocheckpoint_pages: int = 10_000) -> None:
         self.path, self.busy_timeout = path, busy_timeout
         self.autocheckpoint_pages = autocheckpoint_pages
-        self._lock = threading.Lock()
-        self._queue: list[_Write] = []
-        self._busy = False
+        self._batcher: Batcher[Callable[[sqlite3.Connection], Any], Any] = Batcher(self._write, MAX_BATCH)
         self._conn: sqlite3.Connection | None = None
 
     def run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``work`` inside a committed write transaction; returns its result or raises its error."""
-        write = _Write(work)
-        with self._lock:
-            self._queue.append(write)
-            if not self._busy:
-                self._busy = write.leads = True
-        if not write.leads:
-            write.wake.wait()
-        if not write.done:  # woken to lead the next batch
-            self._commit_batch()
-        if write.error is not None:
-            raise write.error
-        return write.result
+        return self._batcher.submit(work)
 
-    def _commit_batch(self) -> None:
-        with self._lock:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-        try:
-            self._write(batch)
-        except BaseException as exc:  # the transaction as a whole failed: so did every write in it
-            for write in batch:
-                write.result, write.error = None, exc
-        for write in batch:
-            write.done = True
-            write.wake.set()
-        with self._lock:
-            if self._queue:
-                self._queue[0].leads = True
-                self._queue[0].wake.set()
-            else:
-                self._busy = False
-
-    def _write(self, batch: list[_Write]) -> None:
+    def _write(self, batch: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
         conn = self._connection()
         self._begin(conn)
+        outcomes: list[Any] = []
         try:
-            for n, write in enumerate(batch):
+            for n, work in enumerate(batch):
                 conn.execute(f"SAVEPOINT w{n}")
                 try:
-                    write.result = write.work(conn)
+                    outcomes.append(work(conn))
                 except Exception as exc:
-                    write.error = exc
+                    outcomes.append(Failed(exc))
                     conn.execute(f"ROLLBACK TO w{n}")
                 conn.execute(f"RELEASE w{n}")
             conn.execute("COMMIT")
@@ -103,6 +63,7 @@ class GroupCommit:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        return outcomes
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, asking every millisecond until ``busy_timeout``."""

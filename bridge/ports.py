@@ -107,6 +107,14 @@ class Link:
 
 
 @dataclass(frozen=True)
+class NewRecord:
+    """A deal, lead, note or task to create, for batch creates."""
+
+    properties: Mapping[str, str]
+    links: Sequence[Link]
+
+
+@dataclass(frozen=True)
 class ContactWrite:
     """One contact to create or update; ``trace_id`` (the delivery id) matches results to inputs."""
 
@@ -170,6 +178,9 @@ class CRM(Protocol):
 
     def create_record(self, object_type: str, properties: Mapping[str, str], links: Sequence[Link]) -> str:
         """Create a deal, lead, note or task with inline associations; returns its id."""
+
+    def create_records(self, object_type: str, records: Sequence[NewRecord]) -> list[str | DeliveryError]:
+        """Create many at once; one outcome per record, in order (an id, or that row's error)."""
 
     def owner_id_for_email(self, email: str) -> str | None:
         """The CRM owner id (never a user id) for an email, or None."""

@@ -100,6 +100,14 @@ class LimitStore:
         finally:
             db.close()
 
+    def window_count(self, name: str, window: float, now: float) -> int:
+        """Calls counted in the window ending now (a read: takes no lock)."""
+        db = self._connect()
+        try:
+            return int(db.execute("SELECT count(*) FROM calls WHERE name=? AND at > ?", (name, now - window)).fetchone()[0])
+        finally:
+            db.close()
+
     def fill_window(self, name: str, used: int, window: float, now: float) -> None:
         """The other side counted ``used`` calls in its window: count at least as many here."""
         db = self._connect()
@@ -173,6 +181,14 @@ class CallPacer:
         self._wait_for(self.API, budget.requests, budget.per_seconds)
         if search:
             self._wait_for(self.SEARCH, budget.search_requests, budget.search_per_seconds)
+
+    def free_share(self) -> float:
+        """How much of the rolling window is unspent, 0 to 1 (1 with no limit, or no limits file)."""
+        budget = self.budget
+        if budget.requests <= 0:
+            return 1.0
+        used = self._safely(lambda s: s.window_count(self.API, budget.per_seconds, self.clock()))
+        return 1.0 if used is None else max(0.0, 1 - used / budget.requests)
 
     def observe(self, headers: Mapping[str, str] | None) -> None:
         """Correct our count from HubSpot's ``X-HubSpot-RateLimit-Remaining``."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import DealSettings, Settings
 from .errors import DeliveryError, PermanentError, RetriableError, ThrottledError
-from .ledger import Delivery, LeaseLostError, Ledger
+from .ledger import Delivery, Ledger
 from .merge import OWNER, after_write, careful, merged
 from .ports import CRM, Alert, ContactResult, ContactWrite, Link, Notice, Notifier, Snapshot
 from .routing import Decision, OwnerSpec, RouteContext, route
@@ -295,83 +295,6 @@ class Sales:
         task_id = self.crm.create_record("tasks", props, links)
         result = {"task_id": task_id, "due": due.isoformat()}
         self.ledger.record_step(run.lead_id, run.owner, "task", result, f"task {task_id} due {due.isoformat()}")
-
-    # -- several deliveries at once -------------------------------------------------
-
-    def write_contacts(self, runs: Sequence[Run]) -> dict[str, ContactResult | DeliveryError | LeaseLostError]:
-        """Score, route and write the contacts of several claimed deliveries with batch calls.
-
-        For a worker holding more than one ready delivery (each of a different person): the
-        reads that are needed go in one ``batch/read``, new emails in one ``batch/upsert`` per
-        100, and each row keeps its own outcome (a 207 row error included), so one bad row
-        never fails its neighbours. The steps are checkpointed as in :meth:`deliver`, which
-        then carries on from the Slack alert for each run that got its contact.
-        """
-        results: dict[str, ContactResult | DeliveryError | LeaseLostError] = {}
-        scored: list[tuple[Run, Score]] = []
-        for run in runs:
-            if "contact" in run.done:
-                results[run.lead_id] = ContactResult(**run.done["contact"])
-                continue
-            try:
-                with self._step(run, "score"):
-                    scored.append((run, self.score(run)))
-            except (DeliveryError, LeaseLostError) as exc:
-                results[run.lead_id] = exc
-        snapshots = self._snapshots([run for run, _ in scored])
-        routed: dict[str, tuple[Run, Decision, ContactWrite]] = {}
-        for run, score in scored:
-            try:
-                with self._step(run, "route"):
-                    snapshot = snapshots[run.lead_id]
-                    if isinstance(snapshot, DeliveryError):
-                        raise snapshot
-                    decision = self.route(run, score, snapshot)
-            except (DeliveryError, LeaseLostError) as exc:
-                results[run.lead_id] = exc
-                continue
-            routed[run.lead_id] = (run, decision, self._write(run, _extra(score, decision), snapshot))
-        results.update(self._write_routed(routed))
-        return results
-
-    def _snapshots(self, runs: Sequence[Run]) -> dict[str, Snapshot | DeliveryError]:
-        """:meth:`_snapshot` for many runs: what the ledger knows, and one batch read for the rest."""
-        found: dict[str, Snapshot | DeliveryError] = {}
-        unread: list[ContactWrite] = []
-        for run in runs:
-            if "contact" in run.done:
-                continue
-            write = self._write(run)
-            known = self._known(write)
-            if known is not None:
-                found[run.lead_id] = known
-            else:
-                unread.append(write)
-        if unread:
-            wanted = {prop for write in unread for prop in careful(self.crm.planned(write))}
-            found.update(self.crm.lookup_contacts(unread, [*sorted(wanted), OWNER]))
-        return found
-
-    def _write_routed(
-        self, routed: dict[str, tuple[Run, Decision, ContactWrite]]
-    ) -> dict[str, ContactResult | DeliveryError | LeaseLostError]:
-        outcomes = self.crm.upsert_contacts([write for _, _, write in routed.values()]) if routed else {}
-        results: dict[str, ContactResult | DeliveryError | LeaseLostError] = {}
-        for lead_id, (run, decision, write) in routed.items():
-            outcome = outcomes.get(lead_id) or RetriableError("the CRM returned no result for this contact")
-            if isinstance(outcome, DeliveryError):
-                outcome.step = outcome.step or "contact"
-                results[lead_id] = outcome
-                continue
-            try:
-                self._remember(run, write, outcome, decision)
-            except LeaseLostError as exc:
-                results[lead_id] = exc
-                continue
-            # deliver() goes on from here: score, route and contact count as done.
-            run.done.update(self.ledger.steps(lead_id))
-            results[lead_id] = outcome
-        return results
 
     # -- Slack --------------------------------------------------------------------
 

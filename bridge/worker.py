@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
 from .alerts import send_dead_letter_alerts
+from .coalesce import batched_crm
 from .config import Settings
 from .digest import send_due_digests
 from .incidents import check_incidents
@@ -39,7 +40,9 @@ class Worker:
     def __init__(self, settings: Settings, ledger: Ledger, pipeline: Pipeline | None = None) -> None:
         self.settings = settings
         self.ledger = ledger
-        self.pipeline = pipeline or Pipeline(settings, ledger, *counted_ports(settings))
+        crm, notifier = counted_ports(settings)
+        # Several deliveries at once: their HubSpot writes go out as batch calls.
+        self.pipeline = pipeline or Pipeline(settings, ledger, batched_crm(settings, crm), notifier)
         self.owner = worker_id()
         self.stopping = threading.Event()
         self._next_purge = 0.0

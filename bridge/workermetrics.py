@@ -48,7 +48,15 @@ DELIVERY_SECONDS = Histogram(
 )
 # The methods that reach the vendor; the others (planned, record_url) are pure.
 CALLING = {
-    "crm": {"upsert_contacts", "lookup_contact", "create_record", "owner_id_for_email", "owner_active"},
+    "crm": {
+        "upsert_contacts",
+        "lookup_contact",
+        "lookup_contacts",
+        "create_record",
+        "create_records",
+        "owner_id_for_email",
+        "owner_active",
+    },
     "notifier": {"notify", "post_digest", "user_id_for_email", "post_ops"},
 }
 
@@ -89,7 +97,7 @@ class Counted:
             finally:
                 CALL_SECONDS.labels(self._port, name).observe(time.monotonic() - started)
             # A batch answers per input: count each one's outcome.
-            items = list(result.values()) if isinstance(result, Mapping) else [result]
+            items = list(result.values()) if isinstance(result, Mapping) else result if isinstance(result, list) else [result]
             for item in items:
                 CALLS.labels(self._port, name, outcome_of(item) if isinstance(item, DeliveryError) else "ok").inc()
             return result

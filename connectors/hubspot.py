@@ -45,7 +45,7 @@ from bridge.config import HubSpotSettings
 from bridge.errors import DeliveryError, PermanentError, RetriableError, ThrottledError
 from bridge.logs import redact
 from bridge.merge import OVERWRITE, merged
-from bridge.ports import ContactResult, ContactWrite, Link, Snapshot
+from bridge.ports import ContactResult, ContactWrite, Link, NewRecord, Snapshot
 from bridge.ratelimit import CallPacer
 from bridge.text import clean_text
 
@@ -77,6 +77,7 @@ class HubSpotCRM:
         self._batch = contacts.batch_api
         self._search = contacts.search_api
         self._objects = client.crm.objects.basic_api
+        self._batch_objects = client.crm.objects.batch_api
         self._owners = client.crm.owners.owners_api
         self._pipelines = client.crm.pipelines.pipelines_api
         self._properties = client.crm.properties.core_api
@@ -131,21 +132,44 @@ class HubSpotCRM:
         return results
 
     def create_record(self, object_type: str, properties: Mapping[str, str], links: Sequence[Link]) -> str:
-        associations = [
-            objects.PublicAssociationsForObject(
-                to=objects.PublicObjectId(id=link.to_id),
-                types=[objects.AssociationSpec(association_category="HUBSPOT_DEFINED", association_type_id=link.type_id)],
-            )
-            for link in links
-        ]
-        # A note quotes the form's raw answers: cleaned and capped here like contact properties.
-        clean = {name: capped(clean_text(value, multiline=True)) for name, value in properties.items()}
-        body = objects.SimplePublicObjectInputForCreate(properties=clean, associations=associations)
+        body = objects.SimplePublicObjectInputForCreate(**_record_input(properties, links))
         try:
             created = self._call(self._objects.create, object_type, body)
         except objects.ApiException as exc:
             raise self._translate(exc) from exc
         return str(created.id)
+
+    def create_records(self, object_type: str, records: Sequence[NewRecord]) -> list[str | DeliveryError]:
+        """``batch/create`` (100 at most), each row with its own outcome: a 207 row error fails
+        only its row. One record goes through the single create, as before."""
+        if len(records) == 1:
+            try:
+                return [self.create_record(object_type, records[0].properties, records[0].links)]
+            except DeliveryError as exc:
+                return [exc]
+        inputs = [
+            objects.SimplePublicObjectBatchInputForCreate(**_record_input(r.properties, r.links), object_write_trace_id=f"r{n}")
+            for n, r in enumerate(records)
+        ]
+        try:
+            response = self._call(
+                self._batch_objects.create, object_type, objects.BatchInputSimplePublicObjectBatchInputForCreate(inputs)
+            )
+        except objects.ApiException as exc:
+            return [self._translate(exc)] * len(records)
+        except DeliveryError as exc:
+            return [exc] * len(records)
+        # Results are not in input order (hubspot.md §1): matched by trace id, never by position.
+        created = {str(r.object_write_trace_id): str(r.id) for r in response.results or [] if r.object_write_trace_id}
+        failed = {
+            trace: _batch_error(err)
+            for err in getattr(response, "errors", None) or []
+            for trace in ((err.context or {}).get("objectWriteTraceId") or [])
+        }
+        if response.results and not created:
+            log.warning("HubSpot batch create answered without trace ids; %d %s will be retried", len(records), object_type)
+        missing = RetriableError(f"HubSpot returned no result for this {object_type.rstrip('s')}")
+        return [created.get(f"r{n}") or failed.get(f"r{n}") or missing for n in range(len(records))]
 
     def owner_id_for_email(self, email: str) -> str | None:
         """Resolved once per process and cached (owners change rarely; a restart refreshes)."""
@@ -478,6 +502,20 @@ def capped(value: str) -> str:
     if len(value) <= PROPERTY_LIMIT:
         return value
     return value[: PROPERTY_LIMIT - len(TRUNCATED)] + TRUNCATED
+
+
+def _record_input(properties: Mapping[str, str], links: Sequence[Link]) -> dict[str, Any]:
+    """Properties and inline associations of a deal, lead, note or task to create."""
+    associations = [
+        objects.PublicAssociationsForObject(
+            to=objects.PublicObjectId(id=link.to_id),
+            types=[objects.AssociationSpec(association_category="HUBSPOT_DEFINED", association_type_id=link.type_id)],
+        )
+        for link in links
+    ]
+    # Notes and tasks quote the form's raw answers: cleaned and capped here like contact properties.
+    clean = {name: capped(clean_text(value, multiline=True)) for name, value in properties.items()}
+    return {"properties": clean, "associations": associations}
 
 
 def _is_blip(exc: BaseException) -> bool:

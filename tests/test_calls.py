@@ -17,10 +17,7 @@ from typing import Any
 import yaml
 
 from bridge.config import Settings, settings_from_dict
-from bridge.errors import PermanentError
 from bridge.ledger import Ledger, Status
-from bridge.ports import ContactResult, build_crm, build_notifier
-from bridge.sales import Run, Sales
 from bridge.sources import interpret_body, load_sources
 from bridge.worker import Worker
 
@@ -191,16 +188,29 @@ def test_a_worker_killed_between_post_and_update_updates_on_retry_and_never_post
     assert message["edits"] == 1 and deal_link(message)
 
 
-# -- several deliveries at once (Sales.write_contacts) -------------------------------------
+# -- several deliveries at once: batches across deliveries (bridge/coalesce.py) -------------
 
 
-def claimed_runs(settings: Settings, ledger: Ledger, payloads: list[dict[str, Any]]) -> list[Run]:
-    """Deliveries accepted and claimed as the worker would, ready for the sales steps."""
+def person(n: int) -> dict[str, Any]:
+    return answer(answer(typeform_payload(event_id=f"p{n}", token=f"p{n}"), "email", f"p{n}@roofing-co.com"), "phone", None)
+
+
+def batching(config_data: dict[str, Any], concurrency: int = 100) -> Settings:
+    """A worker running many deliveries at once, whose writes always wait for company (as when
+    the call budget is tight) until a batch is full: batches are what is measured here."""
+    config_data["worker"].update(concurrency=concurrency, claim_batch=min(concurrency, 100))
+    config_data["hubspot"]["batching"] = {"tight_below": 1.0, "contact_wait_seconds": 5, "record_wait_seconds": 5}
+    return settings_from_dict(config_data, ROOT)
+
+
+def queued(settings: Settings, ledger: Ledger, payloads: list[dict[str, Any]]) -> list[str]:
+    """Deliveries accepted as intake would, waiting for a worker."""
     kit = load_sources(settings)["typeform"]
+    ids = []
     for payload in payloads:
         body = json.dumps(payload).encode()
         lead = interpret_body(kit, body, "application/json", "US").lead
-        ledger.accept(
+        delivery_id, _ = ledger.accept(
             source="typeform",
             idem_key=f"batch-{payload['form_response']['token']}",
             body=body,
@@ -209,32 +219,28 @@ def claimed_runs(settings: Settings, ledger: Ledger, payloads: list[dict[str, An
             config_version="v",
             person_keys=lead.person_keys(),
         )
-    claimed = [d for _ in range(0, len(payloads), 100) for d in ledger.claim("test-worker", 100, 60)]
-    runs = []
-    for delivery in claimed:
-        ledger.begin_attempt(delivery.id, "test-worker")
-        seen = interpret_body(kit, delivery.body, delivery.content_type, "US")
-        runs.append(Run(delivery, "test-worker", seen, ledger.steps(delivery.id)))
-    return runs
+        ids.append(delivery_id)
+    return ids
 
 
-def person(n: int) -> dict[str, Any]:
-    return answer(answer(typeform_payload(event_id=f"p{n}", token=f"p{n}"), "email", f"p{n}@roofing-co.com"), "phone", None)
+def exact(sandbox: Sandbox, call: str) -> int:
+    return sum(1 for c in calls(sandbox) if c == call)
 
 
-def test_a_backlog_of_250_new_leads_is_written_with_three_contact_batch_calls(settings: Settings, sandbox: Sandbox) -> None:
+def test_a_backlog_of_250_new_leads_is_written_with_three_contact_batch_calls(
+    config_data: dict[str, Any], sandbox: Sandbox
+) -> None:
+    settings = batching(config_data)
     ledger = Ledger(settings.ledger.path)
-    runs = claimed_runs(settings, ledger, [person(n) for n in range(250)])
-    sales = Sales(settings, ledger, build_crm(settings), build_notifier(settings))
-    results = sales.write_contacts(runs)
-    assert len(runs) == 250 and all(isinstance(r, ContactResult) and r.created for r in results.values())
-    assert hubspot_only(calls(sandbox)) == [UPSERT] * 3  # 100 + 100 + 50, and no read
-    assert len(sandbox.state()["contacts"]) == 250
-    # The rest of a lead goes on from its checkpoints: no second contact write.
-    before = len(sandbox.state()["requests"])
-    sales.deliver(runs[0])
-    assert calls(sandbox, before) == [POST, DEAL, TASK, UPDATE]
-    assert {"score", "route", "contact", "notify", "deal", "task", "notify_update"} <= set(ledger.steps(runs[0].lead_id))
+    ids = queued(settings, ledger, [person(n) for n in range(250)])
+    Worker(settings, ledger).drain(timeout=300)
+    assert {ledger.get(i).status for i in ids} == {Status.DELIVERED}
+    assert len(sandbox.state()["contacts"]) == 250 and len(sandbox.state()["messages"]) == 250
+    # 100 + 100 + 50 per kind of write, each delivery still one lead through its own steps.
+    assert exact(sandbox, UPSERT) <= 3
+    assert exact(sandbox, DEAL + "/batch/create") <= 3 and exact(sandbox, TASK + "/batch/create") <= 3
+    assert exact(sandbox, DEAL) == exact(sandbox, TASK) == 0  # no single creates
+    assert len(sandbox.state()["objects"]["deals"]) == len(sandbox.state()["objects"]["tasks"]) == 250
 
 
 def test_a_207_row_error_fails_only_its_own_delivery(config_data: dict[str, Any], sandbox: Sandbox, tmp_path: Path) -> None:
@@ -242,58 +248,54 @@ def test_a_207_row_error_fails_only_its_own_delivery(config_data: dict[str, Any]
     mapping["custom"]["roof_age"] = "hidden.utm_source"  # a property the portal does not have
     (tmp_path / "typeform.yaml").write_text(yaml.safe_dump(mapping))
     config_data["sources"][0]["mapping"] = str(tmp_path / "typeform.yaml")
-    settings = settings_from_dict(config_data, ROOT)
+    settings = batching(config_data, concurrency=3)
     ledger = Ledger(settings.ledger.path)
     payloads = [person(n) for n in range(3)]
     for n in (0, 2):  # only the middle one carries the value that cannot be written
         payloads[n]["form_response"]["hidden"].pop("utm_source")
-    runs = claimed_runs(settings, ledger, payloads)
-    results = Sales(settings, ledger, build_crm(settings), build_notifier(settings)).write_contacts(runs)
-    by_email = {run.seen.lead.email: results[run.lead_id] for run in runs}
-    bad = by_email.pop("p1@roofing-co.com")
-    assert isinstance(bad, PermanentError) and bad.step == "contact" and "PROPERTY_DOESNT_EXIST" in str(bad)
-    assert all(isinstance(r, ContactResult) for r in by_email.values())
-    assert hubspot_only(calls(sandbox)) == [UPSERT]  # one call, answered 207
+    ids = queued(settings, ledger, payloads)
+    Worker(settings, ledger).drain(timeout=120)
+    bad = ledger.get(ids[1])
+    assert bad.status == Status.DEAD and "PROPERTY_DOESNT_EXIST" in (bad.reason or "")
+    assert ledger.get(ids[0]).status == ledger.get(ids[2]).status == Status.DELIVERED
+    assert exact(sandbox, UPSERT) == 1  # one call, answered 207
     assert sorted(c["properties"]["email"] for c in sandbox.state()["contacts"]) == ["p0@roofing-co.com", "p2@roofing-co.com"]
 
 
-def test_a_batch_hubspot_refuses_whole_is_written_row_by_row(settings: Settings, sandbox: Sandbox) -> None:
+def test_a_batch_create_that_fails_is_retried_and_creates_nothing_twice(config_data: dict[str, Any], sandbox: Sandbox) -> None:
+    settings = batching(config_data, concurrency=3)
+    ledger = Ledger(settings.ledger.path)
+    ids = queued(settings, ledger, [person(n) for n in range(3)])
+    sandbox.fault(path="/crm/v3/objects/deals/batch/create", status=503, times=1)
+    Worker(settings, ledger).drain(timeout=120)
+    # The failed batch is retried on each delivery's next attempt (contact and Slack steps kept).
+    assert {ledger.get(i).status for i in ids} == {Status.DELIVERED}
+    assert len(sandbox.state()["objects"]["deals"]) == 3
+    assert exact(sandbox, UPSERT) == 1 and len(sandbox.state()["messages"]) == 3
+
+
+def test_a_batch_hubspot_refuses_whole_is_written_row_by_row(config_data: dict[str, Any], sandbox: Sandbox) -> None:
+    settings = batching(config_data, concurrency=3)
     sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=400, times=1)
     ledger = Ledger(settings.ledger.path)
-    runs = claimed_runs(settings, ledger, [person(n) for n in range(3)])
-    results = Sales(settings, ledger, build_crm(settings), build_notifier(settings)).write_contacts(runs)
-    assert all(isinstance(r, ContactResult) for r in results.values())
-    assert hubspot_only(calls(sandbox)) == [UPSERT] * 4  # the refused batch, then one row each
+    ids = queued(settings, ledger, [person(n) for n in range(3)])
+    Worker(settings, ledger).drain(timeout=120)
+    assert {ledger.get(i).status for i in ids} == {Status.DELIVERED}
+    assert exact(sandbox, UPSERT) == 4  # the refused batch, then one row each
     assert len(sandbox.state()["contacts"]) == 3
-
-
-def test_returning_people_in_a_batch_need_no_read(settings: Settings, sandbox: Sandbox) -> None:
-    ledger = Ledger(settings.ledger.path)
-    sales = Sales(settings, ledger, build_crm(settings), build_notifier(settings))
-    for run in claimed_runs(settings, ledger, [person(n) for n in range(2)]):
-        sales.deliver(run)
-        ledger.finish(run.lead_id, run.owner, Status.DELIVERED, None, "finish")
-    before = len(sandbox.state()["requests"])
-    again = [answer(person(n), "message", "Any news?") for n in range(2)]
-    for payload in again:
-        payload["form_response"]["token"] += "-again"
-    results = sales.write_contacts(claimed_runs(settings, ledger, again))
-    assert len(results) == 2
-    assert all(isinstance(r, ContactResult) and not r.created for r in results.values())
-    assert hubspot_only(calls(sandbox, before)) == ["PATCH /crm/v3/objects/contacts"] * 2
 
 
 def test_people_a_batch_must_read_are_read_in_one_call(config_data: dict[str, Any], sandbox: Sandbox) -> None:
     config_data["hubspot"]["read_unknown_contacts"] = True
-    settings = settings_from_dict(config_data, ROOT)
+    settings = batching(config_data, concurrency=3)
     sandbox.hubspot(
         "POST", "/crm/v3/objects/contacts", json={"properties": {"email": "p1@roofing-co.com", "first_utm_source": "x"}}
     )
     ledger = Ledger(settings.ledger.path)
-    runs = claimed_runs(settings, ledger, [person(n) for n in range(3)])
-    results = Sales(settings, ledger, build_crm(settings), build_notifier(settings)).write_contacts(runs)
-    assert sorted(r.created for r in results.values() if isinstance(r, ContactResult)) == [False, True, True]
-    assert hubspot_only(calls(sandbox)) == ["POST /crm/v3/objects/contacts", BATCH_READ, UPSERT]
+    ids = queued(settings, ledger, [person(n) for n in range(3)])
+    Worker(settings, ledger).drain(timeout=120)
+    assert {ledger.get(i).status for i in ids} == {Status.DELIVERED}
+    assert hubspot_only(calls(sandbox))[:3] == ["POST /crm/v3/objects/contacts", BATCH_READ, UPSERT]
     kept = next(c for c in sandbox.state()["contacts"] if c["properties"]["email"] == "p1@roofing-co.com")
     assert kept["properties"]["first_utm_source"] == "x"
 

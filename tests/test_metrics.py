@@ -207,6 +207,8 @@ def test_a_worker_serves_its_own_call_counts_on_its_metrics_port(
         wait_until(delivered, time.monotonic() + BOOT_SECONDS, "the worker to count the delivery", proc)
         calls = named(scrape(worker_url), "leadbridge_worker_calls_total")
     assert calls[(("method", "upsert_contacts"), ("outcome", "ok"), ("port", "crm"))] == 1
-    assert calls[(("method", "create_record"), ("outcome", "ok"), ("port", "crm"))] == 2  # deal, task (the answers in its body)
+    assert (
+        calls[(("method", "create_records"), ("outcome", "ok"), ("port", "crm"))] == 2
+    )  # deal, task (batched across deliveries)
     assert calls[(("method", "notify"), ("outcome", "throttled"), ("port", "notifier"))] == 1  # Slack's 429
     assert calls[(("method", "notify"), ("outcome", "ok"), ("port", "notifier"))] == 1

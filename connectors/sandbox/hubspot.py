@@ -88,6 +88,11 @@ def crm_create(object_type: str) -> ResponseReturnValue:
         return jsonify(record.to_json()), 201
 
 
+def traced(result: dict[str, Any], item: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch result carries its input's ``objectWriteTraceId``, so callers can match it."""
+    return {**result, "objectWriteTraceId": item["objectWriteTraceId"]} if item.get("objectWriteTraceId") else result
+
+
 def crm_batch_create(object_type: str) -> ResponseReturnValue:
     started_at = utc_now_iso()
     with state().lock:
@@ -95,7 +100,7 @@ def crm_batch_create(object_type: str) -> ResponseReturnValue:
         results, errors = run_batch(
             batch_inputs(json_body()),
             lambda item: crm.prepare_create(object_type, item),
-            lambda item: crm.create(object_type, item).to_json(),
+            lambda item: traced(crm.create(object_type, item).to_json(), item),
         )
         return batch_response(results, errors, started_at, 201)
 

@@ -1,0 +1,90 @@
+"""Many threads' small requests, handled as one: the batcher behind group commit and batch calls.
+
+Each thread submits one item and blocks. The first to arrive leads: it may linger a moment
+for company (up to ``max_items``), hands the whole batch to ``flush``, gives every thread
+its own outcome, and passes the lead to the next thread that queued meanwhile. No thread
+runs a separate flusher, so an idle batcher costs nothing, and nobody returns before the
+flush that holds their item.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A flush outcome that makes its submitter raise ``error`` (others are returned as they are)."""
+
+    error: BaseException
+
+
+@dataclass
+class _Slot(Generic[T]):
+    item: T
+    wake: threading.Event = field(default_factory=threading.Event)
+    leads: bool = False
+    done: bool = False
+    outcome: Any = None
+
+
+class Batcher(Generic[T, R]):
+    """``submit(item)`` from any thread; ``flush(items)`` returns one outcome per item, in order."""
+
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Sequence[R | Failed]],
+        max_items: int,
+        linger: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        self._flush, self.max_items, self._linger = flush, max_items, linger
+        self._lock = threading.Condition()
+        self._queue: list[_Slot[T]] = []
+        self._busy = False
+
+    def submit(self, item: T) -> R:
+        slot: _Slot[T] = _Slot(item)
+        with self._lock:
+            self._queue.append(slot)
+            if not self._busy:
+                self._busy = slot.leads = True
+            elif len(self._queue) >= self.max_items:
+                self._lock.notify_all()  # a lingering leader has a full batch: go now
+        if not slot.leads:
+            slot.wake.wait()
+        if not slot.done:  # leading this batch (first, or handed the lead)
+            self._lead()
+        if isinstance(slot.outcome, Failed):
+            raise slot.outcome.error
+        outcome: R = slot.outcome
+        return outcome
+
+    def _lead(self) -> None:
+        linger = self._linger()
+        with self._lock:
+            deadline = time.monotonic() + linger
+            while len(self._queue) < self.max_items and (left := deadline - time.monotonic()) > 0:
+                self._lock.wait(left)
+            batch, self._queue = self._queue[: self.max_items], self._queue[self.max_items :]
+        try:
+            outcomes: Sequence[Any] = self._flush([slot.item for slot in batch])
+            if len(outcomes) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} came back with {len(outcomes)} outcomes")
+        except BaseException as exc:  # the flush as a whole failed: so did every item in it
+            outcomes = [Failed(exc)] * len(batch)
+        for slot, outcome in zip(batch, outcomes, strict=True):
+            slot.outcome, slot.done = outcome, True
+            slot.wake.set()
+        with self._lock:
+            if self._queue:
+                self._queue[0].leads = True
+                self._queue[0].wake.set()
+            else:
+                self._busy = False

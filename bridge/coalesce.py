@@ -1,0 +1,107 @@
+"""Batches across deliveries: the CRM writes of the deliveries a worker runs at once, sent as
+batch calls, while each delivery's pipeline stays one lead, one step after another.
+
+A pipeline thread asks for one contact upsert or one record create, exactly as it would
+alone; this wrapper holds it for a moment and sends it with the others of that moment:
+contacts in one ``batch/upsert`` (100 at most), deals, notes and tasks in one
+``batch/create`` per object type (and, with ``hubspot.read_unknown_contacts``, the reads
+before them in one ``batch/read``). Each row keeps its own outcome, so a 207 row error fails
+only its own delivery. Checkpoints, retries and one person's deliveries in order are
+untouched: they live in the pipeline and the ledger, which do not know batching happens.
+
+When HubSpot's call budget has room, nothing lingers: a lone lead goes out at once. When
+the budget is tight, a contact write waits up to ``hubspot.batching.contact_wait_seconds``
+for company and a record create (after the rep's ping, so nobody waits on it) up to
+``record_wait_seconds``: fewer, fuller calls exactly when calls are scarce.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .batching import Batcher, Failed
+from .config import Settings
+from .errors import DeliveryError, RetriableError
+from .ports import CRM, ContactResult, ContactWrite, Link, NewRecord, Snapshot, build_crm
+from .ratelimit import CallPacer, limits_path
+
+BATCH_LIMIT = 100
+
+
+class CoalescingCRM:
+    """A CRM whose single writes from concurrent threads become batch calls on ``inner``."""
+
+    def __init__(
+        self, inner: CRM, *, budget_tight: Callable[[], bool], contact_wait: float, record_wait: float, in_flight: int
+    ) -> None:
+        self.inner = inner
+        # A batch is full at the number of deliveries that can be in flight at once.
+        self.max_items = max(1, min(BATCH_LIMIT, in_flight))
+        self._contact_wait = lambda: contact_wait if budget_tight() else 0.0
+        self._record_wait = lambda: record_wait if budget_tight() else 0.0
+        self._contacts: Batcher[ContactWrite, ContactResult | DeliveryError] = Batcher(
+            self._flush_contacts, self.max_items, self._contact_wait
+        )
+        self._batchers: dict[tuple[Any, ...], Batcher[Any, Any]] = {}
+        self._lock = threading.Lock()
+
+    def upsert_contacts(self, writes: Sequence[ContactWrite]) -> dict[str, ContactResult | DeliveryError]:
+        if len(writes) != 1:  # already a batch: as it is
+            return self.inner.upsert_contacts(writes)
+        return {writes[0].trace_id: self._contacts.submit(writes[0])}
+
+    def create_record(self, object_type: str, properties: Mapping[str, str], links: Sequence[Link]) -> str:
+        return self._batcher(("create", object_type), self._flush_records(object_type), self._record_wait).submit(
+            NewRecord(properties, links)
+        )
+
+    def lookup_contact(self, write: ContactWrite, properties: Sequence[str]) -> Snapshot:
+        """Only with ``hubspot.read_unknown_contacts``: the reads of the moment in one batch read."""
+        names = tuple(sorted(set(properties)))
+        return self._batcher(("read", names), self._flush_reads(names), self._contact_wait).submit(write)
+
+    def __getattr__(self, name: str) -> Any:
+        # Reads, owners, links, planning: straight through.
+        return getattr(self.inner, name)
+
+    def _flush_contacts(self, writes: list[ContactWrite]) -> list[ContactResult | DeliveryError]:
+        results = self.inner.upsert_contacts(writes)
+        return [results.get(w.trace_id) or RetriableError("the CRM returned no result for this contact") for w in writes]
+
+    def _flush_records(self, object_type: str) -> Callable[[list[NewRecord]], list[str | Failed]]:
+        def flush(records: list[NewRecord]) -> list[str | Failed]:
+            outcomes = self.inner.create_records(object_type, records)
+            return [Failed(o) if isinstance(o, DeliveryError) else o for o in outcomes]
+
+        return flush
+
+    def _flush_reads(self, names: tuple[str, ...]) -> Callable[[list[ContactWrite]], list[Snapshot | Failed]]:
+        def flush(writes: list[ContactWrite]) -> list[Snapshot | Failed]:
+            found = self.inner.lookup_contacts(writes, names)
+            missing = RetriableError("the CRM returned no snapshot for this contact")
+            return [Failed(o) if isinstance(o := found.get(w.trace_id, missing), DeliveryError) else o for w in writes]
+
+        return flush
+
+    def _batcher(
+        self, key: tuple[Any, ...], flush: Callable[[list[Any]], Sequence[Any]], wait: Callable[[], float]
+    ) -> Batcher[Any, Any]:
+        with self._lock:
+            if key not in self._batchers:
+                self._batchers[key] = Batcher(flush, self.max_items, wait)
+            return self._batchers[key]
+
+
+def batched_crm(settings: Settings, inner: CRM | None = None) -> CoalescingCRM:
+    """The worker's CRM: ``inner`` (or the configured one), its writes batched across deliveries."""
+    pacer = CallPacer(limits_path(settings.ledger.path), settings.hubspot.rate_limit)
+    cfg = settings.hubspot.batching
+    return CoalescingCRM(
+        inner or build_crm(settings),
+        budget_tight=lambda: pacer.free_share() <= cfg.tight_below,
+        contact_wait=cfg.contact_wait_seconds,
+        record_wait=cfg.record_wait_seconds,
+        in_flight=settings.worker.concurrency,
+    )
