@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+CAPACITY_POLL_SECONDS = 0.02
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -41,10 +42,13 @@ class Batcher(Generic[T, R]):
     def __init__(
         self,
         flush: Callable[[list[T]], Sequence[R | Failed]],
-        max_items: int,
+        max_items: int | Callable[[], int],
         linger: Callable[[], float] = lambda: 0.0,
     ) -> None:
-        self._flush, self.max_items, self._linger = flush, max_items, linger
+        # A number, or a function saying how many items could come at all right now (a batch
+        # that holds all of them is full: no point lingering for more).
+        self._capacity = max_items if callable(max_items) else (lambda: max_items)
+        self._flush, self._linger = flush, linger
         self._lock = threading.Condition()
         self._queue: list[_Slot[T]] = []
         self._busy = False
@@ -55,7 +59,7 @@ class Batcher(Generic[T, R]):
             self._queue.append(slot)
             if not self._busy:
                 self._busy = slot.leads = True
-            elif len(self._queue) >= self.max_items:
+            elif len(self._queue) >= self._capacity():
                 self._lock.notify_all()  # a lingering leader has a full batch: go now
         if not slot.leads:
             slot.wake.wait()
@@ -70,9 +74,11 @@ class Batcher(Generic[T, R]):
         linger = self._linger()
         with self._lock:
             deadline = time.monotonic() + linger
-            while len(self._queue) < self.max_items and (left := deadline - time.monotonic()) > 0:
-                self._lock.wait(left)
-            batch, self._queue = self._queue[: self.max_items], self._queue[self.max_items :]
+            # Looked at again every few ms: the capacity can shrink as other work finishes.
+            while len(self._queue) < (full := max(1, self._capacity())) and (left := deadline - time.monotonic()) > 0:
+                self._lock.wait(min(left, CAPACITY_POLL_SECONDS))
+            full = max(1, self._capacity())
+            batch, self._queue = self._queue[:full], self._queue[full:]
         try:
             outcomes: Sequence[Any] = self._flush([slot.item for slot in batch])
             if len(outcomes) != len(batch):

@@ -34,11 +34,17 @@ class CoalescingCRM:
     """A CRM whose single writes from concurrent threads become batch calls on ``inner``."""
 
     def __init__(
-        self, inner: CRM, *, budget_tight: Callable[[], bool], contact_wait: float, record_wait: float, in_flight: int
+        self,
+        inner: CRM,
+        *,
+        budget_tight: Callable[[], bool],
+        contact_wait: float,
+        record_wait: float,
+        in_flight: Callable[[], int],
     ) -> None:
         self.inner = inner
-        # A batch is full at the number of deliveries that can be in flight at once.
-        self.max_items = max(1, min(BATCH_LIMIT, in_flight))
+        # A batch is full at 100 rows, or when it holds every delivery in flight right now.
+        self.max_items = lambda: max(1, min(BATCH_LIMIT, in_flight()))
         self._contact_wait = lambda: contact_wait if budget_tight() else 0.0
         self._record_wait = lambda: record_wait if budget_tight() else 0.0
         self._contacts: Batcher[ContactWrite, ContactResult | DeliveryError] = Batcher(
@@ -94,8 +100,9 @@ class CoalescingCRM:
             return self._batchers[key]
 
 
-def batched_crm(settings: Settings, inner: CRM | None = None) -> CoalescingCRM:
-    """The worker's CRM: ``inner`` (or the configured one), its writes batched across deliveries."""
+def batched_crm(settings: Settings, in_flight: Callable[[], int], inner: CRM | None = None) -> CoalescingCRM:
+    """The worker's CRM: ``inner`` (or the configured one), its writes batched across the
+    deliveries in flight (``in_flight()`` says how many)."""
     pacer = CallPacer(limits_path(settings.ledger.path), settings.hubspot.rate_limit)
     cfg = settings.hubspot.batching
     return CoalescingCRM(
@@ -103,5 +110,5 @@ def batched_crm(settings: Settings, inner: CRM | None = None) -> CoalescingCRM:
         budget_tight=lambda: pacer.free_share() <= cfg.tight_below,
         contact_wait=cfg.contact_wait_seconds,
         record_wait=cfg.record_wait_seconds,
-        in_flight=settings.worker.concurrency,
+        in_flight=in_flight,
     )

@@ -115,7 +115,7 @@ class BatchingSettings(Model):
     """Batches across deliveries (bridge/coalesce.py): how long a write may wait for company,
     only while the call budget is tight (at most ``tight_below`` of the window left; 1: always)."""
 
-    contact_wait_seconds: float = Field(0.1, ge=0, le=5)
+    contact_wait_seconds: float = Field(0.1, ge=0, le=30)
     record_wait_seconds: float = Field(1.0, ge=0, le=30)
     tight_below: float = Field(0.5, ge=0, le=1)
 

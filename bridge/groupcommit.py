@@ -66,18 +66,7 @@ class GroupCommit:
         return outcomes
 
     def _begin(self, conn: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE, asking every millisecond until ``busy_timeout``."""
-        deadline = time.monotonic() + self.busy_timeout
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(POLL_SECONDS)
+        begin_immediate(conn, self.busy_timeout, POLL_SECONDS)
 
     def _connection(self) -> sqlite3.Connection:
         # One connection for every leader thread in turn: only one leads at a time.
@@ -90,3 +79,23 @@ class GroupCommit:
             conn.execute(f"PRAGMA wal_autocheckpoint={self.autocheckpoint_pages}")
             self._conn = conn
         return self._conn
+
+
+def begin_immediate(conn: sqlite3.Connection, timeout: float, poll: float) -> None:
+    """BEGIN IMMEDIATE, asking again every ``poll`` seconds until ``timeout``.
+
+    SQLite's own busy handler sleeps in growing steps (up to 100 ms) and is unfair: a writer
+    that lost once keeps losing to fresh arrivals. Asking at a steady short interval gets
+    the lock within about ``poll`` of it coming free; a shorter ``poll`` wins more often.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(poll)

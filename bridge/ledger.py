@@ -28,7 +28,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from .errors import LeadbridgeError
-from .groupcommit import GroupCommit
+from .groupcommit import GroupCommit, begin_immediate
 
 
 class Status(StrEnum):
@@ -302,6 +302,9 @@ def m006_incidents(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS incidents_open ON incidents (key) WHERE closed_at IS NULL")
 
 
+WORKER_POLL_SECONDS = 0.003
+
+
 class Ledger:
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
@@ -337,7 +340,13 @@ class Ledger:
             # Inside exclusive(): part of the caller's transaction.
             yield conn
             return
-        conn.execute("BEGIN IMMEDIATE")
+        # Workers ask for the write lock every few ms rather than in SQLite's growing, unfair
+        # sleeps; intake's group commit asks every 1 ms, so when both wait intake wins.
+        conn.execute("PRAGMA busy_timeout = 2")
+        try:
+            begin_immediate(conn, self.busy_timeout, WORKER_POLL_SECONDS)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         try:
             yield conn
         except BaseException:

@@ -151,6 +151,9 @@ class RateLimiter:
             return 0.0
 
 
+WINDOW_MARGIN_SECONDS = 0.25
+
+
 class CallPacer:
     """HubSpot's burst limit, spent by every worker process on the machine together.
 
@@ -215,8 +218,11 @@ class CallPacer:
         if limit <= 0:
             return
         waited = 0.0
+        # Our clock stamps a call as it leaves, HubSpot's as it arrives; a call that left fast
+        # can land inside a window we think has moved on. A little longer window absorbs that.
+        kept = window + WINDOW_MARGIN_SECONDS
         while True:
-            wait = self._safely(lambda s: s.take_window(name, limit, window, self.clock())) or 0.0
+            wait = self._safely(lambda s: s.take_window(name, limit, kept, self.clock())) or 0.0
             if wait <= 0:
                 return
             if waited + wait > self.budget.max_wait_seconds:

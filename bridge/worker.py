@@ -42,7 +42,10 @@ class Worker:
         self.ledger = ledger
         crm, notifier = counted_ports(settings)
         # Several deliveries at once: their HubSpot writes go out as batch calls.
-        self.pipeline = pipeline or Pipeline(settings, ledger, batched_crm(settings, crm), notifier)
+        self.in_flight = 0
+        self._counting = threading.Lock()
+        batched = batched_crm(settings, lambda: self.in_flight, crm)
+        self.pipeline = pipeline or Pipeline(settings, ledger, batched, notifier)
         self.owner = worker_id()
         self.stopping = threading.Event()
         self._next_purge = 0.0
@@ -64,6 +67,7 @@ class Worker:
                 # Look before claiming, so a delivery written after the claim's read still wakes us.
                 self.ledger.written_since_last_look()
                 claimed = self._claim(want) if want > 0 else []
+                self._count(len(claimed))
                 running |= {pool.submit(self._process_one, d) for d in claimed}
                 if time.monotonic() >= next_digest:
                     self._digests()
@@ -150,6 +154,7 @@ class Worker:
                         break
                     time.sleep(min(cfg.poll_seconds, 0.05))
                     continue
+                self._count(len(claimed))
                 handled += len(list(pool.map(self._process_one, claimed)))
         self._alerts()
         return handled
@@ -162,9 +167,17 @@ class Worker:
         cfg = self.settings.worker
         return self.ledger.claim(self.owner, limit, cfg.lease_seconds, crash_budget=cfg.crash_budget)
 
+    def _count(self, n: int) -> None:
+        """Deliveries in flight (claimed and not finished): how full a batch call can get."""
+        with self._counting:
+            self.in_flight += n
+
     def _process_one(self, delivery: Delivery) -> str:
         started = time.monotonic()
-        outcome = self._run_one(delivery)
+        try:
+            outcome = self._run_one(delivery)
+        finally:
+            self._count(-1)
         ms = round((time.monotonic() - started) * 1000)
         record_delivery(delivery.source, str(outcome), ms / 1000)
         fields = {"delivery_id": delivery.id, "source": delivery.source, "outcome": str(outcome), "duration_ms": ms}

@@ -199,7 +199,7 @@ def batching(config_data: dict[str, Any], concurrency: int = 100) -> Settings:
     """A worker running many deliveries at once, whose writes always wait for company (as when
     the call budget is tight) until a batch is full: batches are what is measured here."""
     config_data["worker"].update(concurrency=concurrency, claim_batch=min(concurrency, 100))
-    config_data["hubspot"]["batching"] = {"tight_below": 1.0, "contact_wait_seconds": 5, "record_wait_seconds": 5}
+    config_data["hubspot"]["batching"] = {"tight_below": 1.0, "contact_wait_seconds": 30, "record_wait_seconds": 30}
     return settings_from_dict(config_data, ROOT)
 
 
