@@ -19,7 +19,8 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import CallBudget
@@ -61,11 +62,20 @@ class LimitStore:
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
-    def take(self, name: str, key: str, capacity: float, rate: float, now: float) -> float:
-        """Take one token from bucket ``(name, key)``: 0 if granted, else seconds until one is."""
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction on its own connection (safe across threads and forks)."""
         db = self._connect()
         try:
             db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        finally:
+            db.close()  # closing with the transaction open rolls it back
+
+    def take(self, name: str, key: str, capacity: float, rate: float, now: float) -> float:
+        """Take one token from bucket ``(name, key)``: 0 if granted, else seconds until one is."""
+        with self._transaction() as db:
             row = db.execute("SELECT tokens, last FROM buckets WHERE name=? AND key=?", (name, key)).fetchone()
             tokens, last = row if row else (capacity, now)
             tokens = min(capacity, tokens + max(0.0, now - last) * rate)
@@ -74,16 +84,11 @@ class LimitStore:
             db.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)", (name, key, tokens, now))
             if not row and db.execute("SELECT count(*) FROM buckets").fetchone()[0] > self.MAX_KEYS:
                 db.execute("DELETE FROM buckets WHERE name=? AND last < ?", (name, now - capacity / rate))
-            db.execute("COMMIT")
-            return wait
-        finally:
-            db.close()
+        return wait
 
     def take_window(self, name: str, limit: int, window: float, now: float) -> float:
         """One call in a rolling window of ``limit`` per ``window`` s: 0 if granted, else seconds to wait."""
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             db.execute("DELETE FROM calls WHERE name=? AND at <= ?", (name, now - window))
             used = db.execute("SELECT count(*) FROM calls WHERE name=?", (name,)).fetchone()[0]
             if used < limit:
@@ -95,10 +100,7 @@ class LimitStore:
                     "SELECT at FROM calls WHERE name=? ORDER BY at LIMIT 1 OFFSET ?", (name, used - limit)
                 ).fetchone()[0]
                 wait = max(0.001, oldest + window - now)
-            db.execute("COMMIT")
-            return wait
-        finally:
-            db.close()
+        return wait
 
     def window_count(self, name: str, window: float, now: float) -> int:
         """Calls counted in the window ending now (a read: takes no lock)."""
@@ -110,15 +112,10 @@ class LimitStore:
 
     def fill_window(self, name: str, used: int, window: float, now: float) -> None:
         """The other side counted ``used`` calls in its window: count at least as many here."""
-        db = self._connect()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             db.execute("DELETE FROM calls WHERE name=? AND at <= ?", (name, now - window))
             ours = db.execute("SELECT count(*) FROM calls WHERE name=?", (name,)).fetchone()[0]
             db.executemany("INSERT INTO calls VALUES (?, ?)", [(name, now)] * max(0, used - ours))
-            db.execute("COMMIT")
-        finally:
-            db.close()
 
     def secret(self, name: str) -> bytes:
         """A random secret created once per file, so every worker signs and checks alike."""
