@@ -12,8 +12,6 @@ import logging
 import math
 import sqlite3
 import time
-import traceback
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -30,6 +28,7 @@ from .errors import (
     SignatureError,
     SourceNotConfiguredError,
     UnknownSourceError,
+    where,
 )
 from .health import register_health
 from .jsonlog import apply_log_format
@@ -181,7 +180,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def bug(exc: Exception) -> tuple[Response, int]:
         # Last resort, for true bugs only: every refusal is an IntakeError or HTTPException above.
         # Type and place only: the message or the locals may quote the body.
-        log.error("unexpected %s at %s on %s", type(exc).__name__, _where(exc), request.path)
+        log.error("unexpected %s at %s on %s", type(exc).__name__, where(exc, frames=1), request.path)
         return _error(500, "internal_error", UNEXPECTED)
 
     return app
@@ -235,13 +234,6 @@ def _read_up_to(stream: Any, size: int) -> bytes:
         chunks.append(data)
         got += len(data)
     return b"".join(chunks)
-
-
-def _where(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "?"
-    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}"
 
 
 def _error(status: int, code: str, message: str) -> tuple[Response, int]:

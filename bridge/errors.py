@@ -20,6 +20,7 @@ Vendor exceptions are translated into these at the connector boundary with
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 
@@ -103,3 +104,10 @@ class ThrottledError(RetriableError):
 
 class PermanentError(DeliveryError):
     """Retrying cannot help: the delivery goes to ``dead`` with this message."""
+
+
+def where(exc: BaseException, frames: int = 3) -> str:
+    """The innermost frames an exception passed through, as file:line, innermost first (never
+    its message, which can quote lead data)."""
+    seen = traceback.extract_tb(exc.__traceback__)[-frames:]
+    return " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(seen)) or "?"

@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-import traceback
-from pathlib import Path
 
 from .config import Settings
-from .errors import DeliveryError, IntakeError, RetriableError, ThrottledError
+from .errors import DeliveryError, IntakeError, RetriableError, ThrottledError, where
 from .ledger import Delivery, LeaseLostError, Ledger, Status
 from .logs import redact
 from .ports import CRM, Alert, Notifier, build_crm, build_notifier
@@ -25,13 +23,6 @@ from .sales import Run, Sales
 from .sources import Interpretation, interpret_body, load_sources, screen
 
 log = logging.getLogger(__name__)
-
-
-def where(exc: BaseException) -> str:
-    """The innermost frames an exception passed through, as file:line (never its message,
-    which can quote lead data)."""
-    frames = traceback.extract_tb(exc.__traceback__)[-3:]
-    return " < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
 
 
 class Pipeline:

@@ -21,9 +21,10 @@ from .alerts import send_dead_letter_alerts
 from .coalesce import batched_crm
 from .config import Settings
 from .digest import send_due_digests
+from .errors import where
 from .incidents import check_incidents
 from .ledger import Delivery, Ledger
-from .pipeline import Pipeline, where
+from .pipeline import Pipeline
 from .retention import purge
 from .workermetrics import counted_ports, record_delivery, serve_worker_metrics
 
