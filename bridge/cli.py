@@ -69,12 +69,17 @@ def main() -> None:
 @main.command("check-config")
 @config_option
 @click.option("--show", is_flag=True, help="Also print the effective config, secrets redacted.")
-def check_config(config_file: str | None, show: bool) -> None:
+@click.option("--live", is_flag=True, help="Also check it against the real HubSpot and Slack (as `leadbridge doctor`).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, problems, warnings.")
+def check_config(config_file: str | None, show: bool, live: bool, as_json: bool) -> None:
     """Validate the config and its mappings; list every problem, exit 1 if any.
 
     Example: leadbridge check-config --config config.yaml --show
     """
+    from .doctor import static_problems
+
     problems: list[str] = []
+    warnings: list[str] = []
     settings = None
     try:
         settings = load_settings(config_file)
@@ -83,10 +88,24 @@ def check_config(config_file: str | None, show: bool) -> None:
         problems.extend(exc.problems)
     if settings is not None:
         problems.extend(settings.env_problems())
-        for warning in unused_mappings(settings):
-            click.echo(f"warning: {warning}", err=True)
-        if show:
-            click.echo(json.dumps(settings.redacted(), indent=2))
+        problems.extend(p.line() for p in static_problems(settings))
+        warnings.extend(unused_mappings(settings))
+        if live and not problems:
+            from .doctor import diagnose
+            from .ports import build_crm, build_notifier
+
+            found = diagnose(settings, build_crm(settings), build_notifier(settings))
+            problems.extend(p.line() for p in found if p.setting != "secrets")
+    if as_json:
+        summary = {"ok": not problems, "problems": problems, "warnings": warnings}
+        if settings is not None:
+            summary.update(path=str(settings.path), version=settings.version, effective=settings.redacted() if show else None)
+        click.echo(json.dumps(summary, sort_keys=True, default=str))
+        raise SystemExit(1 if problems else 0)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if settings is not None and show:
+        click.echo(json.dumps(settings.redacted(), indent=2))
     for problem in problems:
         click.echo(f"problem: {problem}", err=True)
     if problems:
@@ -259,6 +278,8 @@ def unused_mappings(settings: Settings) -> list[str]:
     if settings.path is not None:
         folders.add(settings.path.parent / "mappings")
     found = {p.resolve() for folder in folders if folder.is_dir() for p in folder.glob("*.y*ml")}
+    # The config file itself may sit among its mappings: it is not an unused mapping.
+    found.discard(settings.path.resolve() if settings.path is not None else Path())
     return [f"{path.name}: no source uses this mapping" for path in sorted(found - used)]
 
 

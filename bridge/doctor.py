@@ -53,6 +53,11 @@ def written_properties(settings: Settings) -> dict[str, str]:
     return props
 
 
+def static_problems(settings: Settings) -> list[Problem]:
+    """What `check-config` can tell without calling anyone (beyond validation)."""
+    return list(_portal(settings))
+
+
 def diagnose(settings: Settings, crm: CRM, chat: Notifier, *, create_properties: bool = False) -> list[Problem]:
     """Every problem found, checked live; nothing is written unless ``create_properties``."""
     checks: list[tuple[str, Callable[[], Iterator[Problem]]]] = [

@@ -112,3 +112,32 @@ def test_an_unset_secret_and_a_failing_api_are_reported_not_raised(
     assert "deals: could not check: HubSpot 403" in result.output
     # The other checks still ran.
     assert "Traceback" not in result.output
+
+
+def test_check_config_live_names_the_same_problems_in_json(config_data: dict[str, Any], sandbox: Sandbox, tmp_path: Path) -> None:
+    data = configured(config_data, sandbox)
+    config = tmp_path / "live.yaml"
+    config.write_text(yaml.safe_dump(data))
+    ok = CliRunner().invoke(main, ["check-config", "--config", str(config), "--live", "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.output)["ok"] is True
+    data["routing"]["rules"][0]["channel"] = "#leads-nowhere"
+    data["routing"]["owners"]["carol"] = {"email": "carol@roofers.example"}
+    data["deals"] = {"pipeline": "default", "stage": "quotesent"}
+    config.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config), "--live", "--json"])
+    assert result.exit_code == 1
+    problems = json.loads(result.output)["problems"]
+    assert [p.split(":")[0] for p in problems] == ["routing.rules[sf-plumbing].channel", "routing.owners.carol", "deals.stage"]
+    # Without --live nothing is called and these pass: the file itself is fine.
+    assert CliRunner().invoke(main, ["check-config", "--config", str(config)]).exit_code == 0
+
+
+def test_a_config_kept_among_its_mappings_is_not_an_unused_mapping(config_data: dict[str, Any], tmp_path: Path) -> None:
+    folder = tmp_path / "forms"
+    folder.mkdir()
+    (folder / "typeform.yaml").write_text((ROOT / config_data["sources"][0]["mapping"]).read_text())
+    config_data["sources"][0]["mapping"] = str(folder / "typeform.yaml")
+    config = folder / "config.yaml"  # beside the mapping it uses
+    config.write_text(yaml.safe_dump(config_data))
+    result = CliRunner().invoke(main, ["check-config", "--config", str(config), "--json"])
+    assert "config.yaml" not in " ".join(json.loads(result.output)["warnings"])
