@@ -44,7 +44,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from bridge.config import HubSpotSettings
 from bridge.errors import DeliveryError, PermanentError, RetriableError, ThrottledError
 from bridge.logs import redact
-from bridge.merge import OVERWRITE, merged
+from bridge.merge import LAST_TOUCH, OVERWRITE, last_touch_clears, merged
 from bridge.ports import ContactResult, ContactWrite, Link, NewRecord, Snapshot
 from bridge.ratelimit import CallPacer
 from bridge.text import clean_text
@@ -275,6 +275,10 @@ class HubSpotCRM:
         for name, prop in self.settings.consent_properties.items():
             if name in lead.consent:
                 planned[prop] = (lead.consent[name], OVERWRITE)
+        # The one exception to "empty never blanks HubSpot": a new touch replaces the old one whole.
+        fields = {field: getattr(lead, field, None) for field in LAST_TOUCH}
+        for prop, blank in last_touch_clears(fields, self.settings.properties).items():
+            planned.setdefault(prop, (blank, OVERWRITE))
         return {prop: (capped(value), merge) for prop, (value, merge) in planned.items()}
 
     # -- paths --------------------------------------------------------------------

@@ -28,24 +28,40 @@ def contact(sandbox: Sandbox) -> dict[str, Any]:
     return dict(only["properties"])
 
 
-ATTRIBUTION = ("utm_source", "first_utm_source", "utm_campaign", "first_utm_campaign", "gclid", "first_gclid")
+def visit(n: int, **utm: str) -> dict[str, Any]:
+    """The same person's n-th submission, from a visit carrying exactly these UTMs / click ids."""
+    payload = typeform_payload(event_id=f"visit-{n}", token=f"visit-{n}")
+    payload["form_response"]["hidden"] = {"landing_page": "https://acme-plumbing.example/quote", **utm}
+    return payload
 
 
-def test_a_returning_person_keeps_first_touch_and_updates_last_touch(intake: str, sandbox: Sandbox, worker: Worker) -> None:
-    post_typeform(intake, typeform_payload())
+def test_a_new_touch_replaces_the_last_touch_whole_and_the_first_touch_stays_whole(
+    intake: str, sandbox: Sandbox, worker: Worker
+) -> None:
+    post_typeform(intake, visit(1, utm_source="yelp", utm_campaign="victorian-roofs", gclid="Cj0-ad-click"))
     worker.drain()
-    later = hidden(typeform_payload(event_id="evt-2", token="tok-2"), utm_source="facebook", utm_campaign="fall-promo", gclid="")
-    post_typeform(intake, later)
+    post_typeform(intake, visit(2, utm_source="google", utm_medium="organic"))
     worker.drain()
     props = contact(sandbox)
-    assert {k: props.get(k) for k in ATTRIBUTION} == {
-        "utm_source": "facebook",
-        "first_utm_source": "google",
-        "utm_campaign": "fall-promo",
-        "first_utm_campaign": "spring-remodel",
-        "gclid": "Cj0KCQjw-example",  # an empty value never blanks the last one either
-        "first_gclid": "Cj0KCQjw-example",
-    }
+    # Last touch is this visit's, whole: no campaign or click id carried over from the first.
+    assert (props.get("utm_source"), props.get("utm_medium"), props.get("utm_campaign"), props.get("gclid")) == (
+        "google",
+        "organic",
+        None,
+        None,
+    )
+    # First touch is the first visit's, whole: the second visit's medium does not fill its gap.
+    assert (props.get("first_utm_source"), props.get("first_utm_campaign"), props.get("first_gclid")) == (
+        "yelp",
+        "victorian-roofs",
+        "Cj0-ad-click",
+    )
+    assert "first_utm_medium" not in props
+
+    post_typeform(intake, visit(3))  # no UTM, no click id: the last touch is left alone
+    worker.drain()
+    after = contact(sandbox)
+    assert (after.get("utm_source"), after.get("utm_medium")) == ("google", "organic")
 
 
 def test_first_touch_fills_a_contact_that_hubspot_had_without_it(intake: str, sandbox: Sandbox, worker: Worker) -> None:
