@@ -36,9 +36,7 @@ def merged(planned: Mapping[str, tuple[str, str]], current: Mapping[str, str]) -
     them is set, none is written, so a later visit cannot fill in the campaign the first
     visit lacked and make a first touch that never happened.
     """
-    first_touch_kept = any(
-        (current.get(prop) or "").strip() for prop, (_, merge) in planned.items() if _first_touch(prop, merge)
-    )
+    first_touch_kept = any((current.get(prop) or "").strip() for prop, (_, merge) in planned.items() if _first_touch(prop, merge))
     props = {}
     for prop, (value, merge) in planned.items():
         have = (current.get(prop) or "").strip()

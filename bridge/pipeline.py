@@ -21,6 +21,7 @@ from .ports import CRM, Alert, Notifier, build_crm, build_notifier
 from .retry import next_attempt_at
 from .sales import Run, Sales
 from .sources import Interpretation, interpret_body, load_sources, screen
+from .workermetrics import record_retry
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,14 @@ class Pipeline:
     def _failed(self, delivery: Delivery, owner: str, attempt: int, step: str, exc: DeliveryError) -> str:
         if isinstance(exc, ThrottledError):
             # Our own pacing, not a failure: back in the queue shortly, the attempt given back.
+            record_retry(step, "deferred")
             self.ledger.defer(delivery.id, owner, time.time() + (exc.retry_after or 1.0), str(exc), refund_attempt=True)
             return "deferred"
         message = redact(f"{step}: {exc}")
         if isinstance(exc, RetriableError):
             at = next_attempt_at(attempt, time.time(), self.settings.retry, retry_after=exc.retry_after)
             if at is not None:
+                record_retry(step, "retry")
                 self.ledger.retry_later(delivery.id, owner, at, message, step)
                 fields = {"delivery_id": delivery.id, "source": delivery.source, "step": step, "outcome": "retrying"}
                 log.warning("delivery %s: %s; retrying", delivery.id, message, extra=fields)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .routing import Decision, OwnerSpec, RouteContext, route
 from .scoring import Score, ScoreContext, due_at, parse_budget, score_lead
 from .sources import Interpretation
 from .text import escape_mrkdwn
+from .workermetrics import record_step
 
 # HubSpot-defined association type ids (hubspot.md §5).
 DEAL_TO_CONTACT, LEAD_TO_PRIMARY_CONTACT = 3, 578
@@ -126,13 +128,20 @@ class Sales:
     @contextmanager
     def _step(self, run: Run, name: str) -> Iterator[None]:
         """Renew the lease before a step (each may take a few calls), and name the step that failed."""
-        if name not in run.done:
+        fresh = name not in run.done  # a checkpointed step returns its saved result at once
+        if fresh:
             self.ledger.renew(run.lead_id, run.owner, self.settings.worker.lease_seconds)
+        started, outcome = time.monotonic(), "error"
         try:
             yield
+            outcome = "ok"
         except DeliveryError as exc:
             exc.step = exc.step or name
+            outcome = "failed"
             raise
+        finally:
+            if fresh:
+                record_step(name, outcome, time.monotonic() - started)
 
     # -- score and route ----------------------------------------------------------
 

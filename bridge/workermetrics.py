@@ -46,6 +46,36 @@ DELIVERY_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+STEP_SECONDS = Histogram(
+    "leadbridge_worker_step_seconds",
+    "Time each pipeline step took (score, route, contact, notify, deal, task...), by outcome.",
+    ["step", "outcome"],
+    registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+RETRIES = Counter(
+    "leadbridge_worker_retries",
+    "Retries scheduled, by the step that failed and kind (retry: counts an attempt; deferred: pacing, attempt kept).",
+    ["step", "kind"],
+    registry=REGISTRY,
+)
+HUBSPOT_REQUESTS = Counter(
+    "leadbridge_hubspot_requests",
+    "HTTP requests to HubSpot by SDK endpoint and answer status (0: no answer).",
+    ["endpoint", "status"],
+    registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "leadbridge_rate_limited",
+    "429s (and Slack's ratelimited) answered to us, by vendor and policy (TEN_SECONDLY_ROLLING, SECONDLY, ...).",
+    ["vendor", "policy"],
+    registry=REGISTRY,
+)
+FIRST_TOUCH_KEPT = Counter(
+    "leadbridge_first_touch_kept",
+    "Contact writes that left an existing first touch as it was (a returning person's new visit).",
+    registry=REGISTRY,
+)
 # The methods that reach the vendor; the others (planned, record_url) are pure.
 CALLING = {
     "crm": {
@@ -110,6 +140,26 @@ def counted_ports(settings: Settings) -> tuple[CRM | None, Notifier | None]:
     if not settings.worker.metrics_port:
         return None, None
     return cast(CRM, Counted(build_crm(settings), "crm")), cast(Notifier, Counted(build_notifier(settings), "notifier"))
+
+
+def record_step(step: str, outcome: str, seconds: float) -> None:
+    STEP_SECONDS.labels(step, outcome).observe(seconds)
+
+
+def record_retry(step: str, kind: str) -> None:
+    RETRIES.labels(step, kind).inc()
+
+
+def record_hubspot_request(endpoint: str, status: int) -> None:
+    HUBSPOT_REQUESTS.labels(endpoint, str(status)).inc()
+
+
+def record_rate_limited(vendor: str, policy: str) -> None:
+    RATE_LIMITED.labels(vendor, policy or "unknown").inc()
+
+
+def record_first_touch_kept() -> None:
+    FIRST_TOUCH_KEPT.inc()
 
 
 def record_delivery(source: str, outcome: str, seconds: float) -> None:

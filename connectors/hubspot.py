@@ -44,10 +44,11 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from bridge.config import HubSpotSettings
 from bridge.errors import DeliveryError, PermanentError, RetriableError, ThrottledError
 from bridge.logs import redact
-from bridge.merge import LAST_TOUCH, OVERWRITE, last_touch_clears, merged
+from bridge.merge import FIRST_TOUCH_PREFIX, LAST_TOUCH, OVERWRITE, SET_IF_EMPTY, last_touch_clears, merged
 from bridge.ports import ContactResult, ContactWrite, Link, NewRecord, Snapshot
 from bridge.ratelimit import CallPacer
 from bridge.text import clean_text
+from bridge.workermetrics import record_first_touch_kept, record_hubspot_request, record_rate_limited
 
 log = logging.getLogger(__name__)
 BATCH_LIMIT = 100
@@ -292,6 +293,8 @@ class HubSpotCRM:
             snapshot = self.lookup_contact(write, careful)
         contact_id = write.known_contact_id or (snapshot.contact_id if snapshot else None)
         props = merged(planned, snapshot.properties if snapshot else {})
+        if any(p.startswith(FIRST_TOUCH_PREFIX) and m == SET_IF_EMPTY and p not in props for p, (_, m) in planned.items()):
+            record_first_touch_kept()
         props.update(write.extra)
         # Again after merging: an appended value grows with every submission.
         props = {prop: capped(value) for prop, value in props.items()}
@@ -464,10 +467,13 @@ class HubSpotCRM:
         if self.pacer is None:
             return fn(*args, **kwargs)
         self.pacer.acquire(search=fn.__name__ == "do_search")
+        endpoint = getattr(fn, "__qualname__", fn.__name__)
         try:
             result = fn(*args, **kwargs)
         except API_ERRORS as exc:
+            record_hubspot_request(endpoint, exc.status or 0)
             if exc.status == 429:
+                record_rate_limited("hubspot", str(_body(exc).get("policyName", "")))
                 # SECONDLY is the search limit (hubspot.md §4); anything else spent the burst window.
                 self.pacer.spent(search=_body(exc).get("policyName") == "SECONDLY")
             else:
@@ -475,6 +481,7 @@ class HubSpotCRM:
             raise
         # The SDK keeps the last raw answer on the api client; racy across threads, but any
         # recent answer's count is a true reading of HubSpot's window.
+        record_hubspot_request(endpoint, 200)
         answer = getattr(getattr(getattr(fn, "__self__", None), "api_client", None), "last_response", None)
         self.pacer.observe(answer.getheaders() if answer is not None else None)
         return result

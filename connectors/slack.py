@@ -30,6 +30,7 @@ from bridge.config import SlackSettings
 from bridge.errors import PermanentError, RetriableError, ThrottledError
 from bridge.ports import Alert, Notice
 from bridge.text import escape_mrkdwn
+from bridge.workermetrics import record_rate_limited
 
 # Errors that retrying may fix; anything else (bad channel, bad token) needs a person.
 TRANSIENT = {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
@@ -141,6 +142,7 @@ def _translate(exc: SlackApiError) -> RetriableError | PermanentError:
     error = str(exc.response.get("error", "")) if isinstance(exc.response.data, dict) else ""
     retry_after = float(exc.response.headers.get("Retry-After", 1) or 1)
     if status == 429 or error == "ratelimited":
+        record_rate_limited("slack", error or "429")
         # Throttled, not failed: the delivery waits and keeps its attempt.
         return ThrottledError(f"Slack {status} {error}".strip(), retry_after=retry_after)
     if status >= 500 or error in TRANSIENT:

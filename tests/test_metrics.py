@@ -25,6 +25,7 @@ from bridge.config import Settings, settings_from_dict
 from bridge.ledger import Ledger, Status
 from bridge.stats import percentile
 from bridge.worker import Worker
+from bridge.workermetrics import REGISTRY
 
 from .conftest import ROOT, Sandbox, answer, post_typeform, served, typeform_payload
 from .procs import BOOT_SECONDS, free_port, started, wait_until
@@ -205,10 +206,31 @@ def test_a_worker_serves_its_own_call_counts_on_its_metrics_port(
             )
 
         wait_until(delivered, time.monotonic() + BOOT_SECONDS, "the worker to count the delivery", proc)
-        calls = named(scrape(worker_url), "leadbridge_worker_calls_total")
+        samples = scrape(worker_url)
+        calls = named(samples, "leadbridge_worker_calls_total")
+    # HubSpot requests by endpoint and status, 429s by vendor and policy, retries, step times.
+    requests_made = named(samples, "leadbridge_hubspot_requests_total")
+    assert requests_made[(("endpoint", "BatchApi.upsert"), ("status", "200"))] == 1
+    assert named(samples, "leadbridge_rate_limited_total") == {(("policy", "ratelimited"), ("vendor", "slack")): 1}
+    # Slack's 429 was waited out inside the attempt (the post went after the task): no retry at all.
+    assert named(samples, "leadbridge_worker_retries_total") == {}
+    steps = named(samples, "leadbridge_worker_step_seconds_count")
+    assert steps[(("outcome", "ok"), ("step", "contact"))] == 1 and steps[(("outcome", "ok"), ("step", "task"))] == 1
     assert calls[(("method", "upsert_contacts"), ("outcome", "ok"), ("port", "crm"))] == 1
     assert (
         calls[(("method", "create_records"), ("outcome", "ok"), ("port", "crm"))] == 2
     )  # deal, task (batched across deliveries)
     assert calls[(("method", "notify"), ("outcome", "throttled"), ("port", "notifier"))] == 1  # Slack's 429
     assert calls[(("method", "notify"), ("outcome", "ok"), ("port", "notifier"))] == 1
+
+
+def test_retries_are_counted_by_step_and_kind(intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger) -> None:
+    def retries() -> float:
+        return REGISTRY.get_sample_value("leadbridge_worker_retries_total", {"step": "contact", "kind": "retry"}) or 0.0
+
+    before = retries()
+    sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=503, times=3)  # 2 quick tries, then 1 more
+    delivery_id = post_typeform(intake, lead(7)).json()["delivery_id"]
+    worker.drain()
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    assert retries() == before + 1
