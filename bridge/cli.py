@@ -699,11 +699,14 @@ def stats(config_file: str | None, since: str, as_json: bool) -> None:
 
     Example: leadbridge stats --since 30d --json
     """
+    from .ratelimit import CallPacer, LimitStore, limits_path
     from .stats import collect_stats, stats_lines
 
     start = parse_since(since)
-    _, ledger = _ledger(config_file)
-    report = collect_stats(ledger, start or 0.0)
+    settings, ledger = _ledger(config_file)
+    limits = limits_path(settings.ledger.path)
+    calls = LimitStore(limits).calls_by_day(CallPacer.API, start or 0.0) if limits.exists() else None
+    report = collect_stats(ledger, start or 0.0, calls)
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
         return

@@ -36,7 +36,16 @@ CREATE TABLE IF NOT EXISTS buckets (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS calls (name TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS calls_by_name ON calls (name, at);
+CREATE TABLE IF NOT EXISTS call_days (name TEXT NOT NULL, day TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (name, day));
 """
+
+
+def _day(at: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(at))
+
+
+def _count_day(db: sqlite3.Connection, name: str, now: float) -> None:
+    db.execute("INSERT INTO call_days VALUES (?, ?, 1) ON CONFLICT (name, day) DO UPDATE SET n = n + 1", (name, _day(now)))
 
 
 def limits_path(ledger_path: Path) -> Path:
@@ -93,6 +102,7 @@ class LimitStore:
             used = db.execute("SELECT count(*) FROM calls WHERE name=?", (name,)).fetchone()[0]
             if used < limit:
                 db.execute("INSERT INTO calls VALUES (?, ?)", (name, now))
+                _count_day(db, name, now)
                 wait = 0.0
             else:
                 # The slot that frees first is the (used - limit + 1)-th oldest call's.
@@ -101,6 +111,20 @@ class LimitStore:
                 ).fetchone()[0]
                 wait = max(0.001, oldest + window - now)
         return wait
+
+    def count_call(self, name: str, now: float) -> None:
+        """Count a call that no window limits (for `leadbridge stats`)."""
+        with self._transaction() as db:
+            _count_day(db, name, now)
+
+    def calls_by_day(self, name: str, since: float) -> dict[str, int]:
+        """Calls made per UTC day, from the day of ``since`` on."""
+        db = self._connect()
+        try:
+            rows = db.execute("SELECT day, n FROM call_days WHERE name=? AND day >= ?", (name, _day(since))).fetchall()
+        finally:
+            db.close()
+        return {str(day): int(n) for day, n in rows}
 
     def window_count(self, name: str, window: float, now: float) -> int:
         """Calls counted in the window ending now (a read: takes no lock)."""
@@ -213,6 +237,7 @@ class CallPacer:
 
     def _wait_for(self, name: str, limit: int, window: float) -> None:
         if limit <= 0:
+            self._safely(lambda s: s.count_call(name, self.clock()))
             return
         waited = 0.0
         # Our clock stamps a call as it leaves, HubSpot's as it arrives; a call that left fast

@@ -8,7 +8,7 @@ message) as p50 and p95.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .ledger import FINAL, Ledger
@@ -25,8 +25,9 @@ def percentile(sorted_values: Sequence[float], p: float) -> float | None:
     return sorted_values[max(0, math.ceil(p * len(sorted_values)) - 1)]
 
 
-def collect_stats(ledger: Ledger, since: float) -> dict[str, Any]:
-    """The report as plain data (what ``--json`` prints)."""
+def collect_stats(ledger: Ledger, since: float, hubspot_calls: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The report as plain data (what ``--json`` prints); ``hubspot_calls`` per UTC day, as
+    the workers' call budget counted them (the limits file beside the ledger)."""
     days: dict[tuple[str, str], dict[str, int]] = {}
     for day, source, status, n in ledger.volume_by_day(since):
         row = days.setdefault((day, source), {"received": 0, **{o: 0 for o in OUTCOMES}, IN_FLIGHT: 0})
@@ -34,8 +35,12 @@ def collect_stats(ledger: Ledger, since: float) -> dict[str, Any]:
         row[status if status in OUTCOMES else IN_FLIGHT] += n
     seconds = ledger.speed_to_lead_seconds(since)
     sender_retries = sum(n for _s, outcome, _c, n in ledger.intake_counts() if outcome == "duplicate")
+    delivered = sum(row["delivered"] for row in days.values())
+    calls = sum((hubspot_calls or {}).values())
     return {
         "since": since,
+        "hubspot_calls": calls,
+        "hubspot_calls_per_delivered_lead": round(calls / delivered, 2) if delivered and hubspot_calls else None,
         "days": [{"day": day, "source": source, **row} for (day, source), row in sorted(days.items())],
         "dead_waiting": ledger.backlog()["dead"],
         "duplicates_prevented": {"returning_person": ledger.returning_since(since), "sender_retry_all_time": sender_retries},
@@ -65,6 +70,11 @@ def stats_lines(report: dict[str, Any]) -> list[str]:
         f"duplicates prevented: {dup['returning_person']} returning people updated their contact; "
         f"{dup['sender_retry_all_time']} sender retries (all time)"
     )
+    if report["hubspot_calls_per_delivered_lead"] is not None:
+        lines.append(
+            f"HubSpot calls: {report['hubspot_calls']}, {report['hubspot_calls_per_delivered_lead']} per delivered lead"
+            " (all of them: owner lookups and retries included)"
+        )
     dead = report["dead_waiting"]
     lines.append(f"dead letters waiting: {dead}" + (" (see them: leadbridge deliveries --status dead)" if dead else ""))
     return lines

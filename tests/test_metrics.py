@@ -146,7 +146,7 @@ def test_a_scrape_of_an_empty_ledger_has_every_family(intake: str, ledger: Ledge
 
 
 def test_stats_report_the_same_run_from_the_ledger(
-    scripted: tuple[str, str], config_data: dict[str, Any], tmp_path: Path
+    scripted: tuple[str, str], config_data: dict[str, Any], tmp_path: Path, sandbox: Sandbox
 ) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(config_data))
@@ -169,11 +169,15 @@ def test_stats_report_the_same_run_from_the_ledger(
     assert report["duplicates_prevented"] == {"returning_person": 1, "sender_retry_all_time": 2}
     speed = report["speed_to_lead_seconds"]
     assert speed["count"] == 3 and 0 <= speed["p50"] <= speed["p95"]
+    # Every HubSpot call the workers made, as HubSpot (the sandbox) saw them, per delivered lead.
+    made = sandbox.calls("/crm/")
+    assert report["hubspot_calls"] == made and report["hubspot_calls_per_delivered_lead"] == round(made / 3, 2)
 
     text = CliRunner().invoke(main, ["stats", "--config", str(config)])
     assert text.exit_code == 0
     assert "typeform" in text.output and "dead letters waiting: 1" in text.output
     assert "p50" in text.output and "over 3 leads" in text.output
+    assert f"HubSpot calls: {made}" in text.output
 
 
 @pytest.mark.parametrize(("values", "p50", "p95"), [([], None, None), ([4.0], 4.0, 4.0), ([1.0, 2.0, 3.0, 4.0], 2.0, 4.0)])
