@@ -234,6 +234,11 @@ class DigestSettings(Model):
         return value
 
 
+class NoteSettings(Model):
+    # Plugin bookkeeping and the visitor's IP address and user agent in HubSpot too (default: ledger only).
+    include_meta: bool = False
+
+
 class SourceSettings(Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     type: str
@@ -254,6 +259,8 @@ class SourceSettings(Model):
     deal: DealSettings | None = None
     # Silence that raises a "source went quiet" alert ("6h", "2d"); unset: learned from the source's history.
     quiet_after: float | None = None
+    # What the rep's note shows beyond the answers (README "Notes a rep reads").
+    note: NoteSettings = Field(default_factory=lambda: NoteSettings())
 
     @field_validator("quiet_after", mode="before")
     @classmethod

@@ -186,6 +186,14 @@ class Mapping(BaseModel):
     # Consent evidence (flags, privacy-policy version, IP, user agent): kept in the
     # delivery's event log; hubspot.consent_properties says which reach the CRM.
     consent: dict[str, FieldRule] = Field(default_factory=dict)
+    # Labels for the rep's note: payload key -> what to call it (answers the mapping does not
+    # read show under their key otherwise; read ones under the field's own label).
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def read_keys(self) -> set[str]:
+        """The payload keys some field, custom property or consent item reads."""
+        rules = [*self.fields.values(), *self.custom.values(), *self.consent.values()]
+        return {source.split("|")[0] for rule in rules for source in rule.from_}
 
     @field_validator("fields", "custom", "consent", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from .config import DealSettings, Settings
 from .errors import DeliveryError, PermanentError, RetriableError, ThrottledError
 from .ledger import Delivery, Ledger
 from .merge import OWNER, after_write, careful, merged
+from .notes import note_html
 from .ports import CRM, Alert, ContactResult, ContactWrite, Link, Notice, Notifier, Snapshot
 from .routing import Decision, OwnerSpec, RouteContext, route
 from .scoring import Score, ScoreContext, due_at, parse_budget, score_lead
@@ -230,6 +231,10 @@ class Sales:
             self.ledger.remember_contact_state(outcome.contact_id, state)
             self.ledger.record_step(run.lead_id, run.owner, "contact", outcome.__dict__, f"{verb} contact {outcome.contact_id}")
 
+    def _include_meta(self, run: Run) -> bool:
+        spec = self.settings.source(run.delivery.source)
+        return bool(spec and spec.note.include_meta)
+
     def deal_settings(self, source: str) -> DealSettings:
         spec = self.settings.source(source)
         return (spec.deal if spec and spec.deal else None) or self.settings.deals
@@ -271,7 +276,7 @@ class Sales:
         links = [Link("contacts", contact.contact_id, NOTE_TO_CONTACT)]
         if deal_id and deal_type:
             links.append(Link(deal_type, deal_id, NOTE_TO_DEAL if deal_type == "deals" else NOTE_TO_LEAD))
-        props = {"hs_timestamp": _millis(run.delivery.received_at), "hs_note_body": note_body(run)}
+        props = {"hs_timestamp": _millis(run.delivery.received_at), "hs_note_body": note_body(run, self._include_meta(run))}
         note_id = self.crm.create_record("notes", props, links)
         self.ledger.record_step(run.lead_id, run.owner, "note", {"note_id": note_id}, f"note {note_id}")
 
@@ -290,7 +295,7 @@ class Sales:
             links.append(Link(deal_type, deal_id, TASK_TO_DEAL if deal_type == "deals" else TASK_TO_LEAD))
         why = f"<p>{html.escape(score.summary())}<br>{html.escape(decision.reason)}</p>"
         # The form's answers ride in the task (one call, not two); a note from an earlier attempt keeps them.
-        body = why if "note" in run.done else why + note_body(run)
+        body = why if "note" in run.done else why + note_body(run, self._include_meta(run))
         props = {
             "hs_task_subject": render(cfg.subject_template, lead_values(run.seen)) or f"Call {run.seen.lead.name}",
             "hs_task_body": body if len(body) <= NOTE_LIMIT else body[: NOTE_LIMIT - 20] + "…</ul>",
@@ -431,15 +436,10 @@ def render(template: str, values: dict[str, Any]) -> str:
     return re.sub(r"^\s*[,—–-]\s*", "", text).strip()
 
 
-def note_body(run: Run) -> str:
-    """The form's answers as the note's HTML, within HubSpot's size limit."""
-    rows = [
-        f"<li><b>{html.escape(str(key))}</b>: {html.escape(_plain(value))}</li>"
-        for key, value in run.seen.flat.items()
-        if value not in (None, "", [], {})
-    ]
-    body = f"<p>Form submission via {html.escape(run.delivery.source)} (delivery {run.lead_id})</p><ul>{''.join(rows)}</ul>"
-    return body if len(body) <= NOTE_LIMIT else body[: NOTE_LIMIT - 20] + "…</ul>"
+def note_body(run: Run, include_meta: bool = False) -> str:
+    """The form's answers as the note's HTML (bridge/notes.py)."""
+    seen = run.seen
+    return note_html(seen.lead, seen.mapping, seen.flat, run.delivery.source, run.lead_id, include_meta)
 
 
 def digest_line(run: Run, contact: ContactResult, deal_url: str | None, score: Score) -> str:
@@ -449,9 +449,6 @@ def digest_line(run: Run, contact: ContactResult, deal_url: str | None, score: S
     link = f"<{deal_url}|deal>" if deal_url else f"<{contact.url}|contact>"
     return f"• {escape_mrkdwn(lead.name)} ({what}), score {score.points} · {link}"
 
-
-def _plain(value: Any) -> str:
-    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _millis(seconds: float) -> str:
