@@ -77,6 +77,8 @@ class LeadSettings(Model):
 DEFAULT_PROPERTIES = {
     "email": "email",
     "phone": "phone",
+    # Not a HubSpot default property: map it (and create it: `leadbridge doctor --create-properties`) to keep it.
+    "phone_extension": "",
     "first_name": "firstname",
     "last_name": "lastname",
     "company": "company",

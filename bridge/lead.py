@@ -30,6 +30,8 @@ class Lead(BaseModel):
 
     email: str | None = None
     phone: str | None = None
+    # An extension typed after the number ("ext. 22", "x22"): kept apart, since phone (E.164) is an identity.
+    phone_extension: str | None = None
     first_name: str | None = None
     last_name: str | None = None
     company: str | None = None
@@ -108,7 +110,10 @@ def build_lead(values: dict[str, Any], default_region: str) -> LeadResult:
     if "email" in clean:
         clean["email"] = normalise_email(clean["email"], problems)
     if "phone" in clean:
-        clean["phone"] = normalise_phone(clean["phone"], default_region, problems)
+        raw_phone = clean["phone"]
+        clean["phone"] = normalise_phone(raw_phone, default_region, problems)
+        if clean["phone"] and "phone_extension" not in clean:
+            clean["phone_extension"] = phone_extension(raw_phone, default_region)
     if "submitted_at" in clean:
         clean["submitted_at"] = _timestamp(clean["submitted_at"], problems)
     lead = Lead(**{k: v for k, v in clean.items() if v is not None}, **extras)
@@ -154,6 +159,14 @@ def normalise_phone(raw: str, region: str, problems: list[str]) -> str | None:
         problems.append(f"phone is not a valid number for its region (default region {region})")
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def phone_extension(raw: str, region: str) -> str | None:
+    """The extension of a number as typed ("(415) 823-4419 ext. 22" -> "22"), or None."""
+    try:
+        return phonenumbers.parse(raw, region).extension or None
+    except phonenumbers.NumberParseException:
+        return None
 
 
 def _timestamp(raw: str, problems: list[str]) -> datetime | None:

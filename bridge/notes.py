@@ -26,6 +26,7 @@ LEAD_LABELS = {
     "name": "Name",
     "email": "Email",
     "phone": "Phone",
+    "phone_extension": "Extension",
     "company": "Company",
     "service": "Service",
     "message": "Message",

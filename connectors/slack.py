@@ -161,7 +161,7 @@ def lead_message(alert: Alert) -> dict[str, Any]:
     location = " ".join(p for p in (lead.city, lead.postal_code) if p)
     owner = f"<@{alert.mention}>" if alert.mention else _escape(alert.owner_name)
     fields = [
-        ("Phone", f"<tel:{lead.phone}|{_escape(_pretty_phone(lead.phone))}>" if lead.phone else None),
+        ("Phone", _phone_link(lead.phone, lead.phone_extension) if lead.phone else None),
         ("Email", f"<mailto:{quote(lead.email, safe='@')}|{_escape(lead.email)}>" if lead.email else None),
         ("Service", _escape(lead.service)),
         ("Location", _escape(location)),
@@ -194,7 +194,8 @@ def lead_message(alert: Alert) -> dict[str, Any]:
 def _fallback(alert: Alert, headline: str, owner: str | None) -> str:
     """The plain text notifications and screen readers show; escaped like the blocks."""
     lead = alert.lead
-    reach = _escape((lead.phone and _pretty_phone(lead.phone)) or lead.email) or ""
+    ext = f" ext. {lead.phone_extension}" if lead.phone and lead.phone_extension else ""
+    reach = _escape((lead.phone and _pretty_phone(lead.phone) + ext) or lead.email) or ""
     mention = f" {owner}" if alert.mention else ""
     service = _escape(lead.service) or "no service given"
     where = f"HubSpot: {alert.contact.url}" if alert.contact else "Test lead, not in HubSpot."
@@ -241,6 +242,13 @@ def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return _PARTIAL_ENTITY.sub("", text[: limit - len(CUT)]) + CUT
+
+
+def _phone_link(e164: str, extension: str | None) -> str:
+    """A tap-to-call link (RFC 3966: ``;ext=`` dials the extension) showing the number as read."""
+    ext = "".join(ch for ch in extension or "" if ch.isdigit())
+    shown = _pretty_phone(e164) + (f" ext. {ext}" if ext else "")
+    return f"<tel:{e164}{f';ext={ext}' if ext else ''}|{_escape(shown)}>"
 
 
 def _pretty_phone(e164: str) -> str:

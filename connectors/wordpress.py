@@ -47,6 +47,7 @@ RECORDED_HEADERS = ("content-type", "user-agent", "x-forwarded-for")
 # Plugins whose admin screens cannot add a request header (only PHP filters can).
 NO_HEADER_UI = {"elementor": "Elementor Pro", "ninja": "Ninja Forms"}
 DEFAULT_AUTH: dict[str, Auth] = {"wpforms": "hmac", "elementor": "query", "ninja": "query"}
+MULTI_VALUE_SEPARATORS: dict[str, str] = {"wpforms": "||"}
 FORM = "application/x-www-form-urlencoded; charset=UTF-8"
 # What wp_remote_post sends by default: "WordPress/<version>; <home URL>".
 WP_USER_AGENT = "WordPress/6.7; https://www.example-plumbing.com"
@@ -101,6 +102,15 @@ class Options(BaseModel):
     query_param: str = Field("token", min_length=1)
     dedupe_window_seconds: float = Field(600, gt=0)
     signature_tolerance_seconds: float = Field(300, gt=0)
+    # A value holding several choices joined by this becomes a list (WPForms joins checkbox
+    # choices with "||"; default for WPForms only); "" leaves values as sent.
+    multi_value_separator: str | None = None
+
+    @property
+    def separator(self) -> str:
+        if self.multi_value_separator is not None:
+            return self.multi_value_separator
+        return MULTI_VALUE_SEPARATORS.get(self.plugin, "")
 
     @property
     def auth_mode(self) -> Auth:
@@ -169,6 +179,8 @@ class WordPressSource:
             flat = flatten_dotted(payload)
         if self.plugin == "gravity":
             flat = _gravity_whole_fields(flat) | flat
+        if separator := self.options.separator:
+            flat = {k: _split(v, separator) for k, v in flat.items()}
         found = form_id(payload)
         if found is not None:
             flat.setdefault("form_id", found)
@@ -314,3 +326,10 @@ WIRE_BODIES = {
     "fluent": _fluent_body,
     "ninja": _ninja_body,
 }
+
+
+def _split(value: Any, separator: str) -> Any:
+    """``"Water heater||Drain cleaning"`` -> ``["Water heater", "Drain cleaning"]``."""
+    if isinstance(value, str) and separator in value:
+        return [part.strip() for part in value.split(separator) if part.strip()]
+    return value

@@ -654,3 +654,16 @@ def test_a_request_object_without_a_token_header_is_refused() -> None:
     with pytest.raises(SignatureError) as err:
         wordpress(plugin="gravity").verify(request, [SECRET])
     assert str(err.value) == "missing shared secret (X-Leadbridge-Token header or Authorization: Bearer)"
+
+
+def test_wpforms_checkbox_choices_become_a_list_a_rule_can_match(settings: Settings) -> None:
+    meta = case("wpforms")
+    payload = {**json.loads(meta["bytes"]), "service": "Water heater||Drain cleaning"}
+    kit = load_sources(settings)["wp-wpforms"]
+    seen = interpret_body(kit, json.dumps(payload).encode(), "application/json", "US")
+    assert seen.lead.service == "Water heater, Drain cleaning"
+    assert kit.source.fields(payload)["service"] == ["Water heater", "Drain cleaning"]
+    # Other plugins keep "||" as typed unless told otherwise.
+    assert wordpress(plugin="cf7").fields({"service": "a||b"})["service"] == "a||b"
+    assert wordpress(plugin="cf7", multi_value_separator="||").fields({"service": "a||b"})["service"] == ["a", "b"]
+    assert wordpress(plugin="wpforms", auth="query", multi_value_separator="").fields({"service": "a||b"})["service"] == "a||b"
