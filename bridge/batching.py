@@ -71,7 +71,10 @@ class Batcher(Generic[T, R]):
         return outcome
 
     def _lead(self) -> None:
-        linger = self._linger()
+        try:
+            linger = self._linger()
+        except Exception:  # a broken linger rule must not strand the threads queued behind us
+            linger = 0.0
         with self._lock:
             deadline = time.monotonic() + linger
             # Looked at again every few ms: the capacity can shrink as other work finishes.
