@@ -450,6 +450,5 @@ def digest_line(run: Run, contact: ContactResult, deal_url: str | None, score: S
     return f"• {escape_mrkdwn(lead.name)} ({what}), score {score.points} · {link}"
 
 
-
 def _millis(seconds: float) -> str:
     return str(int(seconds * 1000))
