@@ -92,3 +92,15 @@ def started(argv: list[str], **kwargs: object) -> Iterator[subprocess.Popen[byte
         for pid in family:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler installed for ``signum`` (SigCgt in /proc/<pid>/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False

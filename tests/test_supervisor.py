@@ -23,7 +23,7 @@ import requests
 import yaml
 
 from .conftest import ROOT, answer, post_typeform, typeform_payload, with_absolute_mappings
-from .procs import BOOT_SECONDS, alive, command_line, descendants, free_port, started, wait_for, wait_until
+from .procs import BOOT_SECONDS, alive, catches, command_line, descendants, free_port, started, wait_for, wait_until
 from .test_quickstart import makefile_sandbox_env
 
 
@@ -62,8 +62,16 @@ def command(relay: Relay, verb: str) -> list[str]:
 
 @contextmanager
 def launch(relay: Relay, verb: str) -> Iterator[subprocess.Popen[bytes]]:
+    """The command started, and running Python: its stop handler installed.
+
+    Until the interpreter runs its first line, no program can catch a signal (SIGTERM then
+    kills it, with no child to leave behind); on a loaded machine that alone can take more
+    than half a second, so "0.5 s after start" is counted from there. bridge/__main__.py
+    installs the handler before anything else.
+    """
     # To a file: a pipe nobody reads could fill and stall the process.
     with relay.log.open("ab") as log, started(command(relay, verb), cwd=ROOT, env=relay.env, stdout=log, stderr=log) as proc:
+        wait_until(lambda: catches(proc.pid, signal.SIGTERM), time.monotonic() + BOOT_SECONDS, "a SIGTERM handler", proc)
         yield proc
 
 
