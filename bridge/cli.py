@@ -168,17 +168,20 @@ def try_(config_file: str | None, source_name: str, sample: str, content_type: s
         raise SystemExit(1) from exc
     verdict = screen(seen)
     outcome, reasons = (str(verdict[0]), [verdict[1]]) if verdict else ("deliver", [])
+    absent = _absent(settings, source_name, seen, sample, content_type)
     planned = build_crm(settings).planned(ContactWrite("try", seen.lead, None, seen.mapping.merge_policies()))
-    report = {
-        "lead": seen.lead.model_dump(mode="json", exclude_defaults=True),
+    lead = seen.lead.model_dump(mode="json", exclude_defaults=True)
+    report: dict[str, Any] = {
+        "lead": lead,
         "hubspot_properties": {prop: {"value": v, "merge": m} for prop, (v, m) in sorted(planned.items())},
         "validation": {"outcome": outcome, "kind": seen.kind, "reasons": reasons, "problems": seen.result.problems},
+        "absent_from_sample": absent,
     }
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
         click.echo("Normalised lead:")
-        for key, value in report["lead"].items():
+        for key, value in lead.items():
             click.echo(f"  {key}: {value}")
         click.echo("HubSpot properties it would write:")
         for prop, (value, merge) in sorted(planned.items()):
@@ -186,6 +189,8 @@ def try_(config_file: str | None, source_name: str, sample: str, content_type: s
         click.echo(f"Outcome: {outcome}" + (f" ({'; '.join(reasons)})" if reasons else ""))
         for problem in seen.result.problems:
             click.echo(f"  problem: {problem}")
+        for warning in absent:
+            click.echo(f"warning: {warning}", err=True)
     if outcome != "deliver":
         raise SystemExit(1)
 
@@ -197,12 +202,27 @@ def _read_sample(settings: Settings, source_name: str, sample: str, content_type
     kits = load_sources(settings)
     if source_name not in kits:
         raise click.UsageError(f"no source named {source_name!r}; configured: {', '.join(kits)}")
-    kind = content_type or ("application/json" if sample.endswith(".json") else "application/x-www-form-urlencoded")
     limit = settings.server.max_body_bytes
     # The intake's own body limit, checked before reading, so a huge sample is a message too.
     if Path(sample).stat().st_size > limit:
         raise BodyTooLargeError(f"body is over {limit} bytes")
-    return interpret_body(kits[source_name], Path(sample).read_bytes(), kind, settings.lead.default_region)
+    body = Path(sample).read_bytes()
+    kind = content_type or sample_type(sample, body)
+    return interpret_body(kits[source_name], body, kind, settings.lead.default_region)
+
+
+def sample_type(name: str, body: bytes) -> str:
+    """A sample's content type: by its name, else by its content (a body saved as .txt)."""
+    if name.endswith(".json") or body.lstrip()[:1] in (b"{", b"["):
+        return "application/json"
+    return "application/x-www-form-urlencoded"
+
+
+def _absent(settings: Settings, source_name: str, seen: Interpretation, sample: str, content_type: str | None) -> list[str]:
+    kit = load_sources(settings)[source_name]
+    body = Path(sample).read_bytes()
+    payload = kit.source.parse(body, content_type or sample_type(sample, body))
+    return seen.mapping.absent(seen.flat, payload)
 
 
 @main.command("route")

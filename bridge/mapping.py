@@ -190,6 +190,18 @@ class Mapping(BaseModel):
     # read show under their key otherwise; read ones under the field's own label).
     labels: dict[str, str] = Field(default_factory=dict)
 
+    def absent(self, flat: dict[str, Any], payload: Any) -> list[str]:
+        """Each field, custom property or consent item whose keys are all missing from a sample
+        (and that has no default): what a marketer mistyped, or a form that lacks the question."""
+        sections = (("", self.fields), ("custom.", self.custom), ("consent.", self.consent))
+        missing = []
+        for prefix, rules in sections:
+            for name, rule in rules.items():
+                keys = [source.split("|")[0] for source in rule.from_]
+                if rule.default is None and keys and not any(k in flat or _dotted(payload, k) is not None for k in keys):
+                    missing.append(f"{prefix}{name}: the sample has no {' or '.join(keys)}")
+        return missing
+
     def read_keys(self) -> set[str]:
         """The payload keys some field, custom property or consent item reads."""
         rules = [*self.fields.values(), *self.custom.values(), *self.consent.values()]

@@ -155,3 +155,15 @@ def test_route_explains_the_rule_the_pick_and_why_and_records_nothing(tmp_path: 
     text = run("route", "typeform", str(tmp_path / "roof.json"), "--config", str(config), *tuesday_10am).stdout
     assert 'rule "sf-roofing": matches (postal prefix 941, service roof repair)' in text
     assert text.splitlines()[0].startswith("Score: hot (")
+
+
+def test_try_reads_a_json_sample_by_content_and_names_what_the_sample_lacks(config: str, tmp_path: Path) -> None:
+    sample = json.loads((ROOT / "tests/fixtures/typeform/quote.json").read_text())
+    sample["form_response"]["hidden"].pop("utm_campaign")
+    (tmp_path / "saved-from-the-browser.txt").write_text(json.dumps(sample))  # the name says nothing
+    result = run("try", "typeform", str(tmp_path / "saved-from-the-browser.txt"), "--config", config, "--json")
+    assert result.exit_code == 0, result.output
+    absent = json.loads(result.stdout)["absent_from_sample"]
+    assert "utm_campaign: the sample has no hidden.utm_campaign" in absent
+    assert "custom.first_utm_campaign: the sample has no hidden.utm_campaign" in absent
+    assert not any(line.startswith("email:") for line in absent)
