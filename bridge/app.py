@@ -20,6 +20,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wsgi import get_content_length
 
 from .config import Settings, load_settings
+from .crm_events import register_crm_webhook
 from .errors import (
     BodyTooLargeError,
     IntakeError,
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             return jsonify(ok=False, ledger="unavailable"), 503
         return jsonify(ok=True, version=settings.version, deliveries=counts), 200
 
+    register_crm_webhook(app, settings, intake.ledger, over_limit)  # /hubspot/webhooks
     register_health(app)  # /readyz
     register_metrics(app, intake.ledger, set(intake.kits))  # /metrics
 

@@ -141,6 +141,11 @@ class HubSpotSettings(Model):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     # Whether an owner is active is asked again after this long; during an outage the last answer stands.
     owner_cache_seconds: float = Field(300.0, ge=0)
+    # HubSpot's own webhooks (POST /hubspot/webhooks): the app's client secret, and the URL
+    # HubSpot calls exactly as configured there (it is signed; "" = the URL the request arrived at).
+    webhook_secret_env: str = "HUBSPOT_CLIENT_SECRET"
+    webhook_secret_file: Path | None = None
+    webhook_url: str = ""
     # Read a contact the ledger has never written before the first write (one batch read, so a
     # new lead costs 4 calls, not 3): protects first-touch values and the owner of contacts that
     # HubSpot had before leadbridge. Worth it while a portal's existing contacts are still arriving.
@@ -154,6 +159,10 @@ class HubSpotSettings(Model):
 
     def token(self) -> str | None:
         return read_secret(self.token_env, self.token_file)
+
+    def webhook_secret(self) -> str | None:
+        """The app's client secret that signs HubSpot's own webhooks (README "HubSpot stays the truth")."""
+        return read_secret(self.webhook_secret_env, self.webhook_secret_file)
 
 
 class SlackSettings(Model):
@@ -212,6 +221,9 @@ class DealSettings(Model):
     name_template: str = "{service} — {last_name}, {city}"
     # A lead field or custom property holding a budget ("$10k-$50k" gives 10000).
     amount_field: str = "budget"
+    # Stage ids that close a deal (HubSpot's default pipeline; add your pipelines' closed stages):
+    # a deal moved there in HubSpot is not reused, the returning person gets a new one.
+    closed_stages: list[str] = Field(default_factory=lambda: ["closedwon", "closedlost"])
 
 
 class TaskSettings(Model):

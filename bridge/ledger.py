@@ -302,6 +302,14 @@ def m006_incidents(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS incidents_open ON incidents (key) WHERE closed_at IS NULL")
 
 
+@migrations()
+def m007_hubspot_truth(db: sqlite_utils.Database) -> None:
+    """HubSpot's webhooks applied once each, and the stage each remembered deal is in."""
+    db.execute("CREATE TABLE IF NOT EXISTS crm_events (key TEXT PRIMARY KEY, at REAL NOT NULL)")
+    if "stage" not in {c.name for c in db["deals"].columns}:
+        db.execute("ALTER TABLE deals ADD COLUMN stage TEXT")
+
+
 WORKER_POLL_SECONDS = 0.003
 
 
@@ -1025,4 +1033,36 @@ class Ledger:
             conn.execute(
                 "INSERT OR REPLACE INTO contact_memory (contact_id, properties, updated_at) VALUES (?, ?, ?)",
                 (contact_id, json.dumps(properties, sort_keys=True), time.time() if now is None else now),
+            )
+
+    # -- HubSpot truth (bridge/crm_events.py; call inside exclusive()) -------------
+
+    def first_time_crm_event(self, key: str, now: float) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute("INSERT OR IGNORE INTO crm_events (key, at) VALUES (?, ?)", (key, now))
+            conn.execute("DELETE FROM crm_events WHERE at < ?", (now - 30 * 86400,))  # HubSpot retries for 24 h
+        return cursor.rowcount == 1
+
+    def forget_contact_id(self, contact_id: str, now: float) -> None:
+        """A contact deleted in HubSpot: no identity points at it, its deals are closed."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM identities WHERE contact_id = ?", (contact_id,))
+            conn.execute("DELETE FROM contact_memory WHERE contact_id = ?", (contact_id,))
+            conn.execute("UPDATE deals SET closed_at = ? WHERE contact_id = ? AND closed_at IS NULL", (now, contact_id))
+
+    def merge_contact_ids(self, merged: Sequence[str], survivor: str) -> None:
+        """Contacts merged in HubSpot: what pointed at a merged-away id points at the survivor."""
+        with self._write() as conn:
+            for old in merged:
+                conn.execute("UPDATE identities SET contact_id = ? WHERE contact_id = ?", (survivor, old))
+                conn.execute("UPDATE deals SET contact_id = ? WHERE contact_id = ?", (survivor, old))
+                # What was written to the merged-away contact says nothing sure about the survivor.
+                conn.execute("DELETE FROM contact_memory WHERE contact_id IN (?, ?)", (old, survivor))
+
+    def set_deal_stage(self, record_id: str, stage: str, *, closed: bool, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(
+                """UPDATE deals SET stage = CASE WHEN ? = '' THEN stage ELSE ? END,
+                   closed_at = CASE WHEN ? THEN COALESCE(closed_at, ?) ELSE NULL END WHERE record_id = ?""",
+                (stage, stage, closed, now, record_id),
             )

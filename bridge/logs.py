@@ -100,6 +100,8 @@ def settings_secrets(settings: object) -> list[str]:
     for name in ("hubspot", "slack"):
         section = getattr(settings, name, None)
         found.append(section.token() if section is not None else None)
+    hubspot = getattr(settings, "hubspot", None)
+    found.append(hubspot.webhook_secret() if hubspot is not None else None)
     for source in getattr(settings, "sources", []):
         found.extend(source.secrets())
     return [v for v in found if isinstance(v, str)]

@@ -80,6 +80,9 @@ def secret_variables(settings: Settings) -> dict[str, list[str]]:
     for section, tokens in (("hubspot", settings.hubspot), ("slack", settings.slack)):
         if tokens.token_file is None:
             found.setdefault(tokens.token_env, []).append(f"{section}.token_env")
+    if settings.hubspot.webhook_secret_file is None:
+        reader = "hubspot.webhook_secret_env (only for HubSpot's webhooks)"
+        found.setdefault(settings.hubspot.webhook_secret_env, []).append(reader)
     for source in settings.sources:
         for name in source.secret_env:
             found.setdefault(name, []).append(source_path(source.name))

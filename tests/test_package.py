@@ -61,6 +61,7 @@ def test_init_writes_a_config_that_checks_and_refuses_to_overwrite(tmp_path: Pat
     assert [line for line in env_lines if not line.startswith("#")] == [
         "HUBSPOT_TOKEN=",
         "SLACK_BOT_TOKEN=",
+        "HUBSPOT_CLIENT_SECRET=",
         "TYPEFORM_SECRET=",
         "GOOGLE_ADS_KEY=",
         "WORDPRESS_SECRET=",

@@ -182,6 +182,25 @@ def crm_gdpr_delete() -> ResponseReturnValue:
     return "", 204
 
 
+def crm_merge(object_type: str) -> ResponseReturnValue:
+    """``POST /crm/v3/objects/{type}/merge`` ``{primaryObjectId, objectIdToMerge}``: the merged
+    record is gone; the primary keeps its values and takes the other's where it has none."""
+    body = json_body()
+    with state().lock:
+        crm = state().crm
+        primary = crm.find(object_type, str(body.get("primaryObjectId", "")), None)
+        merged = crm.find(object_type, str(body.get("objectIdToMerge", "")), None)
+        if primary.id == merged.id:
+            raise HubSpotError(400, "Cannot merge an object with itself")
+        taken = {k: v for k, v in merged.properties.items() if v and not primary.properties.get(k)}
+        crm.remove(object_type, merged.id)
+        crm.update(primary, {"properties": {k: v for k, v in taken.items() if k not in SYSTEM_KEYS}})
+        return jsonify(primary.to_json())
+
+
+SYSTEM_KEYS = {"hs_object_id", "createdate", "lastmodifieddate", "hs_lastmodifieddate"}
+
+
 def crm_update(object_type: str, object_id: str) -> ResponseReturnValue:
     with state().lock:
         crm = state().crm

@@ -1,0 +1,86 @@
+"""HubSpot stays the truth: what people change in HubSpot corrects what the ledger remembers.
+
+The ledger remembers, per person, the contact id it wrote and the deal it opened, so that a
+returning lead updates the right contact and is noted on its open deal. People change
+HubSpot behind its back: they delete test contacts, merge duplicates, close deals. HubSpot's
+webhooks (``POST /hubspot/webhooks``, verified in connectors/hubspot_events.py) arrive here
+as ``CrmEvent``s and are applied in one ledger transaction, each once (by event key):
+
+- a contact deleted: the ledger forgets that contact id (identities, contact memory) and
+  closes its deals, so the person's next lead makes a new contact and a new deal;
+- contacts merged: the merged-away ids now point at the surviving contact;
+- a deal moved to a closed stage (``deals.closed_stages``), or deleted: closed, so the
+  returning customer gets a new deal instead of a note on last year's closed-won one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, jsonify, request
+
+from .errors import SourceNotConfiguredError
+from .ledger import Ledger
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+
+@dataclass(frozen=True)
+class CrmEvent:
+    kind: str  # contact_deleted, contact_merged, deal_stage, deal_deleted
+    key: str  # unique per event, for applying it once
+    object_id: str  # the contact (the survivor, for a merge) or the deal
+    merged: tuple[str, ...] = ()
+    stage: str = ""
+
+
+def apply_events(ledger: Ledger, events: Sequence[CrmEvent], closed_stages: Sequence[str]) -> tuple[int, int]:
+    """Apply each new event; returns (applied, already seen)."""
+    applied = seen = 0
+    now = time.time()
+    with ledger.exclusive():
+        for event in events:
+            if not ledger.first_time_crm_event(event.key, now):
+                seen += 1
+                continue
+            applied += 1
+            if event.kind == "contact_deleted":
+                ledger.forget_contact_id(event.object_id, now)
+            elif event.kind == "contact_merged":
+                ledger.merge_contact_ids(event.merged, event.object_id)
+            elif event.kind == "deal_deleted":
+                ledger.set_deal_stage(event.object_id, "", closed=True, now=now)
+            elif event.kind == "deal_stage":
+                ledger.set_deal_stage(event.object_id, event.stage, closed=event.stage in closed_stages, now=now)
+    return applied, seen
+
+
+def register_crm_webhook(app: Flask, settings: Settings, ledger: Ledger, over_limit: Callable[[str], Any]) -> None:
+    """``POST /hubspot/webhooks``: HubSpot's events, verified, applied to the ledger at once.
+
+    Answered within milliseconds (HubSpot retries anything slower than 5 s): applying an event
+    is a few local writes, no call to HubSpot. A 401 for a bad signature, 503 while the
+    client secret is unset, 400 for a body that is not HubSpot's array of events.
+    """
+    from connectors import hubspot_events  # the vendor edge, loaded like the others
+
+    @app.post("/hubspot/webhooks")
+    def crm_webhook() -> Any:
+        refused = over_limit("hubspot")
+        if refused:
+            return refused
+        secret = settings.hubspot.webhook_secret()
+        if not secret:
+            raise SourceNotConfiguredError("hubspot.webhook_secret_env is not set; retry later")
+        from .app import read_body  # intake's one body reader (limits, chunked, short bodies)
+
+        body = read_body(request.environ, settings.server.max_body_bytes)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        uri = settings.hubspot.webhook_url or request.url
+        hubspot_events.verify([secret], request.method, uri, body, headers)
+        applied, seen = apply_events(ledger, hubspot_events.parse(body), settings.deals.closed_stages)
+        return jsonify(ok=True, applied=applied, duplicates=seen), 200
