@@ -451,14 +451,19 @@ class HubSpotCRM:
         429s and longer outages are not retried here: they go back to the ledger, which
         schedules the next attempt without holding a worker thread.
         """
+        creates = getattr(fn, "__name__", "") == "create"
         retrying = Retrying(
             stop=stop_after_attempt(self.settings.inprocess_attempts),
             wait=wait_exponential(multiplier=0.2, max=2),
-            retry=retry_if_exception(_is_blip),
+            # A create whose answer timed out may have been applied: asking again at once would
+            # make it twice, so only a request that never reached HubSpot is retried here.
+            retry=retry_if_exception(_never_sent if creates else _is_blip),
             reraise=True,
         )
+        # A batch call (up to 100 rows) is given longer before it counts as unanswered.
+        timeout = self.settings.timeout_seconds * (3 if "batch" in type(getattr(fn, "__self__", None)).__name__.lower() else 1)
         try:
-            return retrying(self._paced, fn, *args, _request_timeout=self.settings.timeout_seconds, **kwargs)
+            return retrying(self._paced, fn, *args, _request_timeout=timeout, **kwargs)
         except urllib3.exceptions.HTTPError as exc:
             raise RetriableError(f"HubSpot unreachable ({type(exc).__name__})") from exc
 
@@ -527,6 +532,13 @@ def _record_input(properties: Mapping[str, str], links: Sequence[Link]) -> dict[
     # Notes and tasks quote the form's raw answers: cleaned and capped here like contact properties.
     clean = {name: capped(clean_text(value, multiline=True)) for name, value in properties.items()}
     return {"properties": clean, "associations": associations}
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Failures that prove the request was not processed: safe to send again at once."""
+    if isinstance(exc, API_ERRORS):
+        return exc.status == 503  # refused before any work (a 502 or 504 may have been processed)
+    return isinstance(exc, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
 
 
 def _is_blip(exc: BaseException) -> bool:

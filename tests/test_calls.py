@@ -331,3 +331,23 @@ def test_a_remembered_contact_that_hubspot_lost_gets_its_first_touch_on_the_next
     worker.drain()
     (contact,) = sandbox.state()["contacts"]
     assert contact["properties"]["first_utm_source"] == "google"
+
+
+def test_a_create_whose_answer_timed_out_is_not_sent_again_within_the_attempt(
+    config_data: dict[str, Any], sandbox: Sandbox, intake: str
+) -> None:
+    config_data["hubspot"]["timeout_seconds"] = 0.5
+    config_data["hubspot"]["inprocess_attempts"] = 3
+    settings = settings_from_dict(config_data, ROOT)
+    ledger = Ledger(settings.ledger.path)
+    sandbox.fault(path="/crm/v3/objects/deals", delay=1.5, times=1)  # applied, but answered too late
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    Worker(settings, ledger).drain(timeout=30)
+    delivery = ledger.get(delivery_id)
+    assert delivery.status == Status.DELIVERED
+    # One create per attempt: the timed-out one was not re-sent at once (it may have landed).
+    deadline = time.monotonic() + 20  # the late answer is logged by the sandbox when it is sent
+    while exact(sandbox, DEAL) < delivery.attempts and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # and nothing more arrives (an in-process retry would be a third create)
+    assert exact(sandbox, DEAL) == delivery.attempts == 2
