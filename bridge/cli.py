@@ -159,7 +159,7 @@ def try_(config_file: str | None, source_name: str, sample: str, content_type: s
     """
     settings = _settings(config_file)
     try:
-        seen = _read_sample(settings, source_name, sample, content_type)
+        seen, payload = _read_sample(settings, source_name, sample, content_type)
     except IntakeError as exc:
         click.echo(f"the relay would answer {exc.status}: {exc}", err=True)
         raise SystemExit(1) from exc
@@ -168,7 +168,7 @@ def try_(config_file: str | None, source_name: str, sample: str, content_type: s
         raise SystemExit(1) from exc
     verdict = screen(seen)
     outcome, reasons = (str(verdict[0]), [verdict[1]]) if verdict else ("deliver", [])
-    absent = _absent(settings, source_name, seen, sample, content_type)
+    absent = seen.mapping.absent(seen.flat, payload)
     planned = build_crm(settings).planned(ContactWrite("try", seen.lead, None, seen.mapping.merge_policies()))
     lead = seen.lead.model_dump(mode="json", exclude_defaults=True)
     report: dict[str, Any] = {
@@ -195,9 +195,10 @@ def try_(config_file: str | None, source_name: str, sample: str, content_type: s
         raise SystemExit(1)
 
 
-def _read_sample(settings: Settings, source_name: str, sample: str, content_type: str | None) -> Interpretation:
-    """A sample file read by a configured source's connector and mapping (no I/O beyond the file)."""
-    from .sources import interpret_body
+def _read_sample(settings: Settings, source_name: str, sample: str, content_type: str | None) -> tuple[Interpretation, Any]:
+    """A sample file read by a configured source's connector and mapping (no I/O beyond the file):
+    what it would become, and the payload as the connector parsed it."""
+    from .sources import interpret
 
     kits = load_sources(settings)
     if source_name not in kits:
@@ -207,8 +208,9 @@ def _read_sample(settings: Settings, source_name: str, sample: str, content_type
     if Path(sample).stat().st_size > limit:
         raise BodyTooLargeError(f"body is over {limit} bytes")
     body = Path(sample).read_bytes()
-    kind = content_type or sample_type(sample, body)
-    return interpret_body(kits[source_name], body, kind, settings.lead.default_region)
+    kit = kits[source_name]
+    payload = kit.source.parse(body, content_type or sample_type(sample, body))
+    return interpret(kit, payload, settings.lead.default_region), payload
 
 
 def sample_type(name: str, body: bytes) -> str:
@@ -216,13 +218,6 @@ def sample_type(name: str, body: bytes) -> str:
     if name.endswith(".json") or body.lstrip()[:1] in (b"{", b"["):
         return "application/json"
     return "application/x-www-form-urlencoded"
-
-
-def _absent(settings: Settings, source_name: str, seen: Interpretation, sample: str, content_type: str | None) -> list[str]:
-    kit = load_sources(settings)[source_name]
-    body = Path(sample).read_bytes()
-    payload = kit.source.parse(body, content_type or sample_type(sample, body))
-    return seen.mapping.absent(seen.flat, payload)
 
 
 @main.command("route")
@@ -257,7 +252,7 @@ def route_(
     from .scoring import ScoreContext, score_lead
 
     settings = _settings(config_file)
-    seen = _read_sample(settings, source_name, sample, content_type)
+    seen, _ = _read_sample(settings, source_name, sample, content_type)
     when = parse_since(at) if at else None
     now = datetime.fromtimestamp(when, UTC) if when is not None else datetime.now(UTC)
     score = score_lead(seen.lead, settings.scoring, ScoreContext(previous_delivery_at=None, now=now))
