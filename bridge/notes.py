@@ -53,6 +53,11 @@ def note_html(lead: Lead, mapping: Mapping, flat: dict[str, Any], source: str, d
     body = f"<p>Form submission via {html.escape(source)} (delivery {delivery_id})</p><ul>{''.join(rows)}</ul>"
     if others:
         body += f"<p>Other answers</p><ul>{''.join(others)}</ul>"
+    return fit(body)
+
+
+def fit(body: str) -> str:
+    """HTML within HubSpot's size limit for a note or task body, its list closed where cut."""
     return body if len(body) <= LIMIT else body[: LIMIT - 20] + "…</ul>"
 
 

@@ -25,7 +25,7 @@ from .config import DealSettings, Settings
 from .errors import DeliveryError, PermanentError, RetriableError, ThrottledError
 from .ledger import Delivery, Ledger
 from .merge import OWNER, after_write, careful, merged
-from .notes import note_html
+from .notes import fit, note_html
 from .ports import CRM, Alert, ContactResult, ContactWrite, Link, Notice, Notifier, Snapshot
 from .routing import Decision, OwnerSpec, RouteContext, route
 from .scoring import Score, ScoreContext, due_at, parse_budget, score_lead
@@ -37,7 +37,6 @@ from .workermetrics import record_step
 DEAL_TO_CONTACT, LEAD_TO_PRIMARY_CONTACT = 3, 578
 NOTE_TO_CONTACT, NOTE_TO_DEAL, NOTE_TO_LEAD = 202, 214, 855
 TASK_TO_CONTACT, TASK_TO_DEAL, TASK_TO_LEAD = 204, 216, 647
-NOTE_LIMIT = 65_536
 
 
 class CrmOwners:
@@ -298,7 +297,7 @@ class Sales:
         body = why if "note" in run.done else why + note_body(run, self._include_meta(run))
         props = {
             "hs_task_subject": render(cfg.subject_template, lead_values(run.seen)) or f"Call {run.seen.lead.name}",
-            "hs_task_body": body if len(body) <= NOTE_LIMIT else body[: NOTE_LIMIT - 20] + "…</ul>",
+            "hs_task_body": fit(body),
             "hs_timestamp": _millis(due.timestamp()),
             "hs_task_priority": score.action.task_priority,
             "hs_task_type": cfg.type,
