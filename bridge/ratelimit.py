@@ -72,6 +72,14 @@ class LimitStore:
         return db
 
     @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        db = self._connect()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction on its own connection (safe across threads and forks)."""
         db = self._connect()
@@ -119,20 +127,14 @@ class LimitStore:
 
     def calls_by_day(self, name: str, since: float) -> dict[str, int]:
         """Calls made per UTC day, from the day of ``since`` on."""
-        db = self._connect()
-        try:
+        with self._reading() as db:
             rows = db.execute("SELECT day, n FROM call_days WHERE name=? AND day >= ?", (name, _day(since))).fetchall()
-        finally:
-            db.close()
         return {str(day): int(n) for day, n in rows}
 
     def window_count(self, name: str, window: float, now: float) -> int:
         """Calls counted in the window ending now (a read: takes no lock)."""
-        db = self._connect()
-        try:
+        with self._reading() as db:
             return int(db.execute("SELECT count(*) FROM calls WHERE name=? AND at > ?", (name, now - window)).fetchone()[0])
-        finally:
-            db.close()
 
     def fill_window(self, name: str, used: int, window: float, now: float) -> None:
         """The other side counted ``used`` calls in its window: count at least as many here."""
@@ -201,55 +203,58 @@ class CallPacer:
 
     def acquire(self, *, search: bool = False) -> None:
         """Wait for a slot (bounded), or raise ThrottledError."""
-        budget = self.budget
-        self._wait_for(self.API, budget.requests, budget.per_seconds)
+        self._wait_for(*self._window(search=False))
         if search:
-            self._wait_for(self.SEARCH, budget.search_requests, budget.search_per_seconds)
+            self._wait_for(*self._window(search=True))
 
     def free_share(self) -> float:
         """How much of the rolling window is unspent, 0 to 1 (1 with no limit, or no limits file)."""
-        budget = self.budget
-        if budget.requests <= 0:
+        name, limit, window = self._window(search=False)
+        if limit <= 0:
             return 1.0
-        used = self._safely(lambda s: s.window_count(self.API, budget.per_seconds, self.clock()))
-        return 1.0 if used is None else max(0.0, 1 - used / budget.requests)
+        used = self._safely(lambda s: s.window_count(name, window, self.clock()))
+        return 1.0 if used is None else max(0.0, 1 - used / limit)
 
     def observe(self, headers: Mapping[str, str] | None) -> None:
         """Correct our count from HubSpot's ``X-HubSpot-RateLimit-Remaining``."""
-        limit = self.budget.requests
+        name, limit, window = self._window(search=False)
         try:
             remaining = int((headers or {})["X-HubSpot-RateLimit-Remaining"])
         except (KeyError, TypeError, ValueError):
             return  # search answers and errors from proxies carry no such header
         if limit > 0 and remaining < limit:
-            self._safely(lambda s: s.fill_window(self.API, limit - remaining, self.budget.per_seconds, self.clock()))
+            self._safely(lambda s: s.fill_window(name, limit - remaining, window, self.clock()))
 
     def spent(self, *, search: bool = False) -> None:
         """HubSpot answered 429 anyway: treat that window as full."""
-        budget = self.budget
-        name, limit, window = (
-            (self.SEARCH, budget.search_requests, budget.search_per_seconds)
-            if search
-            else (self.API, budget.requests, budget.per_seconds)
-        )
+        name, limit, window = self._window(search=search)
         if limit > 0:
             self._safely(lambda s: s.fill_window(name, limit, window, self.clock()))
+
+    def _window(self, *, search: bool) -> tuple[str, int, float]:
+        """(name, limit, window kept) of the burst or the search window.
+
+        Kept a little longer than HubSpot's: our clock stamps a call as it leaves, HubSpot's
+        as it arrives, so a call that left fast can land inside a window we think has moved on.
+        """
+        budget = self.budget
+        if search:
+            return self.SEARCH, budget.search_requests, budget.search_per_seconds + WINDOW_MARGIN_SECONDS
+        return self.API, budget.requests, budget.per_seconds + WINDOW_MARGIN_SECONDS
 
     def _wait_for(self, name: str, limit: int, window: float) -> None:
         if limit <= 0:
             self._safely(lambda s: s.count_call(name, self.clock()))
             return
         waited = 0.0
-        # Our clock stamps a call as it leaves, HubSpot's as it arrives; a call that left fast
-        # can land inside a window we think has moved on. A little longer window absorbs that.
-        kept = window + WINDOW_MARGIN_SECONDS
         while True:
-            wait = self._safely(lambda s: s.take_window(name, limit, kept, self.clock())) or 0.0
+            wait = self._safely(lambda s: s.take_window(name, limit, window, self.clock())) or 0.0
             if wait <= 0:
                 return
             if waited + wait > self.budget.max_wait_seconds:
+                shown = window - WINDOW_MARGIN_SECONDS
                 raise ThrottledError(
-                    f"HubSpot call budget in use ({limit} per {window:g} s); next slot in {wait:.1f} s", retry_after=wait
+                    f"HubSpot call budget in use ({limit} per {shown:g} s); next slot in {wait:.1f} s", retry_after=wait
                 )
             self.sleep(wait)
             waited += wait
