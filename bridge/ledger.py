@@ -105,14 +105,24 @@ _PERSON_BUSY = f"""
     )"""
 
 
+# What a claim takes: a delivery whose worker died (its lease ran out), or one that is due.
+_LEASE_EXPIRED = f"status = '{Status.PROCESSING}' AND lease_until < :now"
+_WAITING_DUE = f"status IN ('{Status.RECEIVED}', '{Status.RETRYING}') AND next_attempt_at <= :now"
 _EXPIRED_LEASES = f"""
     SELECT id FROM deliveries AS d INDEXED BY deliveries_leased
-    WHERE status = '{Status.PROCESSING}' AND lease_until < :now AND NOT EXISTS ({_PERSON_BUSY})
+    WHERE {_LEASE_EXPIRED} AND NOT EXISTS ({_PERSON_BUSY})
     ORDER BY lease_until LIMIT :limit"""
 _DUE = f"""
     SELECT id FROM deliveries AS d INDEXED BY deliveries_waiting
-    WHERE status IN ('{Status.RECEIVED}', '{Status.RETRYING}') AND next_attempt_at <= :now AND NOT EXISTS ({_PERSON_BUSY})
+    WHERE {_WAITING_DUE} AND NOT EXISTS ({_PERSON_BUSY})
     ORDER BY next_attempt_at LIMIT :limit"""
+# Leads whose Slack message went out, with the seconds from receipt (speed to lead).
+_POSTED = """
+    SELECT d.source, COALESCE(json_extract(score.result, '$.segment'), '') AS segment, d.received_at,
+           max(0, n.done_at - d.received_at) AS seconds
+    FROM steps AS n JOIN deliveries AS d ON d.id = n.delivery_id
+    LEFT JOIN steps AS score ON score.delivery_id = n.delivery_id AND score.step = 'score'
+    WHERE n.step = 'notify' AND json_extract(n.result, '$.ts') IS NOT NULL"""
 
 
 @migrations()
@@ -804,10 +814,8 @@ class Ledger:
         """Whether anything can be claimed now: a cheap read, two index probes."""
         now = time.time() if now is None else now
         row = self.db.execute(
-            f"""SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_waiting
-                               WHERE status IN ('{Status.RECEIVED}', '{Status.RETRYING}') AND next_attempt_at <= :now)
-                OR EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_leased
-                           WHERE status = '{Status.PROCESSING}' AND lease_until < :now)""",
+            f"""SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_waiting WHERE {_WAITING_DUE})
+                OR EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_leased WHERE {_LEASE_EXPIRED})""",
             {"now": now},
         ).fetchone()
         return bool(row[0])
@@ -879,13 +887,14 @@ class Ledger:
     def backlog(self, now: float | None = None) -> dict[str, float | int]:
         """What waits: unfinished deliveries, how overdue the oldest due one is, dead letters."""
         now = time.time() if now is None else now
+        # Three index lookups, not a scan of every delivery ever received: this runs on every
+        # heartbeat, /readyz and /metrics scrape.
         row = self.db.execute(
             f"""SELECT
-                  count(*) FILTER (WHERE status IN ('{Status.RECEIVED}', '{Status.RETRYING}', '{Status.PROCESSING}')),
-                  min(next_attempt_at) FILTER (WHERE status IN ('{Status.RECEIVED}', '{Status.RETRYING}')
-                                               AND next_attempt_at <= :now),
-                  count(*) FILTER (WHERE status = '{Status.DEAD}')
-                FROM deliveries""",
+                  (SELECT count(*) FROM deliveries
+                   WHERE status IN ('{Status.RECEIVED}', '{Status.RETRYING}', '{Status.PROCESSING}')),
+                  (SELECT min(next_attempt_at) FROM deliveries INDEXED BY deliveries_waiting WHERE {_WAITING_DUE}),
+                  (SELECT count(*) FROM deliveries WHERE status = '{Status.DEAD}')""",
             {"now": now},
         ).fetchone()
         oldest = max(0.0, now - row[1]) if row[1] is not None else 0.0
@@ -934,11 +943,14 @@ class Ledger:
         rows = self.db.execute("SELECT source, status, count(*) FROM deliveries GROUP BY source, status ORDER BY 1, 2")
         return [(str(s), str(st), int(n)) for s, st, n in rows]
 
-    def returning_contacts(self) -> list[tuple[str, int]]:
-        """Per source, deliveries that updated a contact the CRM already had (a person's duplicate prevented)."""
+    def returning_contacts(self, since: float = 0.0) -> list[tuple[str, int]]:
+        """Per source, deliveries received since ``since`` that updated a contact the CRM already
+        had (a person's duplicate prevented)."""
         rows = self.db.execute(
             """SELECT d.source, count(*) FROM steps AS s JOIN deliveries AS d ON d.id = s.delivery_id
-               WHERE s.step = 'contact' AND json_extract(s.result, '$.created') = 0 GROUP BY d.source ORDER BY 1"""
+               WHERE s.step = 'contact' AND json_extract(s.result, '$.created') = 0 AND d.received_at >= ?
+               GROUP BY d.source ORDER BY 1""",
+            (since,),
         )
         return [(str(s), int(n)) for s, n in rows]
 
@@ -947,12 +959,7 @@ class Ledger:
         at or under each bound, the total count and the sum (a Prometheus histogram's parts)."""
         under = ", ".join(f"sum(seconds <= {float(b)!r})" for b in bounds)
         rows = self.db.execute(
-            f"""WITH posted AS (
-                  SELECT d.source, COALESCE(json_extract(score.result, '$.segment'), '') AS segment,
-                         max(0, n.done_at - d.received_at) AS seconds
-                  FROM steps AS n JOIN deliveries AS d ON d.id = n.delivery_id
-                  LEFT JOIN steps AS score ON score.delivery_id = n.delivery_id AND score.step = 'score'
-                  WHERE n.step = 'notify' AND json_extract(n.result, '$.ts') IS NOT NULL)
+            f"""WITH posted AS ({_POSTED})
                 SELECT source, segment, count(*), sum(seconds), {under} FROM posted GROUP BY 1, 2 ORDER BY 1, 2"""
         ).fetchall()
         return [(str(r[0]), str(r[1]), [int(v) for v in r[4:]], int(r[2]), float(r[3])) for r in rows]
@@ -968,21 +975,8 @@ class Ledger:
 
     def speed_to_lead_seconds(self, since: float) -> list[float]:
         """Receipt to Slack message, for each lead received since ``since`` that got one."""
-        rows = self.db.execute(
-            """SELECT max(0, n.done_at - d.received_at) FROM steps AS n JOIN deliveries AS d ON d.id = n.delivery_id
-               WHERE n.step = 'notify' AND json_extract(n.result, '$.ts') IS NOT NULL AND d.received_at >= ?
-               ORDER BY 1""",
-            (since,),
-        )
+        rows = self.db.execute(f"SELECT seconds FROM ({_POSTED}) WHERE received_at >= ? ORDER BY 1", (since,))
         return [float(r[0]) for r in rows]
-
-    def returning_since(self, since: float) -> int:
-        row = self.db.execute(
-            """SELECT count(*) FROM steps AS s JOIN deliveries AS d ON d.id = s.delivery_id
-               WHERE s.step = 'contact' AND json_extract(s.result, '$.created') = 0 AND d.received_at >= ?""",
-            (since,),
-        ).fetchone()
-        return int(row[0])
 
     # -- incidents ----------------------------------------------------------------
 
@@ -1009,8 +1003,13 @@ class Ledger:
         return dict(self.db.execute("SELECT key, cleared_text FROM incidents WHERE closed_at IS NULL").fetchall())
 
     def recent_errors(self, since: float) -> list[str]:
-        """Last errors of deliveries touched since then (for condition alerts; never shown as is)."""
-        rows = self.db.execute("SELECT last_error FROM deliveries WHERE updated_at >= ? AND last_error IS NOT NULL", (since,))
+        """Last errors of deliveries waiting to retry or dead, touched since then (for condition
+        alerts; never shown as is). Looked up by status: a delivered lead's old error says nothing now."""
+        rows = self.db.execute(
+            f"""SELECT last_error FROM deliveries WHERE status IN ('{Status.RETRYING}', '{Status.DEAD}')
+                AND updated_at >= ? AND last_error IS NOT NULL""",
+            (since,),
+        )
         return [str(r[0]) for r in rows]
 
     def received_times(self, source: str, since: float) -> list[float]:

@@ -43,7 +43,10 @@ def collect_stats(ledger: Ledger, since: float, hubspot_calls: Mapping[str, int]
         "hubspot_calls_per_delivered_lead": round(calls / delivered, 2) if delivered and hubspot_calls else None,
         "days": [{"day": day, "source": source, **row} for (day, source), row in sorted(days.items())],
         "dead_waiting": ledger.backlog()["dead"],
-        "duplicates_prevented": {"returning_person": ledger.returning_since(since), "sender_retry_all_time": sender_retries},
+        "duplicates_prevented": {
+            "returning_person": sum(n for _, n in ledger.returning_contacts(since)),
+            "sender_retry_all_time": sender_retries,
+        },
         "speed_to_lead_seconds": {
             "count": len(seconds),
             "p50": percentile(seconds, 0.5),
