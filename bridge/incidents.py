@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from itertools import pairwise
 from zoneinfo import ZoneInfo
 
@@ -118,13 +119,14 @@ def _auth(ledger: Ledger, now: float) -> Iterator[Condition]:
 
 
 def _quiet(settings: Settings, ledger: Ledger, source: str, override: float | None, now: float) -> Iterator[Condition]:
-    times = ledger.received_times(source, now - HISTORY_DAYS * 86400)
-    rhythm = learn_rhythm(times, ZoneInfo(settings.digest.timezone))
-    if not times or (rhythm is None and override is None):
+    last = ledger.last_received(source, since=now - HISTORY_DAYS * 86400)
+    if last is None:
         return
-    silence = now - times[-1]
+    zone = settings.digest.timezone
+    rhythm = _hourly_rhythm(ledger, source, zone, int(now // 3600))
     usual = override if override is not None else rhythm.quiet_after if rhythm else None
-    in_hours = rhythm is None or _hour_of_week(now, ZoneInfo(settings.digest.timezone)) in rhythm.hours
+    in_hours = rhythm is None or _hour_of_week(now, ZoneInfo(zone)) in rhythm.hours
+    silence = now - last
     if usual is not None and silence > usual and in_hours:
         yield Condition(
             f"quiet:{source}",
@@ -132,6 +134,12 @@ def _quiet(settings: Settings, ledger: Ledger, source: str, override: float | No
             "at a time it normally receives leads. Check that the form still posts its webhook.",
             f"Source {source} is sending again.",
         )
+
+
+@lru_cache(maxsize=256)
+def _hourly_rhythm(ledger: Ledger, source: str, zone: str, hour: int) -> Rhythm | None:
+    """A source's rhythm, learned again once an hour rather than from 30 days of rows on every heartbeat."""
+    return learn_rhythm(ledger.received_times(source, hour * 3600 - HISTORY_DAYS * 86400), ZoneInfo(zone))
 
 
 @dataclass(frozen=True)

@@ -1012,6 +1012,14 @@ class Ledger:
         )
         return [str(r[0]) for r in rows]
 
+    def last_received(self, source: str, since: float) -> float | None:
+        """When the source's newest delivery since ``since`` arrived (the received_at index, newest first)."""
+        row = self.db.execute(
+            "SELECT received_at FROM deliveries WHERE source = ? AND received_at >= ? ORDER BY received_at DESC LIMIT 1",
+            (source, since),
+        ).fetchone()
+        return float(row[0]) if row else None
+
     def received_times(self, source: str, since: float) -> list[float]:
         rows = self.db.execute(
             "SELECT received_at FROM deliveries WHERE source = ? AND received_at >= ? ORDER BY received_at", (source, since)
