@@ -44,19 +44,17 @@ class CoalescingCRM:
     ) -> None:
         self.inner = inner
         # A batch is full at 100 rows, or when it holds every delivery in flight right now.
-        self.max_items = lambda: max(1, min(BATCH_LIMIT, in_flight()))
+        self.max_items = lambda: min(BATCH_LIMIT, in_flight())
         self._contact_wait = lambda: contact_wait if budget_tight() else 0.0
         self._record_wait = lambda: record_wait if budget_tight() else 0.0
-        self._contacts: Batcher[ContactWrite, ContactResult | DeliveryError] = Batcher(
-            self._flush_contacts, self.max_items, self._contact_wait
-        )
         self._batchers: dict[tuple[Any, ...], Batcher[Any, Any]] = {}
         self._lock = threading.Lock()
 
     def upsert_contacts(self, writes: Sequence[ContactWrite]) -> dict[str, ContactResult | DeliveryError]:
         if len(writes) != 1:  # already a batch: as it is
             return self.inner.upsert_contacts(writes)
-        return {writes[0].trace_id: self._contacts.submit(writes[0])}
+        batcher = self._batcher(("upsert",), self._flush_contacts, self._contact_wait)
+        return {writes[0].trace_id: batcher.submit(writes[0])}
 
     def create_record(self, object_type: str, properties: Mapping[str, str], links: Sequence[Link]) -> str:
         return self._batcher(("create", object_type), self._flush_records(object_type), self._record_wait).submit(
