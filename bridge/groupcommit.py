@@ -47,7 +47,7 @@ class GroupCommit:
 
     def _write(self, batch: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
         conn = self._connection()
-        self._begin(conn)
+        begin_immediate(conn, self.busy_timeout, POLL_SECONDS)
         outcomes: list[Any] = []
         try:
             for n, work in enumerate(batch):
@@ -64,9 +64,6 @@ class GroupCommit:
                 conn.execute("ROLLBACK")
             raise
         return outcomes
-
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        begin_immediate(conn, self.busy_timeout, POLL_SECONDS)
 
     def _connection(self) -> sqlite3.Connection:
         # One connection for every leader thread in turn: only one leads at a time.
