@@ -469,26 +469,29 @@ class HubSpotCRM:
 
     def _paced(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One HTTP request inside the shared call budget, which HubSpot's answer then corrects."""
-        if self.pacer is None:
-            return fn(*args, **kwargs)
-        self.pacer.acquire(search=fn.__name__ == "do_search")
+        pacer = self.pacer
+        if pacer is not None:
+            pacer.acquire(search=fn.__name__ == "do_search")
         endpoint = getattr(fn, "__qualname__", fn.__name__)
         try:
             result = fn(*args, **kwargs)
         except API_ERRORS as exc:
             record_hubspot_request(endpoint, exc.status or 0)
             if exc.status == 429:
-                record_rate_limited("hubspot", str(_body(exc).get("policyName", "")))
-                # SECONDLY is the search limit (hubspot.md §4); anything else spent the burst window.
-                self.pacer.spent(search=_body(exc).get("policyName") == "SECONDLY")
-            else:
-                self.pacer.observe(exc.headers)
+                policy = str(_body(exc).get("policyName", ""))
+                record_rate_limited("hubspot", policy)
+                if pacer is not None:
+                    # SECONDLY is the search limit (hubspot.md §4); anything else spent the burst window.
+                    pacer.spent(search=policy == "SECONDLY")
+            elif pacer is not None:
+                pacer.observe(exc.headers)
             raise
-        # The SDK keeps the last raw answer on the api client; racy across threads, but any
-        # recent answer's count is a true reading of HubSpot's window.
         record_hubspot_request(endpoint, 200)
-        answer = getattr(getattr(getattr(fn, "__self__", None), "api_client", None), "last_response", None)
-        self.pacer.observe(answer.getheaders() if answer is not None else None)
+        if pacer is not None:
+            # The SDK keeps the last raw answer on the api client; racy across threads, but any
+            # recent answer's count is a true reading of HubSpot's window.
+            answer = getattr(getattr(getattr(fn, "__self__", None), "api_client", None), "last_response", None)
+            pacer.observe(answer.getheaders() if answer is not None else None)
         return result
 
     @staticmethod
