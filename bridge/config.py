@@ -274,7 +274,7 @@ class SourceSettings(Model):
     # Silence that raises a "source went quiet" alert ("6h", "2d"); unset: learned from the source's history.
     quiet_after: float | None = None
     # What the rep's note shows beyond the answers (README "Notes a rep reads").
-    note: NoteSettings = Field(default_factory=lambda: NoteSettings())
+    note: NoteSettings = Field(default_factory=NoteSettings)
 
     @field_validator("quiet_after", mode="before")
     @classmethod

@@ -18,7 +18,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -68,12 +69,8 @@ class SlackNotifier:
 
         Not paced: the one-per-second limit is chat.postMessage's; chat.update has its own tier.
         """
-        try:
+        with _calling_slack():
             response = self.client.chat_update(channel=notice.channel, ts=notice.ts, **lead_message(alert))
-        except SlackApiError as exc:
-            raise _translate(exc) from exc
-        except (SlackClientError, OSError) as exc:
-            raise RetriableError(f"Slack unreachable ({type(exc).__name__})") from exc
         return Notice(channel=str(response.get("channel") or notice.channel), ts=str(response.get("ts") or notice.ts))
 
     def post_digest(self, channel: str, title: str, lines: Sequence[str]) -> Notice:
@@ -101,7 +98,7 @@ class SlackNotifier:
         """conversations.list, every page (public and private the bot can see); by name and id."""
         seen: dict[str, bool] = {}
         cursor = None
-        try:
+        with _calling_slack():
             while True:
                 page = self.client.conversations_list(
                     types="public_channel,private_channel", exclude_archived=True, limit=1000, cursor=cursor
@@ -112,19 +109,11 @@ class SlackNotifier:
                 cursor = (page.get("response_metadata") or {}).get("next_cursor")
                 if not cursor:
                     return seen
-        except SlackApiError as exc:
-            raise _translate(exc) from exc
-        except (SlackClientError, OSError) as exc:
-            raise RetriableError(f"Slack unreachable ({type(exc).__name__})") from exc
 
     def _post(self, channel: str, message: dict[str, Any]) -> Notice:
         self._take_turn(channel)
-        try:
+        with _calling_slack():
             response = self.client.chat_postMessage(channel=channel, unfurl_links=False, **message)
-        except SlackApiError as exc:
-            raise _translate(exc) from exc
-        except (SlackClientError, OSError) as exc:
-            raise RetriableError(f"Slack unreachable ({type(exc).__name__})") from exc
         return Notice(channel=str(response.get("channel") or channel), ts=str(response["ts"]))
 
     def _take_turn(self, channel: str) -> None:
@@ -135,6 +124,17 @@ class SlackNotifier:
             if wait > 0:
                 raise ThrottledError(f"Slack channel {channel} paced", retry_after=wait)
             self._last_post[channel] = now
+
+
+@contextmanager
+def _calling_slack() -> Iterator[None]:
+    """Slack's errors as the core's: an API error by its code, a transport failure retriable."""
+    try:
+        yield
+    except SlackApiError as exc:
+        raise _translate(exc) from exc
+    except (SlackClientError, OSError) as exc:
+        raise RetriableError(f"Slack unreachable ({type(exc).__name__})") from exc
 
 
 def _translate(exc: SlackApiError) -> RetriableError | PermanentError:
