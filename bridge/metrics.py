@@ -45,23 +45,24 @@ class LedgerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            yield from self._deliveries()
-            yield from self._intake()
+            counts = self.ledger.counts_by_source()  # one scan of the deliveries, for both families
+            yield from self._deliveries(counts)
+            yield from self._intake(counts)
             yield from self._backlog(time.time())
             yield self._speed_to_lead()
         except sqlite3.Error as exc:
             # An empty scrape shows as a gap; /readyz says why.
             log.error("metrics: the ledger could not be read (%s)", type(exc).__name__)
 
-    def _deliveries(self) -> Iterator[Metric]:
+    def _deliveries(self, counts: list[tuple[str, str, int]]) -> Iterator[Metric]:
         by_status = GaugeMetricFamily(
             "leadbridge_deliveries", "Deliveries in the ledger by source and current status.", labels=["source", "status"]
         )
-        for source, status, n in self.ledger.counts_by_source():
+        for source, status, n in counts:
             by_status.add_metric([source, status], n)
         yield by_status
 
-    def _intake(self) -> Iterator[Metric]:
+    def _intake(self, counts: list[tuple[str, str, int]]) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "leadbridge_intake_requests",
             "Webhook requests by source, outcome (accepted, duplicate, refused) and status code; 429s are not counted.",
@@ -73,7 +74,11 @@ class LedgerCollector(Collector):
             "or a returning person (the existing contact updated).",
             labels=["source", "by"],
         )
-        for source, _status, n in _accepted(self.ledger.counts_by_source()):
+        # Every delivery, whatever its status now, was an accepted request.
+        accepted: dict[str, int] = {}
+        for source, _status, n in counts:
+            accepted[source] = accepted.get(source, 0) + n
+        for source, n in accepted.items():
             requests.add_metric([source, "accepted", "200"], n)
         for source, outcome, code, n in self.ledger.intake_counts():
             requests.add_metric([source, outcome, str(code)], n)
@@ -112,15 +117,6 @@ class LedgerCollector(Collector):
             buckets = [(repr(b), float(n)) for b, n in zip(SPEED_BUCKETS, under, strict=True)] + [("+Inf", float(count))]
             histogram.add_metric([source, segment], buckets, total)
         return histogram
-
-
-def _accepted(rows: list[tuple[str, str, int]]) -> Iterator[tuple[str, str, int]]:
-    """Deliveries per source, whatever their status: each one is an accepted request."""
-    totals: dict[str, int] = {}
-    for source, _status, n in rows:
-        totals[source] = totals.get(source, 0) + n
-    for source, n in totals.items():
-        yield source, "accepted", n
 
 
 def register_metrics(app: Flask, ledger: Ledger, sources: set[str]) -> None:
