@@ -86,7 +86,7 @@ class Intake:
             return self.ledger.accept(
                 source=source_name,
                 idem_key=key,
-                body=at_rest(kit.source, req.body),
+                body=at_rest(kit.source, req.body, payload),
                 content_type=req.content_type,
                 headers=headers,
                 config_version=self.settings.version,
@@ -188,11 +188,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def at_rest(source: Source, body: bytes) -> bytes:
+def at_rest(source: Source, body: bytes, payload: Any) -> bytes:
     """The body as the ledger stores it: a source whose secret travels inside the body
-    (Google's ``google_key``) takes it out first; the worker never needs it."""
+    (Google's ``google_key``) writes it out again from the parsed payload without it; the
+    worker never needs it."""
     scrub = getattr(source, "at_rest", None)
-    return bytes(scrub(body)) if scrub else body
+    return bytes(scrub(payload)) if scrub else body
 
 
 def read_body(environ: dict[str, Any], limit: int) -> bytes:

@@ -149,9 +149,10 @@ class GoogleAdsSource:
     def parse(self, body: bytes, content_type: str) -> dict[str, Any]:
         return load_lead(body)
 
-    def at_rest(self, body: bytes) -> bytes:
-        """The body as the ledger keeps it: without the key, which is only needed to verify at intake."""
-        return json.dumps(without_key(load_lead(body)), ensure_ascii=False).encode()
+    def at_rest(self, payload: dict[str, Any]) -> bytes:
+        """The body as the ledger keeps it (from the payload intake already parsed): without the
+        key, which is only needed to verify at intake."""
+        return json.dumps(without_key(payload), ensure_ascii=False).encode()
 
     def idempotency_key(self, payload: dict[str, Any], received_at: float) -> str:
         return str(payload["lead_id"]).strip()
