@@ -17,7 +17,6 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
-from werkzeug.wsgi import get_content_length
 
 from .config import Settings, load_settings
 from .crm_events import register_crm_webhook
@@ -25,13 +24,13 @@ from .errors import (
     BodyTooLargeError,
     IntakeError,
     LedgerUnavailableError,
-    PayloadError,
     SignatureError,
     SourceNotConfiguredError,
     UnknownSourceError,
     where,
 )
 from .health import register_health
+from .httpbody import read_body
 from .jsonlog import apply_log_format
 from .ledger import Ledger
 from .logs import install as install_redaction
@@ -42,10 +41,6 @@ from .ratelimit import LimitStore, RateLimiter, limits_path
 from .sources import interpret, load_sources
 
 log = logging.getLogger(__name__)
-READ_CHUNK = 64 * 1024
-# How much of an oversized body to swallow before answering 413 (a sender still writing
-# into a closed socket sees a reset instead of the answer).
-DRAIN_BYTES = 4 * 1024 * 1024
 UNEXPECTED = "unexpected error on our side; retry later"
 
 
@@ -194,49 +189,6 @@ def at_rest(source: Source, body: bytes, payload: Any) -> bytes:
     worker never needs it."""
     scrub = getattr(source, "at_rest", None)
     return bytes(scrub(payload)) if scrub else body
-
-
-def read_body(environ: dict[str, Any], limit: int) -> bytes:
-    """The whole request body, or an IntakeError: over ``limit`` 413, cut short or garbled 400.
-
-    Read here rather than through ``request.get_data``, which silently stops a chunked body
-    at the limit and hands on what a sender that hung up managed to send.
-    """
-    length = get_content_length(environ)
-    if length is None and "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        # RFC 9112 §6.3: a request with neither header has no body; never wait for one.
-        return b""
-    if length is not None and length > limit:
-        if length <= DRAIN_BYTES:
-            # Swallowed, so the sender is still listening when the 413 comes.
-            _read_up_to(environ["wsgi.input"], length)
-        raise BodyTooLargeError(f"body is over {limit} bytes")
-    if length is None and not environ.get("wsgi.input_terminated"):
-        raise PayloadError("a chunked body needs a server that decodes it (leadbridge serve)")
-    want = limit + 1 if length is None else length
-    body = _read_up_to(environ["wsgi.input"], want)
-    if length is not None and len(body) < length:
-        raise PayloadError("the body ended before its Content-Length: the sender hung up")
-    if len(body) > limit:
-        # Read on a little, so the sender is still listening when the 413 comes.
-        _read_up_to(environ["wsgi.input"], DRAIN_BYTES)
-        raise BodyTooLargeError(f"body is over {limit} bytes")
-    return body
-
-
-def _read_up_to(stream: Any, size: int) -> bytes:
-    chunks: list[bytes] = []
-    got = 0
-    while got < size:
-        try:
-            data = stream.read(min(READ_CHUNK, size - got))
-        except Exception as exc:  # each server frames bodies its own way (OSError, gunicorn's ParseException)
-            raise PayloadError(f"the body could not be read ({type(exc).__name__})") from exc
-        if not data:
-            break
-        chunks.append(data)
-        got += len(data)
-    return b"".join(chunks)
 
 
 def _error(status: int, code: str, message: str) -> tuple[Response, int]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, jsonify, request
 
 from .errors import SourceNotConfiguredError
+from .httpbody import read_body
 from .ledger import Ledger
 
 if TYPE_CHECKING:
@@ -76,8 +77,6 @@ def register_crm_webhook(app: Flask, settings: Settings, ledger: Ledger, over_li
         secret = settings.hubspot.webhook_secret()
         if not secret:
             raise SourceNotConfiguredError("hubspot.webhook_secret_env is not set; retry later")
-        from .app import read_body  # intake's one body reader (limits, chunked, short bodies)
-
         body = read_body(request.environ, settings.server.max_body_bytes)
         headers = {k.lower(): v for k, v in request.headers.items()}
         uri = settings.hubspot.webhook_url or request.url
