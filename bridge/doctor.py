@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .config import Settings
+from .config import Settings, source_path
 from .errors import DeliveryError
 from .ports import CRM, Notifier
 from .sources import load_sources
@@ -35,7 +35,7 @@ def named_channels(settings: Settings) -> dict[str, str]:
     candidates = [("slack.channel", settings.slack.channel), ("routing.triage.channel", settings.routing.triage.channel)]
     candidates += [(f"routing.rules[{r.name}].channel", r.channel) for r in settings.routing.rules]
     candidates += [(f"scoring.actions.{seg}.channel", a.channel) for seg, a in settings.scoring.actions.items()]
-    candidates += [(f"sources[{s.name}].test_channel", s.test_channel) for s in settings.sources]
+    candidates += [(f"{source_path(s.name)}.test_channel", s.test_channel) for s in settings.sources]
     for setting, channel in candidates:
         if channel:
             found.setdefault(channel, setting)
@@ -48,7 +48,7 @@ def written_properties(settings: Settings) -> dict[str, str]:
     props.update({p: f"hubspot.consent_properties.{name}" for name, p in settings.hubspot.consent_properties.items()})
     for kit in load_sources(settings).values():
         for form, mapping in kit.mappings.items():
-            where = f"sources[{kit.name}]" + (f".forms.{form}" if form else ".mapping")
+            where = source_path(kit.name) + (f".forms.{form}" if form else ".mapping")
             props.update({p: f"{where} custom" for p in mapping.custom if p not in props})
     return props
 
@@ -126,7 +126,7 @@ def _owners(settings: Settings, crm: CRM) -> Iterator[Problem]:
 
 
 def _pipeline(settings: Settings, crm: CRM) -> Iterator[Problem]:
-    specs = [("deals", settings.deals)] + [(f"sources[{s.name}].deal", s.deal) for s in settings.sources if s.deal]
+    specs = [("deals", settings.deals)] + [(f"{source_path(s.name)}.deal", s.deal) for s in settings.sources if s.deal]
     for setting, deal in specs:
         if deal is None or deal.object == "none":
             continue
