@@ -72,6 +72,7 @@ class Worker:
                 running |= {pool.submit(self._process_one, d) for d in claimed}
                 if time.monotonic() >= next_digest:
                     self._digests()
+                    self._retention()
                     next_digest = time.monotonic() + cfg.poll_seconds
                 if len(running) >= cfg.concurrency:
                     # Full: back to claiming as soon as a slot frees, never idle while work is due.
@@ -109,7 +110,6 @@ class Worker:
             send_due_digests(self.settings.digest, self.ledger, self.pipeline.notifier, datetime.now(UTC))
         except Exception:
             log.exception("digest run failed; will try again")
-        self._retention()
 
     def _retention(self) -> None:
         """Once a day (and at start) when ``retention.days`` is set: purge what finished before."""
