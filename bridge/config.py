@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -344,6 +345,19 @@ class LoggingSettings(Model):
     format: Literal["text", "json"] = "text"
 
 
+@dataclass(frozen=True)
+class SecretRef:
+    """One place the config reads a secret from: what reads it, and its variable or file."""
+
+    reader: str  # "hubspot.token_env", "sources[typeform]"...
+    env: str | None = None
+    file: Path | None = None  # wins over env, as everywhere
+    note: str = ""
+
+    def value(self) -> str | None:
+        return read_secret(self.env, self.file)
+
+
 class Settings(Model):
     server: ServerSettings = Field(default_factory=ServerSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
@@ -379,6 +393,24 @@ class Settings(Model):
             source["secret_env"] = [shown(name, read_secret(name)) for name in spec.secret_env]
             source["secret_file"] = [shown(path, file_secret(path)) for path in spec.secret_file]
         return data
+
+    def secret_refs(self) -> list[SecretRef]:
+        """Every secret the config names, one list for log redaction and ``leadbridge init``."""
+        hubspot = self.hubspot
+        refs = [
+            SecretRef("hubspot.token_env", hubspot.token_env, hubspot.token_file),
+            SecretRef("slack.token_env", self.slack.token_env, self.slack.token_file),
+            SecretRef(
+                "hubspot.webhook_secret_env",
+                hubspot.webhook_secret_env,
+                hubspot.webhook_secret_file,
+                "only for HubSpot's webhooks",
+            ),
+        ]
+        for source in self.sources:
+            refs += [SecretRef(source_path(source.name), env=name) for name in source.secret_env]
+            refs += [SecretRef(source_path(source.name), file=path) for path in source.secret_file]
+        return refs
 
     def missing_tokens(self) -> list[str]:
         """Where the unset HubSpot and Slack tokens were looked for ("environment variable X", "file Y")."""

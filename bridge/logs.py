@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import unquote
 
 MASK = "[redacted]"
@@ -95,13 +96,7 @@ def install(secrets: Iterable[str | None] = ()) -> None:
 
 
 def settings_secrets(settings: object) -> list[str]:
-    """Every secret value the settings resolve from the environment."""
-    found: list[str | None] = []
-    for name in ("hubspot", "slack"):
-        section = getattr(settings, name, None)
-        found.append(section.token() if section is not None else None)
-    hubspot = getattr(settings, "hubspot", None)
-    found.append(hubspot.webhook_secret() if hubspot is not None else None)
-    for source in getattr(settings, "sources", []):
-        found.extend(source.secrets())
-    return [v for v in found if isinstance(v, str)]
+    """Every secret value the settings resolve (``Settings.secret_refs``; duck-typed, as the
+    config module imports this one)."""
+    refs: list[Any] = getattr(settings, "secret_refs", list)()
+    return [value for ref in refs if (value := ref.value())]

@@ -13,7 +13,7 @@ import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG, Settings, load_settings, source_path
+from .config import DEFAULT_CONFIG, Settings, load_settings
 from .errors import ConfigError, ExistingFilesError
 
 EXAMPLE_CONFIG = "config.example.yaml"
@@ -77,15 +77,9 @@ def write_scaffold(directory: Path, *, force: bool = False) -> list[Path]:
 def secret_variables(settings: Settings) -> dict[str, list[str]]:
     """Every environment variable the config reads a secret from, with what reads it."""
     found: dict[str, list[str]] = {}
-    for section, tokens in (("hubspot", settings.hubspot), ("slack", settings.slack)):
-        if tokens.token_file is None:
-            found.setdefault(tokens.token_env, []).append(f"{section}.token_env")
-    if settings.hubspot.webhook_secret_file is None:
-        reader = "hubspot.webhook_secret_env (only for HubSpot's webhooks)"
-        found.setdefault(settings.hubspot.webhook_secret_env, []).append(reader)
-    for source in settings.sources:
-        for name in source.secret_env:
-            found.setdefault(name, []).append(source_path(source.name))
+    for ref in settings.secret_refs():
+        if ref.env and ref.file is None:
+            found.setdefault(ref.env, []).append(f"{ref.reader} ({ref.note})" if ref.note else ref.reader)
     return found
 
 
