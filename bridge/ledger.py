@@ -328,8 +328,10 @@ class Ledger:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self._local = threading.local()
-        # Intake's writes share transactions (bridge/groupcommit.py): one fsync per burst.
+        # Writes share transactions (bridge/groupcommit.py): one fsync per burst. Intake's group
+        # asks for the write lock every 1 ms, the worker's every few ms, so intake goes first.
         self._intake = GroupCommit(self.path, busy_timeout)
+        self._writes = GroupCommit(self.path, busy_timeout, poll=WORKER_POLL_SECONDS, autocheckpoint_pages=1000)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = self.db
         db.execute("PRAGMA journal_mode=WAL")
@@ -434,14 +436,20 @@ class Ledger:
             self._event(conn, new_id, "intake", "received", f"{len(body)} bytes", now)
             return new_id, True
 
-        result: tuple[str, bool] = self._intake_write(write)
+        result: tuple[str, bool] = self._grouped(write, self._intake)
         return result
 
-    def _intake_write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        """A write on intake's path: grouped with the other requests of this moment."""
-        if self.db.conn.in_transaction:  # inside exclusive(): part of the caller's transaction
+    def _grouped(self, work: Callable[[sqlite3.Connection], Any], group: GroupCommit | None = None) -> Any:
+        """Run ``work(conn)`` in a write transaction shared with the other threads' writes of this
+        moment (bridge/groupcommit.py): committed, on disk, before this returns; one fsync for all.
+
+        Intake's writes have their own group, which asks for the lock more often, so when intake
+        and the worker wait at once, intake wins. Inside ``exclusive()`` the work simply joins
+        the caller's transaction.
+        """
+        if self.db.conn.in_transaction:
             return work(self.db.conn)
-        return self._intake.run(work)
+        return (group or self._writes).run(work)
 
     # -- claiming -----------------------------------------------------------------
 
@@ -454,13 +462,17 @@ class Ledger:
         whatever it does to workers, it must not take them down forever.
         """
         now = time.time() if now is None else now
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> list[Delivery]:
             # Expired leases first (their workers died), then what is due, most overdue first.
             # Each select walks a partial index and stops at ``limit``.
             ids = [row[0] for query in (_EXPIRED_LEASES, _DUE) for row in conn.execute(query, {"now": now, "limit": limit})][
                 :limit
             ]
             return self._take(conn, ids, owner, lease_seconds, now, crash_budget)
+
+        claimed: list[Delivery] = self._grouped(work)
+        return claimed
 
     def claim_ids(self, ids: Sequence[str], owner: str, lease_seconds: float, now: float | None = None) -> list[Delivery]:
         """Take these deliveries now if nobody holds a live lease on them (used by replay)."""
@@ -504,7 +516,8 @@ class Ledger:
         case the keys changed, before any side effect.
         """
         now = time.time() if now is None else now
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> bool:
             self._check_lease(conn, delivery_id, owner, now)
             conn.execute("DELETE FROM person_keys WHERE delivery_id = ?", (delivery_id,))
             conn.executemany("INSERT INTO person_keys (delivery_id, key) VALUES (?, ?)", [(delivery_id, k) for k in keys])
@@ -512,22 +525,32 @@ class Ledger:
                 f"SELECT EXISTS ({_PERSON_BUSY}) FROM deliveries AS d WHERE d.id = :id",
                 {"now": now, "id": delivery_id},
             ).fetchone()[0]
-        return not busy
+            return not busy
+
+        free: bool = self._grouped(work)
+        return free
 
     def begin_attempt(self, delivery_id: str, owner: str, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> int:
             self._check_lease(conn, delivery_id, owner, now)
             conn.execute("UPDATE deliveries SET attempts = attempts + 1, updated_at = ? WHERE id = ?", (now, delivery_id))
             attempts = conn.execute("SELECT attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()[0]
             self._event(conn, delivery_id, "attempt", "started", f"attempt {attempts}", now)
-        return int(attempts)
+            return int(attempts)
+
+        attempts: int = self._grouped(work)
+        return attempts
 
     def renew(self, delivery_id: str, owner: str, lease_seconds: float, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> None:
             self._check_lease(conn, delivery_id, owner, now)
             conn.execute("UPDATE deliveries SET lease_until = ? WHERE id = ?", (now + lease_seconds, delivery_id))
+
+        self._grouped(work)
 
     # -- steps and outcomes -------------------------------------------------------
 
@@ -540,17 +563,21 @@ class Ledger:
     ) -> None:
         """Checkpoint a finished step; only the lease holder may, so a stale worker cannot."""
         now = time.time() if now is None else now
-        with self._write() as conn:
+        encoded = json.dumps(result, sort_keys=True, default=str)
+
+        def work(conn: sqlite3.Connection) -> None:
             self._check_lease(conn, delivery_id, owner, now)
             conn.execute(
                 "INSERT OR REPLACE INTO steps (delivery_id, step, result, done_at) VALUES (?, ?, ?, ?)",
-                (delivery_id, step, json.dumps(result, sort_keys=True, default=str), now),
+                (delivery_id, step, encoded, now),
             )
             self._event(conn, delivery_id, step, "ok", detail, now)
 
+        self._grouped(work)
+
     def note(self, delivery_id: str, step: str, outcome: str, detail: str = "", now: float | None = None) -> None:
-        with self._write() as conn:
-            self._event(conn, delivery_id, step, outcome, detail, time.time() if now is None else now)
+        at = time.time() if now is None else now
+        self._grouped(lambda conn: self._event(conn, delivery_id, step, outcome, detail, at))
 
     def finish(
         self,
@@ -564,7 +591,8 @@ class Ledger:
         """End a delivery as delivered, dead or rejected, and let go of its person."""
         assert status in FINAL
         now = time.time() if now is None else now
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> None:
             self._check_lease(conn, delivery_id, owner, now)
             conn.execute(
                 """UPDATE deliveries SET status = ?, reason = ?, next_attempt_at = NULL, lease_owner = NULL,
@@ -575,12 +603,15 @@ class Ledger:
             )
             self._event(conn, delivery_id, step, str(status), reason or "", now)
 
+        self._grouped(work)
+
     def record_crash(
         self, delivery_id: str, owner: str, detail: str, budget: int, retry_at: float, now: float | None = None
     ) -> Status:
         """An exception escaped the pipeline: count it; dead once ``budget`` is spent, else retry at ``retry_at``."""
         now = time.time() if now is None else now
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> Status:
             self._check_lease(conn, delivery_id, owner, now)
             self._event(conn, delivery_id, "worker", "crashed", detail, now)
             crashes = conn.execute(_CRASHES, {"id": delivery_id}).fetchone()[0]
@@ -592,7 +623,10 @@ class Ledger:
                    lease_until = NULL, updated_at = ? WHERE id = ?""",
                 (Status.RETRYING, retry_at, f"crashed the worker: {detail}", now, delivery_id),
             )
-        return Status.RETRYING
+            return Status.RETRYING
+
+        outcome: Status = self._grouped(work)
+        return outcome
 
     def _bury(self, conn: sqlite3.Connection, delivery_id: str, reason: str, now: float) -> None:
         conn.execute(
@@ -604,7 +638,8 @@ class Ledger:
 
     def retry_later(self, delivery_id: str, owner: str, at: float, error: str, step: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> None:
             self._check_lease(conn, delivery_id, owner, now)
             conn.execute(
                 """UPDATE deliveries SET status = ?, next_attempt_at = ?, last_error = ?, lease_owner = NULL,
@@ -613,12 +648,15 @@ class Ledger:
             )
             self._event(conn, delivery_id, step, "retrying", f"{error} (next attempt in {at - now:.0f}s)", now)
 
+        self._grouped(work)
+
     def defer(
         self, delivery_id: str, owner: str, at: float, why: str, *, refund_attempt: bool = False, now: float | None = None
     ) -> None:
         """Put a claimed delivery back without counting an attempt (refund one already begun)."""
         now = time.time() if now is None else now
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> None:
             self._check_lease(conn, delivery_id, owner, now)
             if refund_attempt:
                 conn.execute("UPDATE deliveries SET attempts = max(attempts - 1, 0) WHERE id = ?", (delivery_id,))
@@ -630,6 +668,8 @@ class Ledger:
                 (Status.RETRYING if attempts or refund_attempt else Status.RECEIVED, at, refund_attempt, why, now, delivery_id),
             )
             self._event(conn, delivery_id, "claim", "deferred", why, now)
+
+        self._grouped(work)
 
     def requeue(self, delivery_id: str, now: float | None = None) -> str:
         """Make a delivery due again for replay; returns what happened ("requeued", "skipped: ...")."""
@@ -665,13 +705,12 @@ class Ledger:
 
     def remember_contact(self, keys: Sequence[str], contact_id: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        with self._write() as conn:
-            for key in keys:
-                kind, _, value = key.partition(":")
-                conn.execute(
-                    "INSERT OR REPLACE INTO identities (kind, value, contact_id, updated_at) VALUES (?, ?, ?, ?)",
-                    (kind, value, contact_id, now),
-                )
+        rows = [(*key.split(":", 1), contact_id, now) for key in keys]
+        self._grouped(
+            lambda conn: conn.executemany(
+                "INSERT OR REPLACE INTO identities (kind, value, contact_id, updated_at) VALUES (?, ?, ?, ?)", rows
+            )
+        )
 
     # -- sales memory -------------------------------------------------------------
 
@@ -709,12 +748,14 @@ class Ledger:
     def remember_deal(
         self, contact_id: str, object_type: str, record_id: str, delivery_id: str, now: float | None = None
     ) -> None:
-        with self._write() as conn:
-            conn.execute(
+        row = (contact_id, object_type, record_id, delivery_id, time.time() if now is None else now)
+        self._grouped(
+            lambda conn: conn.execute(
                 """INSERT OR IGNORE INTO deals (contact_id, object_type, record_id, delivery_id, created_at)
                    VALUES (?, ?, ?, ?, ?)""",
-                (contact_id, object_type, record_id, delivery_id, time.time() if now is None else now),
+                row,
             )
+        )
 
     def previous_delivery_at(self, delivery_id: str) -> float | None:
         """When this person's previous delivered lead arrived (for 'returning within N days')."""
@@ -729,11 +770,12 @@ class Ledger:
         return float(row[0]) if row and row[0] is not None else None
 
     def queue_digest(self, delivery_id: str, channel: str, line: str, now: float | None = None) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO digest_items (delivery_id, channel, line, queued_at) VALUES (?, ?, ?, ?)",
-                (delivery_id, channel, line, time.time() if now is None else now),
+        row = (delivery_id, channel, line, time.time() if now is None else now)
+        self._grouped(
+            lambda conn: conn.execute(
+                "INSERT OR IGNORE INTO digest_items (delivery_id, channel, line, queued_at) VALUES (?, ?, ?, ?)", row
             )
+        )
 
     def digest_channels_waiting(self) -> list[str]:
         rows = self.db.execute("SELECT DISTINCT channel FROM digest_items WHERE digest_id IS NULL ORDER BY channel").fetchall()
@@ -902,12 +944,13 @@ class Ledger:
 
     def count_intake(self, source: str, outcome: str, code: int) -> None:
         """Count a request that made no new delivery (a duplicate, a refusal)."""
-        self._intake_write(
+        self._grouped(
             lambda conn: conn.execute(
                 """INSERT INTO intake_counts (source, outcome, code, n) VALUES (?, ?, ?, 1)
                    ON CONFLICT (source, outcome, code) DO UPDATE SET n = n + 1""",
                 (source, outcome, code),
-            )
+            ),
+            self._intake,
         )
 
     def intake_counts(self) -> list[tuple[str, str, int, int]]:
@@ -1036,11 +1079,12 @@ class Ledger:
 
     def remember_contact_state(self, contact_id: str, properties: dict[str, str], now: float | None = None) -> None:
         """Replace the memory of one contact with what a write just left in HubSpot."""
-        with self._write() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO contact_memory (contact_id, properties, updated_at) VALUES (?, ?, ?)",
-                (contact_id, json.dumps(properties, sort_keys=True), time.time() if now is None else now),
+        row = (contact_id, json.dumps(properties, sort_keys=True), time.time() if now is None else now)
+        self._grouped(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO contact_memory (contact_id, properties, updated_at) VALUES (?, ?, ?)", row
             )
+        )
 
     # -- HubSpot truth (bridge/crm_events.py; call inside exclusive()) -------------
 

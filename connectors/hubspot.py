@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -62,6 +63,7 @@ API_ERRORS = (ApiException, objects.ApiException, owners.ApiException, pipelines
 # A property value holds at most 65,536 characters (hubspot.md, notes): longer ones are refused.
 PROPERTY_LIMIT = 65_536
 TRUNCATED = "… [truncated]"
+POOL_SIZE = 100
 OBJECT_TYPE_IDS = {"contacts": "0-1", "deals": "0-3", "notes": "0-46", "tasks": "0-27", "leads": "0-136"}
 
 
@@ -71,7 +73,8 @@ class HubSpotCRM:
         self.pacer = pacer
         # The SDK logs response bodies (lead data) at DEBUG; keep it to warnings whatever the root level.
         logging.getLogger("hubspot").setLevel(logging.WARNING)
-        client = HubSpot(access_token=settings.token() or "", host=settings.base_url)
+        # Pooled connections for as many calls at once as a busy worker makes (the SDK keeps 10).
+        client = HubSpot(access_token=settings.token() or "", host=settings.base_url, connection_pool_maxsize=POOL_SIZE)
         # Each attribute access builds a new ApiClient and pool (hubspot.md §12): keep them.
         contacts = client.crm.contacts
         self._basic = contacts.basic_api
@@ -84,6 +87,8 @@ class HubSpotCRM:
         self._properties = client.crm.properties.core_api
         self._owner_ids: dict[str, str | None] = {}
         self._owner_active: dict[str, tuple[bool, float]] = {}
+        self._lookups: dict[str, threading.Lock] = {}
+        self._lookups_guard = threading.Lock()
 
     # -- the CRM interface --------------------------------------------------------
 
@@ -175,7 +180,13 @@ class HubSpotCRM:
     def owner_id_for_email(self, email: str) -> str | None:
         """Resolved once per process and cached (owners change rarely; a restart refreshes)."""
         key = email.strip().lower()
-        if key not in self._owner_ids:
+        if key in self._owner_ids:
+            return self._owner_ids[key]
+        with self._one_lookup(f"email:{key}"):
+            return self._owner_id_for_email(key)
+
+    def _owner_id_for_email(self, key: str) -> str | None:
+        if key not in self._owner_ids:  # another thread may have looked it up while we waited
             try:
                 page = self._call(self._owners.get_page, email=key, limit=1, archived=False)
             except owners.ApiException as exc:
@@ -190,6 +201,10 @@ class HubSpotCRM:
         When HubSpot cannot answer, the last answer stands: an outage must not hold back a lead
         whose owner was active a few minutes ago (the contact write retries on its own).
         """
+        with self._one_lookup(f"owner:{owner_id}"):
+            return self._owner_active_now(owner_id)
+
+    def _owner_active_now(self, owner_id: str) -> bool:
         cached = self._owner_active.get(owner_id)
         if cached and time.monotonic() - cached[1] < self.settings.owner_cache_seconds:
             return cached[0]
@@ -204,6 +219,12 @@ class HubSpotCRM:
             return self._stale(cached, exc)
         self._owner_active[owner_id] = (active, time.monotonic())
         return active
+
+    def _one_lookup(self, key: str) -> threading.Lock:
+        """One lookup of ``key`` at a time: a worker's many threads missing the cache at once
+        make one owner call, not one each (they would spend the call budget on one answer)."""
+        with self._lookups_guard:
+            return self._lookups.setdefault(key, threading.Lock())
 
     @staticmethod
     def _stale(cached: tuple[bool, float] | None, error: DeliveryError) -> bool:
