@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
