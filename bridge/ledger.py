@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -321,6 +321,7 @@ def m007_hubspot_truth(db: sqlite_utils.Database) -> None:
 
 
 WORKER_POLL_SECONDS = 0.003
+T = TypeVar("T")
 
 
 class Ledger:
@@ -342,6 +343,9 @@ class Ledger:
 
     @property
     def db(self) -> sqlite_utils.Database:
+        joined = getattr(self._local, "joined", None)
+        if joined is not None:  # inside atomically(): read and write in its transaction
+            return joined
         db = getattr(self._local, "db", None)
         if db is None:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, check_same_thread=False)
@@ -450,6 +454,27 @@ class Ledger:
         if self.db.conn.in_transaction:
             return work(self.db.conn)
         return (group or self._writes).run(work)
+
+    def atomically(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` as one transaction: every ledger call it makes, reads included, joins it.
+
+        Like ``exclusive()`` (nobody else writes in between: routing reads the pool's counts,
+        picks and records the turn), but grouped with the other threads' writes, so it costs no
+        lock acquisition and no fsync of its own. ``fn`` may run on another thread (the
+        group's leader) and must not call anything but the ledger and pure code.
+        """
+        if self.db.conn.in_transaction:
+            return fn()
+
+        def work(conn: sqlite3.Connection) -> T:
+            self._local.joined = sqlite_utils.Database(conn)
+            try:
+                return fn()
+            finally:
+                self._local.joined = None
+
+        result: T = self._writes.run(work)
+        return result
 
     # -- claiming -----------------------------------------------------------------
 

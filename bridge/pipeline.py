@@ -74,7 +74,7 @@ class Pipeline:
         test = verdict is not None
         step = "notify" if test else "contact"
         try:
-            run = Run(delivery, owner, seen, ledger.steps(delivery.id))
+            run = Run(delivery, owner, seen, ledger.steps(delivery.id), lease_until=delivery.lease_until or 0.0)
             if test:
                 self._notify_test(run, kit.spec.test_channel)
             else:

@@ -87,6 +87,8 @@ class Run:
     done: dict[str, dict[str, Any]]
     # Set when the first Slack post failed: the CRM records go ahead, the post is retried later.
     slack_failure: RetriableError | None = None
+    # Until when this worker holds the lease, as far as it knows (renewed when half is used).
+    lease_until: float = 0.0
 
     @property
     def lead_id(self) -> str:
@@ -127,10 +129,10 @@ class Sales:
 
     @contextmanager
     def _step(self, run: Run, name: str) -> Iterator[None]:
-        """Renew the lease before a step (each may take a few calls), and name the step that failed."""
+        """Keep the lease (each step may take a few calls), and name the step that failed."""
         fresh = name not in run.done  # a checkpointed step returns its saved result at once
         if fresh:
-            self.ledger.renew(run.lead_id, run.owner, self.settings.worker.lease_seconds)
+            self._keep_lease(run)
         started, outcome = time.monotonic(), "error"
         try:
             yield
@@ -142,6 +144,15 @@ class Sales:
         finally:
             if fresh:
                 record_step(name, outcome, time.monotonic() - started)
+
+    def _keep_lease(self, run: Run) -> None:
+        """Renew once half the lease is used: until then nobody else can take the delivery (only
+        an expired lease is taken over), and each checkpoint checks the lease as it is written."""
+        lease = self.settings.worker.lease_seconds
+        now = time.time()
+        if now > run.lease_until - lease / 2:
+            self.ledger.renew(run.lead_id, run.owner, lease, now)
+            run.lease_until = now + lease
 
     # -- score and route ----------------------------------------------------------
 
@@ -170,11 +181,14 @@ class Sales:
             delivery_id=run.lead_id,
         )
         owners = ResolvedOwners(self.owners, self.settings.routing.owners.values(), existing)
-        # The turn and its checkpoint commit together: a retry never takes a second turn.
-        with self.ledger.exclusive():
+
+        def take_turn() -> Decision:
+            # The turn and its checkpoint commit together: a retry never takes a second turn.
             decision = route(context, self.settings.routing, self.ledger, owners)
             self.ledger.record_step(run.lead_id, run.owner, "route", decision.__dict__, decision.reason)
-        return decision
+            return decision
+
+        return self.ledger.atomically(take_turn)
 
     # -- CRM records --------------------------------------------------------------
 
@@ -225,10 +239,13 @@ class Sales:
             state = merged(careful(planned), current.properties)
             state.update({OWNER: decision.owner_id} if decision.owner_id else {})
         verb = "created" if outcome.created else "updated"
-        with self.ledger.exclusive():
+
+        def remember() -> None:
             self.ledger.remember_contact(run.seen.lead.person_keys(), outcome.contact_id)
             self.ledger.remember_contact_state(outcome.contact_id, state)
             self.ledger.record_step(run.lead_id, run.owner, "contact", outcome.__dict__, f"{verb} contact {outcome.contact_id}")
+
+        self.ledger.atomically(remember)
 
     def _include_meta(self, run: Run) -> bool:
         spec = self.settings.source(run.delivery.source)
