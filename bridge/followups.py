@@ -50,6 +50,11 @@ _NEW_SLAS = f"""
       AND NOT EXISTS (SELECT 1 FROM followups AS f WHERE f.id = 'sla:' || d.id)
     LIMIT 500"""
 
+_DUE_ROWS = """
+    SELECT id, kind, delivery_id, phase, due_at, data FROM followups INDEXED BY followups_due
+    WHERE state = 'waiting' AND due_at <= ? AND (lease_until IS NULL OR lease_until < ?)
+    ORDER BY due_at LIMIT ?"""
+
 
 @dataclass
 class FollowUp:
@@ -78,6 +83,8 @@ class FollowUpStore:
         args = {"since": now - longest - 86400, "segments": json.dumps(sorted(settings.sla))}
         found = self.ledger.db.execute(_NEW_SLAS, args).fetchall()
         rows = [(delivery_id, received, segment, self.ledger.steps(delivery_id)) for delivery_id, received, segment in found]
+        if not rows:
+            return 0  # the usual loop: a read, no write lock
         with self.ledger.exclusive():
             for delivery_id, received, segment, steps in rows:
                 rule = settings.sla[segment]
@@ -89,13 +96,11 @@ class FollowUpStore:
 
     def claim(self, now: float, limit: int = BATCH) -> list[FollowUp]:
         """Due rows nobody holds (or whose holder's lease ran out), leased to this worker at once."""
+        args = (now, now, limit)
+        if not self.ledger.db.execute(_DUE_ROWS, args).fetchone():
+            return []  # the usual loop: a read, no write lock
         with self.ledger.exclusive():
-            rows = self.ledger.db.execute(
-                """SELECT id, kind, delivery_id, phase, due_at, data FROM followups INDEXED BY followups_due
-                   WHERE state = 'waiting' AND due_at <= ? AND (lease_until IS NULL OR lease_until < ?)
-                   ORDER BY due_at LIMIT ?""",
-                (now, now, limit),
-            ).fetchall()
+            rows = self.ledger.db.execute(_DUE_ROWS, args).fetchall()
             for row in rows:
                 self.ledger.db.execute(
                     "UPDATE followups SET lease_owner = ?, lease_until = ? WHERE id = ?",
@@ -152,7 +157,7 @@ class FollowUpStore:
         self.save(item, now)
         try:
             result = action()
-        except BaseException:
+        except Exception:  # known not sent; a process dying here leaves "sending" for the next worker to see
             item.steps.pop(step, None)
             self.save(item, now)
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -377,3 +378,82 @@ def test_a_deal_that_moved_on_gets_no_reminder(relay: str, sandbox: Sandbox, sla
     assert len(lines) == 2
     assert any(f"cancelled because deal {deal_id} moved to closedwon" in line for line in lines)
     assert any("cancelled because the deal moved from contractsent to closedlost" in line for line in lines)
+
+
+class Died(BaseException):
+    """The worker process ending right after Slack took the message, before its checkpoint."""
+
+
+class DiesAfterSending:
+    """The real notifier (over HTTP to the sandbox), whose process dies once a DM went out."""
+
+    def __init__(self, notifier: Any) -> None:
+        self.notifier = notifier
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.notifier, name)
+
+    def direct_message(self, user_id: str, text: str) -> Any:
+        self.notifier.direct_message(user_id, text)
+        raise Died
+
+
+def test_a_worker_that_died_while_sending_is_not_followed_by_a_second_ping(
+    relay: str, sandbox: Sandbox, sla_settings: Settings
+) -> None:
+    lead = deliver_hot_lead(relay, sla_settings)
+    start = received(sla_settings, lead)
+    clock = Clock(start + 16 * MINUTE)
+    dying = chore(sla_settings, clock, "dies")
+    dying.notifier = DiesAfterSending(dying.notifier)
+    with pytest.raises(Died):
+        dying.run()
+    clock.at += sla_settings.worker.lease_seconds + 1  # its lease runs out; another worker takes the row over
+    chore(sla_settings, clock, "takes-over").run()
+    assert len(messages(sandbox, DM["alice"])) == 1
+    events = [(e["step"], e["outcome"]) for e in Ledger(sla_settings.ledger.path).events(lead)]
+    assert ("sla", "owner_dm_unknown") in events and ("sla", "owner_pinged") in events
+
+
+def commented_block(text: str, head: str) -> str:
+    """The commented-out YAML block of config.example.yaml that starts at ``head``, uncommented."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == f"# {head}")
+    indent = lines[start].index("#")
+    block = []
+    for line in lines[start:]:
+        if not line.strip().startswith("#") or (block and not line[indent + 2 :].startswith(" ")):
+            break
+        block.append(line[indent + 2 :])
+    return "\n".join(block)
+
+
+def test_the_example_configs_commented_follow_ups_are_valid() -> None:
+    text = (ROOT / "config.example.yaml").read_text()
+    sla = yaml.safe_load(commented_block(text, "sla:"))
+    follow_ups = yaml.safe_load(commented_block(text, "follow_ups:"))
+    settings = Settings(**sla, deals=follow_ups)
+    assert (settings.sla["hot"].owner_after, settings.sla["hot"].escalate_after, settings.sla["hot"].reassign) == (
+        900,
+        2700,
+        True,
+    )
+    assert settings.sla["warm"].escalate_to == "manager@acme-roofing.example"
+    assert [(r.stage, r.after) for r in settings.deals.follow_ups] == [("contractsent", 72 * HOUR)]
+
+
+@pytest.mark.parametrize(
+    ("sla", "message"),
+    [
+        ({"hot": {"owner_after": 15}}, 'write the duration with its unit, like "15m"'),
+        ({"hot": {"owner_after": "soon"}}, '"soon" is not a duration'),
+        ({"hot": {"owner_after": "1h", "escalate_after": "30m"}}, "escalate_after must be later than owner_after"),
+        ({"hot": {"owner_after": "1h", "reassign": True}}, "give escalate_after too"),
+        ({"hot": {"owner_after": "1h", "escalate_after": "2h", "escalate_to": "bob"}}, '"bob" is not "channel"'),
+        ({"scorching": {"owner_after": "1h"}}, "'scorching' is not a score segment"),
+        ({"hot": {"owner_after": "1h", "escalate_afer": "2h"}}, "escalate_afer"),
+    ],
+)
+def test_sla_config_mistakes_are_named(sla: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Settings(sla=sla)
