@@ -24,6 +24,7 @@ import click
 
 from .config import CONFIG_ENV, Settings, load_settings
 from .errors import BodyTooLargeError, ConfigError, IntakeError
+from .followups import followup_lines, followup_rows
 from .ledger import Ledger, Status
 from .logs import install as install_redaction
 from .pipeline import Pipeline
@@ -608,6 +609,7 @@ def show(config_file: str | None, delivery_id: str, as_json: bool, with_body: bo
         click.echo(f"no delivery {delivery_id}", err=True)
         raise SystemExit(1)
     data: dict[str, Any] = {**delivery.summary(), "steps": ledger.steps(delivery_id), "events": ledger.events(delivery_id)}
+    data["followups"] = followup_rows(ledger, delivery_id)
     if with_body:
         data["body"] = delivery.body.decode("utf-8", "replace")
     if as_json:
@@ -621,6 +623,11 @@ def show(config_file: str | None, delivery_id: str, as_json: bool, with_body: bo
     click.echo("steps:")
     for step, result in data["steps"].items():
         click.echo(f"  {step}: {json.dumps(result, sort_keys=True)}")
+    follow_ups = list(followup_lines(ledger, delivery_id))
+    if follow_ups:
+        click.echo("follow-ups:")
+        for line in follow_ups:
+            click.echo(f"  {line}")
     click.echo("events:")
     for event in data["events"]:
         click.echo(f"  {_iso(event['at'])}  {event['step']:<9} {event['outcome']:<14} {event['detail']}")

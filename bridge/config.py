@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .logs import add_secrets, settings_secrets
@@ -211,6 +212,59 @@ class RetrySettings(Model):
     jitter: float = Field(0.2, ge=0, le=1)
 
 
+def _span(value: Any) -> Any:
+    """A duration ("15m", "4h", "3d", "1h30m") as seconds; YAML numbers are refused as ambiguous."""
+    if isinstance(value, str):
+        span = parse_duration(value)
+        if span is None or not span:
+            raise ValueError(f'"{value}" is not a duration like "15m", "4h", "3d" or "1h30m"')
+        return span.total_seconds()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f'write the duration with its unit, like "15m" or "72h" (not the bare number {value})')
+    return value
+
+
+Span = Annotated[float, BeforeValidator(_span)]
+_EMAIL = r"[^@\s]+@[^@\s]+\.[^@\s]+"
+
+
+class SlaRule(Model):
+    """Speed to lead for one score segment (README "Follow-ups")."""
+
+    # The owner is sent a Slack DM when nothing happened on the lead this long after it arrived.
+    owner_after: Span
+    # Then, this long after it arrived, the escalation: unset means the owner's DM is all.
+    escalate_after: Span | None = None
+    # "channel" (the channel the lead was announced in), a "#channel", or a manager's email (a DM).
+    escalate_to: str = "channel"
+    # At the escalation, give the lead to the next member of its routing pool.
+    reassign: bool = False
+
+    @field_validator("escalate_to")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        value = value.strip()
+        if value != "channel" and not value.startswith("#") and not re.fullmatch(_EMAIL, value):
+            raise ValueError(f'"{value}" is not "channel", a "#channel" or a manager\'s email address')
+        return value.lower() if "@" in value else value
+
+    @model_validator(mode="after")
+    def _order(self) -> SlaRule:
+        if self.escalate_after is not None and self.escalate_after <= self.owner_after:
+            raise ValueError("escalate_after must be later than owner_after (both count from when the lead arrived)")
+        if self.reassign and self.escalate_after is None:
+            raise ValueError("reassign happens at the escalation: give escalate_after too")
+        return self
+
+
+class FollowUpRule(Model):
+    """A deal left in one stage this long gets a task and a Slack reminder for its owner."""
+
+    stage: str = Field(min_length=1)  # internal stage id, e.g. contractsent
+    after: Span
+    task: str = Field("Follow up: the deal has not moved", min_length=1)
+
+
 class DealSettings(Model):
     """What a delivered lead opens in the sales pipeline."""
 
@@ -225,6 +279,8 @@ class DealSettings(Model):
     # Stage ids that close a deal (HubSpot's default pipeline; add your pipelines' closed stages):
     # a deal moved there in HubSpot is not reused, the returning person gets a new one.
     closed_stages: list[str] = Field(default_factory=lambda: ["closedwon", "closedlost"])
+    # Reminders for deals left in a stage (README "Follow-ups"), e.g. {stage: contractsent, after: 72h}.
+    follow_ups: list[FollowUpRule] = Field(default_factory=list)
 
 
 class TaskSettings(Model):
@@ -371,6 +427,8 @@ class Settings(Model):
     digest: DigestSettings = Field(default_factory=DigestSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    # Speed-to-lead escalation per score segment (README "Follow-ups").
+    sla: dict[str, SlaRule] = Field(default_factory=dict)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     sources: list[SourceSettings] = Field(default_factory=list)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
@@ -378,6 +436,14 @@ class Settings(Model):
     # Set by load_settings: where the file was and a hash of it and its mappings.
     path: Path | None = None
     version: str = "unversioned"
+
+    @model_validator(mode="after")
+    def _sla_segments(self) -> Settings:
+        unknown = [name for name in self.sla if name not in self.scoring.segments]
+        if unknown:
+            known = ", ".join(self.scoring.segments)
+            raise ValueError(f"sla: {', '.join(map(repr, unknown))} is not a score segment (scoring.segments: {known})")
+        return self
 
     def source(self, name: str) -> SourceSettings | None:
         return next((s for s in self.sources if s.name == name), None)

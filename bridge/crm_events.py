@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, jsonify, request
 
 from .errors import SourceNotConfiguredError
+from .followups import stage_entered
 from .httpbody import read_body
 from .ledger import Ledger
 
@@ -57,6 +58,7 @@ def apply_events(ledger: Ledger, events: Sequence[CrmEvent], closed_stages: Sequ
                 ledger.set_deal_stage(event.object_id, "", closed=True, now=now)
             elif event.kind == "deal_stage":
                 ledger.set_deal_stage(event.object_id, event.stage, closed=event.stage in closed_stages, now=now)
+                stage_entered(ledger, event.object_id, event.stage, now)  # stage follow-ups (bridge/followups.py)
     return applied, seen
 
 

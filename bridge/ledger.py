@@ -320,6 +320,29 @@ def m007_hubspot_truth(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE deals ADD COLUMN stage TEXT")
 
 
+@migrations()
+def m008_followups(db: sqlite_utils.Database) -> None:
+    """Speed-to-lead checks and stage reminders (bridge/followups.py): one row each, claimed under a lease."""
+    # Its own table only, guarded, so it applies in any order relative to other new migrations.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS followups (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('sla', 'stage')),
+            delivery_id TEXT NOT NULL,
+            phase TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('waiting', 'done', 'cancelled')),
+            due_at REAL NOT NULL,
+            lease_owner TEXT,
+            lease_until REAL,
+            data TEXT NOT NULL,
+            reason TEXT,
+            updated_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS followups_due ON followups (due_at) WHERE state = 'waiting'")
+    db.execute("CREATE INDEX IF NOT EXISTS followups_delivery ON followups (delivery_id)")
+
+
 WORKER_POLL_SECONDS = 0.003
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@
 - ``CRM``: creates or updates contacts and reads them (lists, so a backlog can go in one
   batch call each way).
 - ``Notifier``: tells a person about a delivered lead, and updates that message later
-  (the deal link is added once the deal exists).
+  (the deal link is added once the deal exists); reminds a rep by DM (bridge/followups.py).
 
 Connectors are found by "module:Class" strings (``connectors.SOURCE_TYPES``) and imported
 only when used, so the core never imports a vendor SDK.
@@ -203,6 +203,15 @@ class CRM(Protocol):
     def create_property(self, object_type: str, name: str) -> None:
         """Create a single-line text property for values leadbridge writes."""
 
+    def read_record(self, object_type: str, record_id: str, properties: Sequence[str]) -> dict[str, str] | None:
+        """Some properties of one record as HubSpot has them now (unset ones absent); None if it is gone."""
+
+    def update_record(self, object_type: str, record_id: str, properties: Mapping[str, str]) -> None:
+        """Set properties on one record (a follow-up's reassignment of its owner)."""
+
+    def owner_email(self, owner_id: str) -> str | None:
+        """The email of a CRM owner (to find their chat user), or None if there is no such owner."""
+
 
 class Notifier(Protocol):
     def notify(self, alert: Alert) -> Notice:
@@ -222,6 +231,12 @@ class Notifier(Protocol):
 
     def post_ops(self, channel: str, text: str) -> Notice:
         """Send one plain-text operations message (an alert for admins, never lead data)."""
+
+    def direct_message(self, user_id: str, text: str) -> Notice:
+        """Send one follow-up reminder to a person's DM; ``text`` is mrkdwn the core built (lead values escaped)."""
+
+    def post_reminder(self, channel: str, text: str) -> Notice:
+        """Send one follow-up reminder (an escalation) to a channel; ``text`` as for ``direct_message``."""
 
 
 def load(spec: str) -> Any:

@@ -592,3 +592,35 @@ def _triage(
         tail = f"triage → {name}"
     notes.append(f"sent to {tail}")
     return Decision(name, owner_id, rule, pool, channel or settings.triage.channel, True, f"{head} → {tail}", notes)
+
+
+def next_in_pool(
+    pool: str,
+    leaving: str | None,
+    settings: RoutingSettings,
+    store: PoolStore,
+    directory: OwnerDirectory,
+    now: datetime,
+    delivery_id: str,
+) -> tuple[str | None, str | None, str]:
+    """The pool's next turn for a lead its owner ``leaving`` gives up (a speed-to-lead reassignment).
+
+    The same weighted round robin as ``route`` (catch-up credit, availability, the count
+    recorded), with ``leaving`` left out; returns (member, owner id, reason). Call it with the
+    ledger's write lock held and owners resolved, as routing is.
+    """
+    weights = {m: w for m, w in settings.pools[pool].members.items() if m != leaving}
+    if not weights:
+        return None, None, f"pool {pool} has nobody but {leaving}"
+    recorded = store.assigned_counts(pool)
+    counts = caught_up_counts(recorded, weights)
+    turn = _take_turn(pool, weights, counts, settings, now, directory, [])
+    for member, count in counts.items():
+        if count > recorded.get(member, 0):
+            store.raise_count(pool, member, count)
+    skipped = "; ".join(f"{member} skipped: {why}" for member, why in turn.skipped)
+    if turn.member is None:
+        return None, None, f"pool {pool}: nobody else available ({skipped})"
+    store.record_assignment(pool, turn.member, delivery_id)
+    detail = "; ".join([_standing(turn.member, weights, counts)] + ([skipped] if skipped else []))
+    return turn.member, turn.owner_id, f"pool {pool} → {turn.member} ({detail})"

@@ -22,6 +22,7 @@ from .coalesce import batched_crm
 from .config import Settings
 from .digest import send_due_digests
 from .errors import where
+from .followups import run_due_followups
 from .incidents import check_incidents
 from .ledger import Delivery, Ledger
 from .pipeline import Pipeline
@@ -73,6 +74,7 @@ class Worker:
                 if time.monotonic() >= next_digest:
                     self._digests()
                     self._retention()
+                    self._followups()
                     next_digest = time.monotonic() + cfg.poll_seconds
                 if len(running) >= cfg.concurrency:
                     # Full: back to claiming as soon as a slot frees, never idle while work is due.
@@ -110,6 +112,12 @@ class Worker:
             send_due_digests(self.settings.digest, self.ledger, self.pipeline.notifier, datetime.now(UTC))
         except Exception:
             log.exception("digest run failed; will try again")
+
+    def _followups(self) -> None:
+        try:
+            run_due_followups(self.settings, self.ledger, self.pipeline.crm, self.pipeline.notifier, self.owner)
+        except Exception:
+            log.exception("follow-up run failed; will try again")
 
     def _retention(self) -> None:
         """Once a day (and at start) when ``retention.days`` is set: purge what finished before."""

@@ -273,6 +273,34 @@ class HubSpotCRM:
         except properties_api.ApiException as exc:
             raise self._translate(exc) from exc
 
+    # -- follow-ups (bridge/followups.py): the truth at a deadline, and a reassignment --
+
+    def read_record(self, object_type: str, record_id: str, properties: Sequence[str]) -> dict[str, str] | None:
+        """One ``GET /crm/v3/objects/{type}/{id}``, paced like every call; None when HubSpot has no such record."""
+        try:
+            found = self._call(self._objects.get_by_id, object_type, record_id, properties=list(properties), archived=False)
+        except objects.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise self._translate(exc) from exc
+        return {k: str(v) for k, v in (found.properties or {}).items() if v not in (None, "")}
+
+    def update_record(self, object_type: str, record_id: str, properties: Mapping[str, str]) -> None:
+        body = objects.SimplePublicObjectInput(properties=dict(properties))
+        try:
+            self._call(self._objects.update, object_type, record_id, body)
+        except objects.ApiException as exc:
+            raise self._translate(exc) from exc
+
+    def owner_email(self, owner_id: str) -> str | None:
+        try:
+            owner = self._call(self._owners.get_by_id, owner_id, archived=False)
+        except owners.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise self._translate(exc) from exc
+        return str(owner.email).lower() if owner.email else None
+
     def record_url(self, object_type: str, record_id: str) -> str:
         type_id = OBJECT_TYPE_IDS.get(object_type, object_type)
         template = self.settings.contact_url

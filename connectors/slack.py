@@ -1,4 +1,4 @@
-"""Slack through ``slack_sdk.WebClient``: one Block Kit message per lead, and daily digests.
+"""Slack through ``slack_sdk.WebClient``: one Block Kit message per lead, daily digests and follow-up DMs.
 
 The message goes out as soon as the contact exists and is updated in place
 (``chat.update``) once the deal does, so the rep is pinged first and the link follows.
@@ -79,6 +79,19 @@ class SlackNotifier:
     def post_ops(self, channel: str, text: str) -> Notice:
         """An alert for admins; escaped like lead text, so it can never mention or link anything."""
         return self._post(channel, {"text": _escape(text) or "-"})
+
+    def direct_message(self, user_id: str, text: str) -> Notice:
+        """conversations.open for the user's DM (the bot needs ``im:write``), then one paced post there."""
+        with _calling_slack():
+            opened = self.client.conversations_open(users=user_id)
+        channel = str((opened.get("channel") or {}).get("id") or "")
+        if not channel:
+            raise PermanentError("Slack conversations.open answered without a channel")
+        return self.post_reminder(channel, text)
+
+    def post_reminder(self, channel: str, text: str) -> Notice:
+        """A follow-up reminder: mrkdwn the core built, its lead values already escaped."""
+        return self._post(channel, {"text": _cut(text, TEXT_LIMIT) or "-"})
 
     def user_id_for_email(self, email: str) -> str | None:
         """users.lookupByEmail, cached per process including misses (Tier 3: ~50 a minute)."""

@@ -1,5 +1,6 @@
 """The ``/__sandbox/`` control API (no auth): the summary page, the state as JSON, reset, faults,
-search lag, owners and Slack users; and :func:`seed_owners`, its client for ``leadbridge run --sandbox``."""
+search lag, owners, Slack users and logged calls/emails/meetings; and :func:`seed_owners`, its client
+for ``leadbridge run --sandbox``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import html
 import re
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, jsonify, request
@@ -162,6 +164,39 @@ def control_search_lag() -> ResponseReturnValue:
     with state().lock:
         state().search_lag = seconds
     return jsonify({"ok": True, "seconds": seconds})
+
+
+# -- follow-ups: a rep logs a call, email or meeting (HubSpot then sets "Last Contacted") --
+
+# Activity type -> (its title property, HubSpot's association type id to a contact).
+ENGAGEMENT_TYPES = {"calls": ("hs_call_title", 194), "emails": ("hs_email_subject", 198), "meetings": ("hs_meeting_title", 200)}
+
+
+def control_log_engagement() -> ResponseReturnValue:
+    """``POST /__sandbox/engagements`` ``{type: calls|emails|meetings, contact_id, at?}``: the activity
+    is recorded on the contact and, as HubSpot does, the contact's read-only ``notes_last_contacted``
+    becomes its time (``at``: epoch seconds, default now)."""
+    try:
+        body = _body()
+        kind, contact_id = str(body["type"]), str(body["contact_id"])
+        at = float(body.get("at") or time.time())
+        if kind not in ENGAGEMENT_TYPES:
+            raise ValueError(f"type must be one of {', '.join(ENGAGEMENT_TYPES)}")
+    except (ValueError, TypeError, KeyError) as exc:
+        return _bad_input(exc)
+    stamp = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    with state().lock:
+        crm = state().crm
+        contact = crm.objects("contacts").get(contact_id)
+        if contact is None:
+            return jsonify({"ok": False, "error": f"no contact {contact_id}"}), 404
+        title, type_id = ENGAGEMENT_TYPES[kind]
+        link = [{"to": {"id": contact_id}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": type_id}]}]
+        properties = {title: f"logged {kind[:-1]}", "hs_timestamp": str(int(at * 1000))}
+        record = crm.create(kind, {"properties": properties, "associations": link})
+        # Not writable through the API (HubSpot calculates it), so set past the property checks.
+        crm._write(contact, {"notes_last_contacted": stamp})
+        return jsonify({"ok": True, "id": record.id, "notes_last_contacted": stamp}), 201
 
 
 def seed_owners(

@@ -23,6 +23,7 @@ from connectors.sandbox.control import (
     control_add_owner,
     control_add_slack_user,
     control_clear_faults,
+    control_log_engagement,
     control_record,
     control_reset,
     control_search_lag,
@@ -129,6 +130,7 @@ ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
     (f"{CONTROL_PREFIX}/slack_users", control_add_slack_user, ["POST"]),
     (f"{CONTROL_PREFIX}/channels", control_add_channel, ["POST"]),
     (f"{CONTROL_PREFIX}/search_lag", control_search_lag, ["POST"]),
+    (f"{CONTROL_PREFIX}/engagements", control_log_engagement, ["POST"]),
 ]
 
 

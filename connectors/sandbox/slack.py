@@ -1,9 +1,10 @@
 """The Slack Web API methods leadbridge calls (``auth.test``, ``chat.postMessage``, ``chat.update``,
-``users.lookupByEmail``), with Slack's ``ok``/``error`` envelope."""
+``users.lookupByEmail``, ``conversations.open`` for DMs), with Slack's ``ok``/``error`` envelope."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -112,9 +113,25 @@ def slack_conversations_list(sandbox: SandboxState, args: dict[str, Any]) -> dic
     return {"ok": True, "channels": list(sandbox.channels.values()), "response_metadata": {"next_cursor": ""}}
 
 
+def slack_conversations_open(sandbox: SandboxState, args: dict[str, Any]) -> dict[str, Any]:
+    """A DM with one user (``users=U...``): its id is ``D`` + the user id's rest, the same every time,
+    so a test finds the DMs a user got among the posted messages (channel ``D...``)."""
+    users = [u.strip() for u in str(args.get("users") or "").split(",") if u.strip()]
+    if len(users) != 1:
+        return {"ok": False, "error": "not_implemented" if users else "users_list_not_supplied"}
+    if not re.fullmatch(r"[UW][A-Z0-9]+", users[0]):
+        return {"ok": False, "error": "user_not_found"}
+    return {"ok": True, "channel": {"id": dm_channel(users[0]), "is_im": True, "user": users[0]}}
+
+
+def dm_channel(user_id: str) -> str:
+    return "D" + user_id[1:]
+
+
 SLACK_METHODS: dict[str, Callable[[SandboxState, dict[str, Any]], dict[str, Any]]] = {
     "auth.test": slack_auth_test,
     "conversations.list": slack_conversations_list,
+    "conversations.open": slack_conversations_open,
     "chat.postMessage": slack_post_message,
     "chat.update": slack_update,
     "users.lookupByEmail": slack_lookup_by_email,
