@@ -135,6 +135,9 @@ class ContactResult:
     contact_id: str
     created: bool
     url: str
+    # The remembered id this write was sent to, when the CRM answered for another record
+    # (the survivor of a merge): the ledger then points that id's memory at ``contact_id``.
+    merged_from: str | None = None
 
 
 @dataclass(frozen=True)

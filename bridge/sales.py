@@ -226,6 +226,8 @@ class Sales:
             state.update({OWNER: decision.owner_id} if decision.owner_id else {})
         verb = "created" if outcome.created else "updated"
         with self.ledger.exclusive():
+            if outcome.merged_from:  # merged in HubSpot: its ids and deals now belong to the survivor
+                self.ledger.merge_contact_ids([outcome.merged_from], outcome.contact_id)
             self.ledger.remember_contact(run.seen.lead.person_keys(), outcome.contact_id)
             self.ledger.remember_contact_state(outcome.contact_id, state)
             self.ledger.record_step(run.lead_id, run.owner, "contact", outcome.__dict__, f"{verb} contact {outcome.contact_id}")

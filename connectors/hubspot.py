@@ -388,8 +388,10 @@ class HubSpotCRM:
         props = plan.properties
         if plan.contact_id:
             try:
-                self._call(self._basic.update, plan.contact_id, SimplePublicObjectInput(properties=props))
-                return self._result(plan.contact_id, False)
+                updated = self._call(self._basic.update, plan.contact_id, SimplePublicObjectInput(properties=props))
+                # A merged-away id is answered by the surviving contact, under the survivor's id.
+                answered = str(getattr(updated, "id", None) or plan.contact_id)
+                return self._result(answered, False, merged_from=plan.contact_id if answered != plan.contact_id else None)
             except ApiException as exc:
                 if exc.status == 409:
                     return self._update_existing(exc, props)
@@ -482,9 +484,9 @@ class HubSpotCRM:
 
     # -- plumbing -----------------------------------------------------------------
 
-    def _result(self, contact_id: str, created: bool) -> ContactResult:
+    def _result(self, contact_id: str, created: bool, merged_from: str | None = None) -> ContactResult:
         url = self.settings.contact_url.format(portal_id=self.settings.portal_id, contact_id=contact_id)
-        return ContactResult(contact_id=contact_id, created=created, url=url)
+        return ContactResult(contact_id=contact_id, created=created, url=url, merged_from=merged_from)
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One SDK call with a timeout and a few quick in-process retries for blips.

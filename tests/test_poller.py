@@ -227,6 +227,34 @@ def test_a_custom_pipelines_closed_stage_closes_the_deal_without_config(
         assert pipeline_reads(sandbox) == 1  # the cache answered
 
 
+def test_a_merged_contacts_next_lead_updates_the_survivor_and_the_ledger_remembers_it(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger
+) -> None:
+    first = deliver(intake, worker, 1)
+    (merged,) = sandbox.state()["contacts"]
+    deal_id = ledger.steps(first)["deal"]["record_id"]
+    survivor = sandbox.hubspot("POST", "/crm/v3/objects/contacts", json={"properties": {"firstname": "Jane"}}).json()
+    # Merged in HubSpot with no webhook: only HubSpot's answer to the next write says so.
+    sandbox.hubspot(
+        "POST", "/crm/v3/objects/contacts/merge", json={"primaryObjectId": survivor["id"], "objectIdToMerge": merged["id"]}
+    ).raise_for_status()
+    second = deliver(intake, worker, 2)
+    assert ledger.get(second).status == Status.DELIVERED
+    contact = ledger.steps(second)["contact"]
+    assert (contact["contact_id"], contact["merged_from"]) == (survivor["id"], merged["id"])
+    assert ledger.contact_for(f"email:{merged['properties']['email']}") == survivor["id"]
+    # The deal moved with the contact: reused, not a second one.
+    assert ledger.steps(second)["deal"] == {"object_type": "deals", "record_id": deal_id, "created": False}
+    (task,) = [
+        t for t in sandbox.state()["objects"]["tasks"] if any(a["toObjectId"] == survivor["id"] for a in t["associations"])
+    ]
+    assert task
+    third = deliver(intake, worker, 3)
+    patched = [r["path"] for r in sandbox.state()["requests"] if r["method"] == "PATCH"]
+    assert patched[-1].endswith(f"/contacts/{survivor['id']}")  # the ledger's memory is the survivor now
+    assert ledger.steps(third)["contact"]["merged_from"] is None
+
+
 def test_a_late_older_stage_change_does_not_undo_a_newer_one(intake: str, worker: Worker, ledger: Ledger) -> None:
     delivery_id = deliver(intake, worker, 1)
     deal_id = ledger.steps(delivery_id)["deal"]["record_id"]
