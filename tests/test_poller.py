@@ -25,8 +25,10 @@ from bridge.crm_poll import CrmPoller, PollResult
 from bridge.ledger import Ledger, Status
 from bridge.ports import build_crm
 from bridge.worker import Worker
+from connectors.sandbox import SandboxServer
 
 from .conftest import ROOT, Sandbox, post_typeform, typeform_payload
+from .procs import wait_until
 from .test_hubspot_truth import CLIENT_SECRET, event, send
 
 RENOVATIONS = {
@@ -143,6 +145,37 @@ def test_two_workers_polling_at_once_search_and_apply_once(
     assert ran.changes == [{"deal": deal_id, "stage": "closedwon", "closed": True}]
     assert searches(sandbox) - before == 1
     assert ledger.open_deal(ledger.steps(ledger.deliveries()[0].id)["contact"]["contact_id"], "deals") is None
+
+
+def test_a_poll_falls_due_every_interval_whichever_worker_ran_the_last(
+    intake: str, worker: Worker, ledger: Ledger, settings: Settings
+) -> None:
+    deliver(intake, worker, 1)
+    clock = [time.time()]
+    first, second = (CrmPoller(settings, ledger, build_crm(settings), owner, clock=lambda: clock[0]) for owner in "ab")
+    assert first.poll().ran
+    clock[0] += 60
+    assert (second.poll().ran, second.poll().reason) == (False, "not due")
+    clock[0] += 241  # five minutes after the first poll
+    assert second.poll().ran
+
+
+def test_the_worker_loop_polls_as_a_chore(
+    intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger, settings: Settings
+) -> None:
+    delivery_id = deliver(intake, worker, 1)
+    deal_id = ledger.steps(delivery_id)["deal"]["record_id"]
+    contact_id = ledger.steps(delivery_id)["contact"]["contact_id"]
+    move(sandbox, deal_id, "closedwon")
+    running = Worker(settings, ledger)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: ledger.open_deal(contact_id, "deals") is None, time.monotonic() + 60, "the poll closing the deal")
+    finally:
+        running.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
 
 
 def test_the_high_water_mark_survives_a_restart(
@@ -267,3 +300,24 @@ def test_a_late_older_stage_change_does_not_undo_a_newer_one(intake: str, worker
     assert send(intake, [won]).json()["applied"] == 1
     assert send(intake, [earlier]).json()["applied"] == 1  # a new event, but older than what the ledger holds
     assert ledger.open_deal(contact_id, "deals") is None
+
+
+def test_the_sandbox_keeps_merges_and_pipelines_across_restarts(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    headers = {"Authorization": "Bearer t"}
+    with SandboxServer(state_file=state) as server:
+        crm = f"{server.url}/crm/v3"
+        new = {"properties": {}}
+        made = [requests.post(f"{crm}/objects/contacts", json=new, headers=headers, timeout=10).json() for _ in "ab"]
+        merge = {"primaryObjectId": made[0]["id"], "objectIdToMerge": made[1]["id"]}
+        requests.post(f"{crm}/objects/contacts/merge", json=merge, headers=headers, timeout=10).raise_for_status()
+        requests.post(f"{crm}/pipelines/deals", json=RENOVATIONS, headers=headers, timeout=10).raise_for_status()
+    with SandboxServer(state_file=state) as server:
+        crm = f"{server.url}/crm/v3"
+        patched = requests.patch(
+            f"{crm}/objects/contacts/{made[1]['id']}", json={"properties": {"firstname": "Jo"}}, headers=headers, timeout=10
+        )
+        pipelines = requests.get(f"{crm}/pipelines/deals", headers=headers, timeout=10).json()["results"]
+    assert (patched.status_code, patched.json()["id"]) == (200, made[0]["id"])
+    assert [p["id"] for p in pipelines] == ["default", "renovations"]
+    assert [s["metadata"]["isClosed"] for s in pipelines[1]["stages"]] == ["false", "true"]
