@@ -341,6 +341,35 @@ def worker(config_file: str | None, once: bool) -> None:
         click.echo("leadbridge worker: SIGHUP, reloading the config", err=True)
 
 
+@main.command("hubspot-poll")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def hubspot_poll(config_file: str | None, as_json: bool) -> None:
+    """Poll HubSpot once, now: the deals changed since the last poll, applied to the ledger.
+
+    Runs even when `hubspot.poll` is off or not due; does nothing while a worker is polling.
+    Exit 1 when HubSpot could not be searched (the high-water mark then stays).
+
+    Example: leadbridge hubspot-poll --json
+    """
+    from .crm_poll import CrmPoller, poll_lines
+    from .errors import DeliveryError
+    from .worker import worker_id
+
+    settings, ledger = _ledger(config_file)
+    _require_tokens(settings)
+    try:
+        result = CrmPoller(settings, ledger, build_crm(settings), worker_id()).poll(force=True)
+    except DeliveryError as exc:
+        click.echo(f"HubSpot poll failed: {exc}", err=True)
+        raise SystemExit(1) from exc
+    if as_json:
+        click.echo(json.dumps(result.__dict__, sort_keys=True))
+        return
+    for line in poll_lines(result):
+        click.echo(line)
+
+
 def _require_tokens(settings: Settings) -> None:
     """Refuse (exit 2) before claiming anything when a token is missing: every claimed
     delivery would otherwise fail with 401 and be pushed toward the dead letters."""

@@ -124,6 +124,28 @@ class BatchingSettings(Model):
     tight_below: float = Field(0.5, ge=0, le=1)
 
 
+class PollSettings(Model):
+    """The poller for portals that cannot send webhooks (bridge/crm_poll.py): every ``every``
+    one worker searches the deals changed since the last poll, less ``overlap`` for search lag."""
+
+    enabled: bool = False
+    every: float = Field(300.0, ge=10)
+    overlap: float = Field(120.0, ge=0)
+    # Search answers at most 200 per page and 10,000 per query (hubspot.md §1).
+    page_size: int = Field(200, ge=1, le=200)
+    max_pages: int = Field(50, ge=1, le=50)
+
+    @field_validator("every", "overlap", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            span = parse_duration(value)
+            if span is None:
+                raise ValueError(f'"{value}" is not a duration like "5m", "2h" or "1h30m" (or seconds as a number)')
+            return span.total_seconds()
+        return value
+
+
 class HubSpotSettings(Model):
     base_url: str = "https://api.hubapi.com"
     token_env: str = "HUBSPOT_TOKEN"
@@ -152,6 +174,7 @@ class HubSpotSettings(Model):
     # new lead costs 4 calls, not 3): protects first-touch values and the owner of contacts that
     # HubSpot had before leadbridge. Worth it while a portal's existing contacts are still arriving.
     read_unknown_contacts: bool = False
+    poll: PollSettings = Field(default_factory=PollSettings)
 
     @field_validator("base_url")
     @classmethod

@@ -9,8 +9,14 @@ as ``CrmEvent``s and are applied in one ledger transaction, each once (by event 
 - a contact deleted: the ledger forgets that contact id (identities, contact memory) and
   closes its deals, so the person's next lead makes a new contact and a new deal;
 - contacts merged: the merged-away ids now point at the surviving contact;
-- a deal moved to a closed stage (``deals.closed_stages``), or deleted: closed, so the
-  returning customer gets a new deal instead of a note on last year's closed-won one.
+- a deal moved to a closed stage (HubSpot's pipeline metadata, or ``deals.closed_stages``:
+  bridge/stages.py), or deleted: closed, so the returning customer gets a new deal instead of
+  a note on last year's closed-won one; moved back to an open stage: open again.
+
+The poller (bridge/crm_poll.py), for portals that cannot send webhooks, makes the same events
+from search results and applies them here too. A stage change carries HubSpot's time for it
+(``occurredAt``, or the deal's ``hs_lastmodifieddate``), so an older change arriving after a
+newer one (HubSpot does not keep webhooks in order; search lags) never undoes it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from .errors import SourceNotConfiguredError
 from .followups import stage_entered
 from .httpbody import read_body
 from .ledger import Ledger
+from .stages import ClosedStages, configured_closed, stored_stages
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -38,10 +45,19 @@ class CrmEvent:
     object_id: str  # the contact (the survivor, for a merge) or the deal
     merged: tuple[str, ...] = ()
     stage: str = ""
+    # HubSpot's time of the change (epoch ms; 0: unknown), so a late older change is ignored.
+    at_ms: int = 0
 
 
-def apply_events(ledger: Ledger, events: Sequence[CrmEvent], closed_stages: Sequence[str]) -> tuple[int, int]:
-    """Apply each new event; returns (applied, already seen)."""
+def apply_events(
+    ledger: Ledger,
+    events: Sequence[CrmEvent],
+    closed_stages: ClosedStages | Sequence[str],
+    applied_events: list[CrmEvent] | None = None,
+) -> tuple[int, int]:
+    """Apply each new event; returns (applied, already seen). ``applied_events`` collects the
+    events that changed something (for ``leadbridge hubspot-poll`` to show)."""
+    stages = closed_stages if isinstance(closed_stages, ClosedStages) else ClosedStages(closed_stages, None)
     applied = seen = 0
     now = time.time()
     with ledger.exclusive():
@@ -50,16 +66,42 @@ def apply_events(ledger: Ledger, events: Sequence[CrmEvent], closed_stages: Sequ
                 seen += 1
                 continue
             applied += 1
-            if event.kind == "contact_deleted":
-                ledger.forget_contact_id(event.object_id, now)
-            elif event.kind == "contact_merged":
-                ledger.merge_contact_ids(event.merged, event.object_id)
-            elif event.kind == "deal_deleted":
-                ledger.set_deal_stage(event.object_id, "", closed=True, now=now)
-            elif event.kind == "deal_stage":
-                ledger.set_deal_stage(event.object_id, event.stage, closed=event.stage in closed_stages, now=now)
-                stage_entered(ledger, event.object_id, event.stage, now)  # stage follow-ups (bridge/followups.py)
+            if _apply(ledger, event, stages, now) and applied_events is not None:
+                applied_events.append(event)
     return applied, seen
+
+
+def _apply(ledger: Ledger, event: CrmEvent, stages: ClosedStages, now: float) -> bool:
+    if event.kind == "contact_deleted":
+        ledger.forget_contact_id(event.object_id, now)
+    elif event.kind == "contact_merged":
+        ledger.merge_contact_ids(event.merged, event.object_id)
+    elif event.kind == "deal_deleted":
+        ledger.set_deal_stage(event.object_id, "", closed=True, now=now)
+        # A stage check still queued must not reopen a deleted deal.
+        ledger.db.conn.execute("DELETE FROM crm_stage_checks WHERE record_id = ?", (event.object_id,))
+    elif event.kind == "deal_stage":
+        return _deal_stage(ledger, event, stages, now)
+    return True
+
+
+def _deal_stage(ledger: Ledger, event: CrmEvent, stages: ClosedStages, now: float) -> bool:
+    """Record a deal's new stage unless the ledger already holds a newer one; queue an unknown stage."""
+    conn = ledger.db.conn
+    if conn.execute("SELECT 1 FROM deals WHERE record_id = ?", (event.object_id,)).fetchone() is None:
+        return False  # not a deal leadbridge opened
+    if event.at_ms:
+        row = conn.execute("SELECT at_ms FROM crm_deal_versions WHERE record_id = ?", (event.object_id,)).fetchone()
+        if row is not None and int(row[0]) >= event.at_ms:
+            return False
+        conn.execute("INSERT OR REPLACE INTO crm_deal_versions VALUES (?, ?)", (event.object_id, event.at_ms))
+    ledger.set_deal_stage(event.object_id, event.stage, closed=stages.closed(event.stage), now=now)
+    stage_entered(ledger, event.object_id, event.stage, now)  # stage follow-ups (bridge/followups.py)
+    if stages.knows(event.stage):
+        conn.execute("DELETE FROM crm_stage_checks WHERE record_id = ?", (event.object_id,))
+    else:
+        conn.execute("INSERT OR REPLACE INTO crm_stage_checks VALUES (?, ?, ?)", (event.object_id, event.stage, now))
+    return True
 
 
 def register_crm_webhook(app: Flask, settings: Settings, ledger: Ledger, over_limit: Callable[[str], Any]) -> None:
@@ -83,5 +125,7 @@ def register_crm_webhook(app: Flask, settings: Settings, ledger: Ledger, over_li
         headers = {k.lower(): v for k, v in request.headers.items()}
         uri = settings.hubspot.webhook_url or request.url
         hubspot_events.verify([secret], request.method, uri, body, headers)
-        applied, seen = apply_events(ledger, hubspot_events.parse(body), settings.deals.closed_stages)
+        # Judged from the ledger's copy of HubSpot's pipelines: no HubSpot call inside the request.
+        stages = ClosedStages(configured_closed(settings), stored_stages(ledger))
+        applied, seen = apply_events(ledger, hubspot_events.parse(body), stages)
         return jsonify(ok=True, applied=applied, duplicates=seen), 200

@@ -343,6 +343,30 @@ def m008_followups(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS followups_delivery ON followups (delivery_id)")
 
 
+@migrations()
+def m010_crm_poll(db: sqlite_utils.Database) -> None:
+    """The HubSpot poller's lease and high-water mark, deal stages from HubSpot's pipelines,
+    the stages still to check, and the HubSpot time of each deal's remembered stage
+    (bridge/crm_poll.py, bridge/stages.py). Own tables only, so it applies in any order."""
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS crm_poll (
+            name TEXT PRIMARY KEY,
+            high_water_ms INTEGER,
+            owner TEXT,
+            lease_until REAL NOT NULL DEFAULT 0,
+            last_run_at REAL NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS crm_stages (
+            object_type TEXT NOT NULL, stage TEXT NOT NULL, pipeline TEXT NOT NULL,
+            closed INTEGER NOT NULL, fetched_at REAL NOT NULL, PRIMARY KEY (object_type, stage)
+        )"""
+    )
+    db.execute("CREATE TABLE IF NOT EXISTS crm_stage_checks (record_id TEXT PRIMARY KEY, stage TEXT NOT NULL, at REAL NOT NULL)")
+    db.execute("CREATE TABLE IF NOT EXISTS crm_deal_versions (record_id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL)")
+
+
 WORKER_POLL_SECONDS = 0.003
 T = TypeVar("T")
 

@@ -135,6 +135,25 @@ class ContactResult:
     contact_id: str
     created: bool
     url: str
+    # The remembered id this write was sent to, when the CRM answered for another record
+    # (the survivor of a merge): the ledger then points that id's memory at ``contact_id``.
+    merged_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Found:
+    """One record a search found: its id and the properties asked for."""
+
+    record_id: str
+    properties: dict[str, str]
+
+
+@dataclass(frozen=True)
+class FoundPage:
+    """One page of search results; ``after`` names the next page (None: this was the last)."""
+
+    records: list[Found]
+    after: str | None
 
 
 @dataclass(frozen=True)
@@ -196,6 +215,22 @@ class CRM(Protocol):
 
     def pipeline_stages(self, object_type: str, pipeline_id: str) -> dict[str, bool] | None:
         """A pipeline's stage ids -> whether the stage is closed; None if no such pipeline."""
+
+    def pipelines(self, object_type: str) -> dict[str, dict[str, bool]]:
+        """Every pipeline of the object type: pipeline id -> stage id -> whether the stage is closed."""
+
+    def search_modified(
+        self,
+        object_type: str,
+        since_ms: int,
+        properties: Sequence[str],
+        *,
+        among: Mapping[str, Sequence[str]] | None = None,
+        after: str | None = None,
+        limit: int = 200,
+    ) -> FoundPage:
+        """One page of the records modified at or after ``since_ms`` (epoch ms), oldest first,
+        optionally only where each property of ``among`` has one of its values (search's rate limit)."""
 
     def property_names(self, object_type: str) -> set[str]:
         """The names of every property the object type has."""

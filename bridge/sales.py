@@ -241,9 +241,12 @@ class Sales:
         verb = "created" if outcome.created else "updated"
 
         def remember() -> None:
+            if outcome.merged_from:  # merged in HubSpot: its ids and deals now belong to the survivor
+                self.ledger.merge_contact_ids([outcome.merged_from], outcome.contact_id)
             self.ledger.remember_contact(run.seen.lead.person_keys(), outcome.contact_id)
             self.ledger.remember_contact_state(outcome.contact_id, state)
-            self.ledger.record_step(run.lead_id, run.owner, "contact", outcome.__dict__, f"{verb} contact {outcome.contact_id}")
+            result = {k: v for k, v in outcome.__dict__.items() if v is not None}  # merged_from only after a merge
+            self.ledger.record_step(run.lead_id, run.owner, "contact", result, f"{verb} contact {outcome.contact_id}")
 
         self.ledger.atomically(remember)
 

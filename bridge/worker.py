@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from .alerts import send_dead_letter_alerts
 from .coalesce import batched_crm
 from .config import Settings
+from .crm_poll import CrmPoller
 from .digest import send_due_digests
 from .errors import where
 from .followups import run_due_followups
@@ -49,6 +50,7 @@ class Worker:
         batched = batched_crm(settings, lambda: self.in_flight, crm)
         self.pipeline = pipeline or Pipeline(settings, ledger, batched, notifier)
         self.owner = worker_id()
+        self.crm_poller = CrmPoller(settings, ledger, self.pipeline.crm, self.owner)
         self.stopping = threading.Event()
         self._next_purge = 0.0
         self.started_at = time.time()
@@ -73,6 +75,7 @@ class Worker:
                 running |= {pool.submit(self._process_one, d) for d in claimed}
                 if time.monotonic() >= next_digest:
                     self._digests()
+                    self.crm_poller.tick()
                     self._retention()
                     self._followups()
                     next_digest = time.monotonic() + cfg.poll_seconds

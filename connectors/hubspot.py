@@ -46,7 +46,7 @@ from bridge.config import HubSpotSettings
 from bridge.errors import DeliveryError, PermanentError, RetriableError, ThrottledError
 from bridge.logs import redact
 from bridge.merge import FIRST_TOUCH_PREFIX, LAST_TOUCH, OVERWRITE, SET_IF_EMPTY, last_touch_clears, merged
-from bridge.ports import ContactResult, ContactWrite, Link, NewRecord, Snapshot
+from bridge.ports import ContactResult, ContactWrite, Found, FoundPage, Link, NewRecord, Snapshot
 from bridge.ratelimit import CallPacer
 from bridge.text import clean_text
 from bridge.workermetrics import record_first_touch_kept, record_hubspot_request, record_rate_limited
@@ -82,6 +82,7 @@ class HubSpotCRM:
         self._search = contacts.search_api
         self._objects = client.crm.objects.basic_api
         self._batch_objects = client.crm.objects.batch_api
+        self._search_objects = client.crm.objects.search_api
         self._owners = client.crm.owners.owners_api
         self._pipelines = client.crm.pipelines.pipelines_api
         self._properties = client.crm.properties.core_api
@@ -243,18 +244,58 @@ class HubSpotCRM:
             raise self._translate(exc) from exc
 
     def pipeline_stages(self, object_type: str, pipeline_id: str) -> dict[str, bool] | None:
-        """``GET /crm/v3/pipelines/{object_type}``; a stage's ``metadata.isClosed`` is "true"/"false"."""
+        """One pipeline's stages (``pipelines`` reads them all in the same one call)."""
+        return self.pipelines(object_type).get(pipeline_id)
+
+    def pipelines(self, object_type: str) -> dict[str, dict[str, bool]]:
+        """``GET /crm/v3/pipelines/{object_type}``: every pipeline's stages and their ``metadata.isClosed``."""
         try:
-            pipelines = self._call(self._pipelines.get_all, object_type)
+            found = self._call(self._pipelines.get_all, object_type)
         except pipelines_api.ApiException as exc:
             raise self._translate(exc) from exc
-        for pipeline in pipelines.results or []:
-            if str(pipeline.id) == pipeline_id:
-                return {
-                    str(stage.id): str((stage.metadata or {}).get("isClosed", "false")).lower() == "true"
-                    for stage in pipeline.stages or []
-                }
-        return None
+        return {
+            str(pipeline.id): {
+                str(stage.id): str((stage.metadata or {}).get("isClosed", "false")).lower() == "true"
+                for stage in pipeline.stages or []
+            }
+            for pipeline in found.results or []
+        }
+
+    def search_modified(
+        self,
+        object_type: str,
+        since_ms: int,
+        properties: Sequence[str],
+        *,
+        among: Mapping[str, Sequence[str]] | None = None,
+        after: str | None = None,
+        limit: int = 200,
+    ) -> FoundPage:
+        """One search page, oldest change first; paced by the search window (the call is ``do_search``)."""
+        modified = "lastmodifieddate" if object_type == "contacts" else "hs_lastmodifieddate"
+        filters = [objects.Filter(property_name=modified, operator="GTE", value=str(since_ms))]
+        # IN on string properties wants lowercase values (hubspot.md §1).
+        filters += [
+            objects.Filter(property_name=name, operator="IN", values=[v.lower() for v in values])
+            for name, values in (among or {}).items()
+        ]
+        request = objects.PublicObjectSearchRequest(
+            filter_groups=[objects.FilterGroup(filters=filters)],
+            sorts=[{"propertyName": modified, "direction": "ASCENDING"}],  # one sort rule only (§1)
+            properties=sorted({*properties, modified}),
+            limit=limit,
+            after=after,
+        )
+        try:
+            page = self._call(self._search_objects.do_search, object_type, public_object_search_request=request)
+        except objects.ApiException as exc:
+            raise self._translate(exc) from exc
+        records = [
+            Found(str(hit.id), {k: str(v) for k, v in (hit.properties or {}).items() if v is not None})
+            for hit in page.results or []
+        ]
+        following = page.paging.next.after if page.paging and page.paging.next else None
+        return FoundPage(records, str(following) if following else None)
 
     def property_names(self, object_type: str) -> set[str]:
         try:
@@ -396,8 +437,10 @@ class HubSpotCRM:
         props = plan.properties
         if plan.contact_id:
             try:
-                self._call(self._basic.update, plan.contact_id, SimplePublicObjectInput(properties=props))
-                return self._result(plan.contact_id, False)
+                updated = self._call(self._basic.update, plan.contact_id, SimplePublicObjectInput(properties=props))
+                # A merged-away id is answered by the surviving contact, under the survivor's id.
+                answered = str(getattr(updated, "id", None) or plan.contact_id)
+                return self._result(answered, False, merged_from=plan.contact_id if answered != plan.contact_id else None)
             except ApiException as exc:
                 if exc.status == 409:
                     return self._update_existing(exc, props)
@@ -490,9 +533,9 @@ class HubSpotCRM:
 
     # -- plumbing -----------------------------------------------------------------
 
-    def _result(self, contact_id: str, created: bool) -> ContactResult:
+    def _result(self, contact_id: str, created: bool, merged_from: str | None = None) -> ContactResult:
         url = self.settings.contact_url.format(portal_id=self.settings.portal_id, contact_id=contact_id)
-        return ContactResult(contact_id=contact_id, created=created, url=url)
+        return ContactResult(contact_id=contact_id, created=created, url=url, merged_from=merged_from)
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One SDK call with a timeout and a few quick in-process retries for blips.

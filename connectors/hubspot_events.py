@@ -66,5 +66,6 @@ def _event(raw: dict[str, Any]) -> CrmEvent | None:
     if kind == "deal.deletion":
         return CrmEvent("deal_deleted", key, object_id)
     if kind == "deal.propertyChange" and raw.get("propertyName") == "dealstage":
-        return CrmEvent("deal_stage", key, object_id, stage=str(raw.get("propertyValue", "")))
+        at_ms = int(raw["occurredAt"]) if str(raw.get("occurredAt", "")).isdigit() else 0
+        return CrmEvent("deal_stage", key, object_id, stage=str(raw.get("propertyValue", "")), at_ms=at_ms)
     return None

@@ -102,6 +102,11 @@ class CrmStore:
             }
         }
         self.owners: list[dict[str, Any]] = []
+        # Pipelines created through the API (the default deal pipeline is always there), by object type.
+        self.pipelines: dict[str, list[dict[str, Any]]] = {}
+        # Merged-away record id -> the surviving record's id, by object type: HubSpot answers a
+        # read or a write of a merged-away id with the survivor (and the survivor's id).
+        self.merged_into: dict[str, dict[str, str]] = {}
         # Plain counters rather than iterators, so a state file can save and restore them.
         self.next_record_id = 1001
         self.next_owner_id = 501
@@ -123,7 +128,7 @@ class CrmStore:
         if object_type == "contacts" and id_property == "email":
             record = self.contact_by_email(key)
         elif id_property in (None, "", "hs_object_id"):
-            record = self.objects(object_type).get(key)
+            record = self.objects(object_type).get(self.survivor(object_type, key))
         else:
             record = next(
                 (r for r in self.objects(object_type).values() if r.properties.get(id_property) == key),
@@ -132,6 +137,15 @@ class CrmStore:
         if record is None:
             raise HubSpotError(404, "Object not found.  objectId are usually numeric.", context={"id": [key]})
         return record
+
+    def survivor(self, object_type: str, record_id: str) -> str:
+        """The id that answers for ``record_id``: itself, or the record it was merged into."""
+        merged = self.merged_into.get(object_type, {})
+        seen = {record_id}
+        while record_id in merged and merged[record_id] not in seen:
+            record_id = merged[record_id]
+            seen.add(record_id)
+        return record_id
 
     def check_write(
         self,

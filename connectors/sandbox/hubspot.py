@@ -194,6 +194,7 @@ def crm_merge(object_type: str) -> ResponseReturnValue:
             raise HubSpotError(400, "Cannot merge an object with itself")
         taken = {k: v for k, v in merged.properties.items() if v and not primary.properties.get(k)}
         crm.remove(object_type, merged.id)
+        crm.merged_into.setdefault(object_type, {})[merged.id] = primary.id
         crm.update(primary, {"properties": {k: v for k, v in taken.items() if k not in SYSTEM_KEYS}})
         return jsonify(primary.to_json())
 
@@ -232,9 +233,14 @@ DEFAULT_DEAL_STAGES = [
 
 
 def pipelines_list(object_type: str) -> ResponseReturnValue:
-    """``GET /crm/v3/pipelines/{objectType}``: the default pipeline for deals, none otherwise."""
-    if object_type != "deals":
-        return jsonify({"results": []})
+    """``GET /crm/v3/pipelines/{objectType}``: the default pipeline for deals, then the ones created."""
+    found = [default_deal_pipeline()] if object_type == "deals" else []
+    with state().lock:
+        found += state().crm.pipelines.get(object_type, [])
+    return jsonify({"results": found})
+
+
+def default_deal_pipeline() -> dict[str, Any]:
     stamp = utc_now_iso()
     stages = [
         {
@@ -248,7 +254,7 @@ def pipelines_list(object_type: str) -> ResponseReturnValue:
         }
         for order, (stage_id, label, probability, closed) in enumerate(DEFAULT_DEAL_STAGES)
     ]
-    pipeline = {
+    return {
         "id": "default",
         "label": "Sales Pipeline",
         "displayOrder": 0,
@@ -257,7 +263,49 @@ def pipelines_list(object_type: str) -> ResponseReturnValue:
         "updatedAt": stamp,
         "archived": False,
     }
-    return jsonify({"results": [pipeline]})
+
+
+def pipelines_create(object_type: str) -> ResponseReturnValue:
+    """``POST /crm/v3/pipelines/{objectType}`` ``{label, stages: [{label, metadata: {isClosed}}]}``.
+
+    HubSpot assigns the ids; the sandbox also takes ``id`` on the pipeline and its stages, so a
+    test can name them. ``metadata.isClosed`` is kept as HubSpot answers it, the string "true"/"false".
+    """
+    body = json_body()
+    raw_stages = body.get("stages")
+    if not body.get("label") or not isinstance(raw_stages, list) or not raw_stages:
+        raise HubSpotError(400, "Invalid input JSON: a pipeline needs a label and stages")
+    stamp = utc_now_iso()
+    with state().lock:
+        crm = state().crm
+        crm.next_record_id += 1
+        pipeline_id = str(body.get("id") or crm.next_record_id - 1)
+        stages = []
+        for order, raw in enumerate(raw_stages):
+            crm.next_record_id += 1
+            closed = str((raw.get("metadata") or {}).get("isClosed", "false")).lower() == "true"
+            stages.append(
+                {
+                    "id": str(raw.get("id") or crm.next_record_id - 1),
+                    "label": str(raw.get("label") or f"Stage {order + 1}"),
+                    "displayOrder": int(raw.get("displayOrder", order)),
+                    "metadata": {**(raw.get("metadata") or {}), "isClosed": "true" if closed else "false"},
+                    "createdAt": stamp,
+                    "updatedAt": stamp,
+                    "archived": False,
+                }
+            )
+        pipeline = {
+            "id": pipeline_id,
+            "label": str(body["label"]),
+            "displayOrder": int(body.get("displayOrder", 1)),
+            "stages": stages,
+            "createdAt": stamp,
+            "updatedAt": stamp,
+            "archived": False,
+        }
+        crm.pipelines.setdefault(object_type, []).append(pipeline)
+    return jsonify(pipeline), 201
 
 
 def owners_list() -> ResponseReturnValue:

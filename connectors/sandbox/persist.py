@@ -44,6 +44,8 @@ def dump_crm(crm: CrmStore) -> dict[str, Any]:
         },
         "property_definitions": crm.property_definitions,
         "owners": crm.owners,
+        "pipelines": crm.pipelines,
+        "merged_into": crm.merged_into,
         "next_record_id": crm.next_record_id,
         "next_owner_id": crm.next_owner_id,
     }
@@ -65,6 +67,9 @@ def load_crm(data: dict[str, Any]) -> CrmStore:
         }
     crm.property_definitions = data["property_definitions"]
     crm.owners = data["owners"]
+    # Both absent from state files written before the sandbox kept them.
+    crm.pipelines = data.get("pipelines", {})
+    crm.merged_into = data.get("merged_into", {})
     crm.next_record_id = int(data["next_record_id"])
     crm.next_owner_id = int(data["next_owner_id"])
     return crm

@@ -7,6 +7,7 @@ import fnmatch
 import itertools
 import re
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import phonenumbers
@@ -62,6 +63,8 @@ FILTER_OPERATORS: dict[str, FilterTest] = {
 def filter_matches(properties: Mapping[str, str], flt: Mapping[str, Any]) -> bool:
     """One search filter against one snapshot; HubSpot compares values case-insensitively."""
     name = str(flt.get("propertyName", ""))
+    if flt.get("operator") in RANGE_OPERATORS:
+        return range_matches(properties.get(name), flt)
     source = PHONE_SEARCH_PROPERTIES.get(name)
     raw = properties.get(source or name)
     clean: Callable[[str], str] = (lambda text: re.sub(r"\D", "", text)) if source else str.lower
@@ -69,6 +72,42 @@ def filter_matches(properties: Mapping[str, str], flt: Mapping[str, Any]) -> boo
     value = clean(str(flt.get("value", "")))
     values = [clean(str(item)) for item in flt.get("values") or []]
     return FILTER_OPERATORS[str(flt.get("operator"))](actual, value, values)
+
+
+# Range filters (the poller's ``hs_lastmodifieddate GTE``): numbers compare as numbers, and a
+# date compares as epoch milliseconds whether it is written that way (as clients send it) or
+# as ISO-8601 (as the sandbox stores it).
+RANGE_OPERATORS = ("GT", "GTE", "LT", "LTE", "BETWEEN")
+
+
+def comparable(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000
+    except ValueError:
+        return text.lower()
+
+
+def range_matches(raw: str | None, flt: Mapping[str, Any]) -> bool:
+    if not raw:
+        return False
+    actual, low = comparable(raw), comparable(str(flt.get("value", "")))
+    if type(actual) is not type(low):
+        return False
+    operator = flt["operator"]
+    if operator == "BETWEEN":
+        high = comparable(str(flt.get("highValue", "")))
+        return type(high) is type(actual) and low <= actual <= high  # type: ignore[operator]
+    tests: dict[str, Callable[[Any, Any], bool]] = {
+        "GT": lambda a, b: a > b,
+        "GTE": lambda a, b: a >= b,
+        "LT": lambda a, b: a < b,
+        "LTE": lambda a, b: a <= b,
+    }
+    return tests[operator](actual, low)
 
 
 def check_filter_groups(groups: list[list[dict[str, Any]]]) -> None:
@@ -82,7 +121,7 @@ def check_filter_groups(groups: list[list[dict[str, Any]]]) -> None:
     for flt in itertools.chain.from_iterable(groups):
         if not flt.get("propertyName"):
             raise HubSpotError(400, "Invalid input JSON: a filter needs propertyName")
-        if flt.get("operator") not in FILTER_OPERATORS:
+        if flt.get("operator") not in FILTER_OPERATORS and flt.get("operator") not in RANGE_OPERATORS:
             raise HubSpotError(400, f"The sandbox does not support operator {flt.get('operator')}")
 
 

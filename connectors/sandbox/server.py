@@ -43,6 +43,7 @@ from connectors.sandbox.hubspot import (
     crm_update,
     owner_get,
     owners_list,
+    pipelines_create,
     pipelines_list,
     properties_create,
     properties_list,
@@ -115,6 +116,7 @@ ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
     ("/crm/v3/objects/<object_type>/<object_id>", crm_update, ["PATCH"]),
     ("/crm/v3/properties/<object_type>", properties_list, ["GET"]),
     ("/crm/v3/pipelines/<object_type>", pipelines_list, ["GET"]),
+    ("/crm/v3/pipelines/<object_type>", pipelines_create, ["POST"]),
     ("/crm/v3/properties/<object_type>", properties_create, ["POST"]),
     # SDK v12 lists owners at ``/crm/v3/owners/`` with the trailing slash.
     ("/crm/v3/owners/", owners_list, ["GET"]),
