@@ -38,11 +38,17 @@ class GroupCommit:
     """Runs ``work(conn)`` callables in shared write transactions on one connection."""
 
     def __init__(
-        self, path: Path, busy_timeout: float, *, poll: float = POLL_SECONDS, autocheckpoint_pages: int = 10_000
+        self,
+        path: Path,
+        busy_timeout: float,
+        *,
+        poll: float = POLL_SECONDS,
+        max_batch: int = MAX_BATCH,
+        autocheckpoint_pages: int = 10_000,
     ) -> None:
         self.path, self.busy_timeout, self.poll = path, busy_timeout, poll
         self.autocheckpoint_pages = autocheckpoint_pages
-        self._batcher: Batcher[Callable[[sqlite3.Connection], Any], Any] = Batcher(self._write, MAX_BATCH)
+        self._batcher: Batcher[Callable[[sqlite3.Connection], Any], Any] = Batcher(self._write, max_batch)
         self._conn: sqlite3.Connection | None = None
 
     def run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:

@@ -368,6 +368,7 @@ def m010_crm_poll(db: sqlite_utils.Database) -> None:
 
 
 WORKER_POLL_SECONDS = 0.003
+WORKER_MAX_BATCH = 32
 T = TypeVar("T")
 
 
@@ -379,7 +380,14 @@ class Ledger:
         # Writes share transactions (bridge/groupcommit.py): one fsync per burst. Intake's group
         # asks for the write lock every 1 ms, the worker's every few ms, so intake goes first.
         self._intake = GroupCommit(self.path, busy_timeout)
-        self._writes = GroupCommit(self.path, busy_timeout, poll=WORKER_POLL_SECONDS, autocheckpoint_pages=1000)
+        # The worker's batches are kept small, so intake never waits long behind one.
+        self._writes = GroupCommit(
+            self.path,
+            busy_timeout,
+            poll=WORKER_POLL_SECONDS,
+            max_batch=WORKER_MAX_BATCH,
+            autocheckpoint_pages=1000,
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = self.db
         db.execute("PRAGMA journal_mode=WAL")
