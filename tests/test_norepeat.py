@@ -21,9 +21,12 @@ from bridge.config import Settings, settings_from_dict
 from bridge.ledger import Ledger, Status
 from bridge.sources import interpret_body, load_sources
 from bridge.worker import Worker
+from connectors.sandbox import SandboxServer
+from connectors.sandbox.state import EXTENSION_KEY
 
 from .conftest import ROOT, Sandbox, answer, post_typeform, typeform_payload
 from .procs import started, wait_until
+from .test_doctor import configured, doctor
 
 ASSOCIATIONS = "/crm/v4/objects/contacts/"
 HISTORY = "/api/conversations.history"
@@ -86,7 +89,13 @@ SINGLE_CASES = [
 
 @pytest.mark.parametrize(("path", "overrides", "without_email", "kind"), SINGLE_CASES)
 def test_a_create_whose_answer_was_dropped_ends_with_exactly_one(
-    config_data: dict[str, Any], sandbox: Sandbox, intake: str, path: str, overrides: dict[str, Any], without_email: bool, kind: str
+    config_data: dict[str, Any],
+    sandbox: Sandbox,
+    intake: str,
+    path: str,
+    overrides: dict[str, Any],
+    without_email: bool,
+    kind: str,
 ) -> None:
     for section, values in overrides.items():
         config_data[section].update(values)
@@ -157,7 +166,8 @@ def queued(settings: Settings, ledger: Ledger, count: int) -> list[str]:
     kit = load_sources(settings)["typeform"]
     ids = []
     for n in range(count):
-        payload = answer(answer(typeform_payload(event_id=f"b{n}", token=f"b{n}"), "email", f"b{n}@roofing-co.com"), "phone", None)
+        payload = answer(typeform_payload(event_id=f"b{n}", token=f"b{n}"), "email", f"b{n}@roofing-co.com")
+        payload = answer(payload, "phone", None)
         body = json.dumps(payload).encode()
         lead = interpret_body(kit, body, "application/json", "US").lead
         delivery_id, _ = ledger.accept(
@@ -201,3 +211,29 @@ def test_a_batch_whose_answer_was_dropped_ends_with_one_record_per_delivery(
     assert records(sandbox) == {"contacts": 3, "messages": 3, "deals": 3, task_or_note: 3}
     deals = sandbox.state()["objects"]["deals"]
     assert sorted(d["properties"]["leadbridge_delivery_id"] for d in deals) == sorted(ids)
+
+
+# -- the unique property a real portal needs -------------------------------------------------
+
+
+def test_doctor_names_the_missing_delivery_id_properties_and_creates_them_unique(
+    config_data: dict[str, Any], sandbox: Sandbox, sandbox_server: SandboxServer, tmp_path: Path
+) -> None:
+    # A portal set up before this release: the sandbox's predefined markers taken away.
+    crm = sandbox_server.app.extensions[EXTENSION_KEY].crm
+    with sandbox_server.app.extensions[EXTENSION_KEY].lock:
+        for object_type in ("deals", "contacts"):
+            crm.property_definitions[object_type].pop("leadbridge_delivery_id")
+    data = configured(config_data, sandbox)
+
+    found = json.loads(doctor(tmp_path, data, "--json").output)
+    mine = [p for p in found["problems"] if "leadbridge_delivery_id" in p["problem"]]
+    assert [p["problem"] for p in mine] == [
+        "HubSpot has no deal property 'leadbridge_delivery_id' (unique values)",
+        "HubSpot has no contact property 'leadbridge_delivery_id' (unique values)",
+    ]
+    assert doctor(tmp_path, data, "--create-properties").exit_code == 0
+    for object_type in ("deals", "contacts"):
+        listed = sandbox.hubspot("GET", f"/crm/v3/properties/{object_type}").json()["results"]
+        (made,) = [p for p in listed if p["name"] == "leadbridge_delivery_id"]
+        assert made["hasUniqueValue"] is True
