@@ -432,9 +432,8 @@ class HubSpotCRM:
         props = plan.properties
         if plan.contact_id:
             try:
-                updated = self._call(self._basic.update, plan.contact_id, SimplePublicObjectInput(properties=props))
-                # A merged-away id answers with the surviving contact: its id is the one to remember.
-                return self._result(str(getattr(updated, "id", None) or plan.contact_id), False)
+                self._call(self._basic.update, plan.contact_id, SimplePublicObjectInput(properties=props))
+                return self._result(plan.contact_id, False)
             except ApiException as exc:
                 if exc.status == 409:
                     return self._update_existing(exc, props)
