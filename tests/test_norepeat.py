@@ -237,3 +237,22 @@ def test_doctor_names_the_missing_delivery_id_properties_and_creates_them_unique
         listed = sandbox.hubspot("GET", f"/crm/v3/properties/{object_type}").json()["results"]
         (made,) = [p for p in listed if p["name"] == "leadbridge_delivery_id"]
         assert made["hasUniqueValue"] is True
+
+
+def test_a_409_that_names_no_record_is_answered_by_reading_the_deal_by_its_delivery_id(
+    config_data: dict[str, Any], sandbox: Sandbox
+) -> None:
+    settings = settings_from_dict(config_data, ROOT)
+    ledger = Ledger(settings.ledger.path)
+    (delivery_id,) = queued(settings, ledger, 1)
+    # The first create landed (its answer lost); HubSpot's 409 this time does not say which deal.
+    first = {"dealname": "Roof", "dealstage": "appointmentscheduled", "leadbridge_delivery_id": delivery_id}
+    made = sandbox.hubspot("POST", "/crm/v3/objects/deals", json={"properties": first}).json()
+    conflict = {"status": "error", "message": "A record with this unique value exists.", "category": "CONFLICT"}
+    sandbox.fault(path="/crm/v3/objects/deals", method="POST", status=409, body=conflict, times=1)
+    Worker(settings, ledger).drain(timeout=60)
+
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    assert ledger.steps(delivery_id)["deal"]["record_id"] == made["id"]
+    assert len(sandbox.state()["objects"]["deals"]) == 1
+    assert requests_to(sandbox, f"/crm/v3/objects/deals/{delivery_id}", method="GET") == [200]
