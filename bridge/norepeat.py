@@ -17,7 +17,9 @@ Two ways, by what the vendor offers (README "No repeat after a lost answer"):
 
 from __future__ import annotations
 
+from .errors import PermanentError
 from .ledger import Ledger
+from .ports import CRM, Alert, Notice, Notifier
 
 # The custom property (hasUniqueValue) on deals and contacts naming the delivery that created them.
 DELIVERY_ID_PROPERTY = "leadbridge_delivery_id"
@@ -58,3 +60,27 @@ def not_sent(ledger: Ledger, delivery_id: str, step: str, why: str) -> None:
 
 def reused(ledger: Ledger, delivery_id: str, step: str, what: str) -> None:
     ledger.note(delivery_id, step, REUSED, f"{what} from an earlier attempt whose answer was lost")
+
+
+def find_record(ledger: Ledger, crm: CRM, delivery_id: str, step: str, contact_id: str) -> str | None:
+    """The note or task (``step``) this delivery sent before, found by its marker; None if none."""
+    found = crm.find_record(f"{step}s", contact_id, marker(delivery_id))
+    if found:
+        reused(ledger, delivery_id, step, f"{step} {found}")
+    return found
+
+
+def find_notice(ledger: Ledger, notifier: Notifier, alert: Alert, since: float) -> Notice | None:
+    """The lead message this delivery posted before, found by its metadata; None if none."""
+    delivery_id = alert.delivery_id
+    if not delivery_id:
+        return None
+    try:
+        found = notifier.find_notice(alert, since)
+    except PermanentError as exc:
+        # History unreadable (a missing scope): a possible second ping beats a lead nobody hears of.
+        ledger.note(delivery_id, "notify", "lookup failed", f"{exc}; posting again")
+        return None
+    if found:
+        reused(ledger, delivery_id, "notify", f"message {found.ts}")
+    return found

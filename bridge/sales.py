@@ -26,7 +26,7 @@ from .config import DealSettings, Settings
 from .errors import DeliveryError, PermanentError, RetriableError, ThrottledError, UnansweredError
 from .ledger import Delivery, Ledger
 from .merge import OWNER, after_write, careful, merged
-from .norepeat import DELIVERY_ID_PROPERTY, LOOKED_UP_STEPS, marker, not_sent, reused, start_create
+from .norepeat import DELIVERY_ID_PROPERTY, LOOKED_UP_STEPS, find_notice, find_record, marker, not_sent, start_create
 from .notes import fit, note_html
 from .ports import CRM, Alert, ContactResult, ContactWrite, Link, Notice, Notifier, Snapshot
 from .routing import Decision, OwnerSpec, RouteContext, route
@@ -330,12 +330,7 @@ class Sales:
 
     def _made_before(self, run: Run, step: str, contact: ContactResult) -> str | None:
         """The note or task an earlier attempt sent without hearing back, found by its marker."""
-        if step not in run.unsure:
-            return None
-        found = self.crm.find_record(f"{step}s", contact.contact_id, marker(run.lead_id))
-        if found:
-            reused(self.ledger, run.lead_id, step, f"{step} {found}")
-        return found
+        return find_record(self.ledger, self.crm, run.lead_id, step, contact.contact_id) if step in run.unsure else None
 
     # -- Slack --------------------------------------------------------------------
 
@@ -429,17 +424,7 @@ class Sales:
 
     def _posted_before(self, run: Run, alert: Alert) -> Notice | None:
         """The message an earlier attempt posted without hearing back, found by its metadata."""
-        if "notify" not in run.unsure:
-            return None
-        try:
-            found = self.notifier.find_notice(alert, run.delivery.received_at)
-        except PermanentError as exc:
-            # History unreadable (a missing scope): a possible second ping beats a lead nobody hears of.
-            self.ledger.note(run.lead_id, "notify", "lookup failed", f"{exc}; posting again")
-            return None
-        if found:
-            reused(self.ledger, run.lead_id, "notify", f"message {found.ts}")
-        return found
+        return find_notice(self.ledger, self.notifier, alert, run.delivery.received_at) if "notify" in run.unsure else None
 
     def _queue_digest(self, run: Run, contact: ContactResult, deal_url: str | None, score: Score, decision: Decision) -> None:
         channel = decision.channel or score.action.channel or self.settings.slack.channel
