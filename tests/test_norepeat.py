@@ -256,3 +256,28 @@ def test_a_409_that_names_no_record_is_answered_by_reading_the_deal_by_its_deliv
     assert ledger.steps(delivery_id)["deal"]["record_id"] == made["id"]
     assert len(sandbox.state()["objects"]["deals"]) == 1
     assert requests_to(sandbox, f"/crm/v3/objects/deals/{delivery_id}", method="GET") == [200]
+
+
+@pytest.mark.parametrize(
+    ("status", "lookups"),
+    [
+        pytest.param(503, 0, id="503: refused, so not applied: no lookup"),
+        pytest.param(400, 0, id="400: refused: no lookup"),
+        pytest.param(502, 1, id="502: a gateway's answer, maybe applied: looked up"),
+    ],
+)
+def test_only_a_task_create_without_a_clear_answer_is_looked_up_on_retry(
+    config_data: dict[str, Any], sandbox: Sandbox, intake: str, status: int, lookups: int
+) -> None:
+    settings = settings_from_dict(config_data, ROOT)
+    ledger = Ledger(settings.ledger.path)
+    sandbox.fault(path="/crm/v3/objects/tasks", method="POST", status=status, times=1)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    Worker(settings, ledger).drain(timeout=60)
+    if status == 400:  # permanent: dead, and its replay needs no lookup either
+        assert ledger.get(delivery_id).status == Status.DEAD
+        ledger.requeue(delivery_id)
+        Worker(settings, ledger).drain(timeout=60)
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    assert len(sandbox.state()["objects"]["tasks"]) == 1
+    assert looked_up(sandbox) == lookups
