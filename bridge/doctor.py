@@ -3,7 +3,8 @@
 `check-config` proves the file is well formed; this proves it will work: every Slack
 channel the config names exists and has the bot in it, every owner exists and is active,
 the deal pipeline and stage exist (and the stage is open), every contact property
-leadbridge writes exists, and each secret is set. Each problem is one line naming the
+leadbridge writes exists (and the unique ``leadbridge_delivery_id`` on deals and contacts that
+keeps a retried create from repeating), and each secret is set. Each problem is one line naming the
 setting and the fix. Read access problems (a token without a scope) show up as the
 failed check with HubSpot's own explanation.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from .config import Settings, source_path
 from .errors import DeliveryError
+from .norepeat import DELIVERY_ID_PROPERTY
 from .ports import CRM, Notifier
 from .sources import load_sources
 
@@ -67,6 +69,7 @@ def diagnose(settings: Settings, crm: CRM, chat: Notifier, *, create_properties:
         ("routing.owners", lambda: _owners(settings, crm)),
         ("deals", lambda: _pipeline(settings, crm)),
         ("hubspot.properties", lambda: _properties(settings, crm, create_properties)),
+        ("hubspot.properties", lambda: _delivery_ids(crm, create_properties)),
     ]
     problems: list[Problem] = []
     for area, check in checks:
@@ -158,4 +161,20 @@ def _properties(settings: Settings, crm: CRM, create: bool) -> Iterator[Problem]
             setting,
             f"HubSpot has no contact property {prop!r}",
             "run `leadbridge doctor --create-properties`, or map the field to an existing property",
+        )
+
+
+def _delivery_ids(crm: CRM, create: bool) -> Iterator[Problem]:
+    """Deals and phone-only contacts carry the delivery id in a unique property (bridge/norepeat.py):
+    without it HubSpot refuses every deal and phone-only contact create."""
+    for object_type in ("deals", "contacts"):
+        if DELIVERY_ID_PROPERTY in crm.property_names(object_type):
+            continue
+        if create:
+            crm.create_property(object_type, DELIVERY_ID_PROPERTY, unique=True)
+            continue
+        yield Problem(
+            f"hubspot.properties.{DELIVERY_ID_PROPERTY}",
+            f"HubSpot has no {object_type[:-1]} property {DELIVERY_ID_PROPERTY!r} (unique values)",
+            "run `leadbridge doctor --create-properties`",
         )

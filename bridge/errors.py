@@ -12,6 +12,7 @@
     │   └── LedgerUnavailableError   503  the delivery could not be written; sender should retry
     └── DeliveryError          a pipeline step failed
         ├── RetriableError     try again later (timeouts, 5xx, 429); may carry retry_after
+        │   └── UnansweredError    no answer after the request went out: it may have been applied
         └── PermanentError     retrying cannot help (validation, other 4xx); goes to dead
 
 Vendor exceptions are translated into these at the connector boundary with
@@ -100,6 +101,11 @@ class RetriableError(DeliveryError):
 
 class ThrottledError(RetriableError):
     """Our own client-side limit (e.g. one Slack message per second per channel) says wait."""
+
+
+class UnansweredError(RetriableError):
+    """The request went out and no answer came (a dropped connection, a read timeout, a gateway's
+    502/504): the vendor may have applied it, so a retry looks for it before sending it again."""
 
 
 class PermanentError(DeliveryError):

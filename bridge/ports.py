@@ -174,6 +174,8 @@ class Alert:
     headline: str | None = None
     # Why: score rules, routing reason. No personal data beyond the lead's own fields.
     details: tuple[str, ...] = ()
+    # The delivery it is about, carried in the message's metadata so a retry can find it.
+    delivery_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -235,8 +237,11 @@ class CRM(Protocol):
     def property_names(self, object_type: str) -> set[str]:
         """The names of every property the object type has."""
 
-    def create_property(self, object_type: str, name: str) -> None:
-        """Create a single-line text property for values leadbridge writes."""
+    def create_property(self, object_type: str, name: str, *, unique: bool = False) -> None:
+        """Create a single-line text property for values leadbridge writes (``unique``: hasUniqueValue)."""
+
+    def find_record(self, object_type: str, contact_id: str, marker: str) -> str | None:
+        """The note or task linked to this contact whose body carries ``marker``; None if none (no search lag)."""
 
     def read_record(self, object_type: str, record_id: str, properties: Sequence[str]) -> dict[str, str] | None:
         """Some properties of one record as HubSpot has them now (unset ones absent); None if it is gone."""
@@ -254,6 +259,9 @@ class Notifier(Protocol):
 
     def update(self, notice: Notice, alert: Alert) -> Notice:
         """Replace the message ``notice`` names with this alert (no new ping); PermanentError if it is gone."""
+
+    def find_notice(self, alert: Alert, since: float) -> Notice | None:
+        """The message ``notify(alert)`` posted at or after ``since`` (by its delivery id); None if none."""
 
     def post_digest(self, channel: str, title: str, lines: Sequence[str]) -> Notice:
         """Send one summary message covering many leads."""

@@ -4,7 +4,8 @@ The rep is pinged as soon as the contact exists; the deal and the follow-up task
 after, and the Slack message gains its deal link then (``chat.update``). Every step that
 changes something outside (a pool's round-robin count, a HubSpot record, a Slack message)
 is checkpointed in the ledger before the next starts, so a retry, a replay or a restarted
-worker resumes without a second deal, task or message. The ledger also remembers what the
+worker resumes without a second deal, task or message; a create whose answer was lost is
+found, not repeated (bridge/norepeat.py). The ledger also remembers what the
 relay left in a contact's first-touch properties and owner, so a returning person's write
 needs no read first (README: "How a lead travels" and the call budget). Scoring and routing
 are explainable: their reasons are written to HubSpot properties and to the ledger.
@@ -17,14 +18,15 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from .config import DealSettings, Settings
-from .errors import DeliveryError, PermanentError, RetriableError, ThrottledError
+from .errors import DeliveryError, PermanentError, RetriableError, ThrottledError, UnansweredError
 from .ledger import Delivery, Ledger
 from .merge import OWNER, after_write, careful, merged
+from .norepeat import DELIVERY_ID_PROPERTY, LOOKED_UP_STEPS, find_notice, find_record, marker, not_sent, start_create
 from .notes import fit, note_html
 from .ports import CRM, Alert, ContactResult, ContactWrite, Link, Notice, Notifier, Snapshot
 from .routing import Decision, OwnerSpec, RouteContext, route
@@ -89,6 +91,8 @@ class Run:
     slack_failure: RetriableError | None = None
     # Until when this worker holds the lease, as far as it knows (renewed when half is used).
     lease_until: float = 0.0
+    # Steps an earlier attempt may have sent without a checkpoint: looked for before sending again.
+    unsure: set[str] = field(default_factory=set)
 
     @property
     def lead_id(self) -> str:
@@ -131,7 +135,13 @@ class Sales:
     def _step(self, run: Run, name: str) -> Iterator[None]:
         """Keep the lease (each step may take a few calls), and name the step that failed."""
         fresh = name not in run.done  # a checkpointed step returns its saved result at once
-        if fresh:
+        lease = self.settings.worker.lease_seconds
+        if fresh and name in LOOKED_UP_STEPS:
+            # The create's intent rides in the lease renewal's transaction: no extra commit.
+            if start_create(self.ledger, run.lead_id, run.owner, name, lease):
+                run.unsure.add(name)
+            run.lease_until = time.time() + lease
+        elif fresh:
             self._keep_lease(run)
         started, outcome = time.monotonic(), "error"
         try:
@@ -140,6 +150,8 @@ class Sales:
         except DeliveryError as exc:
             exc.step = exc.step or name
             outcome = "failed"
+            if fresh:
+                self._answered(run, name, exc)
             raise
         finally:
             if fresh:
@@ -283,7 +295,8 @@ class Sales:
         if object_type == "leads":
             props = {"hs_lead_name": name, **owner}
             return self.crm.create_record("leads", props, [Link("contacts", contact.contact_id, LEAD_TO_PRIMARY_CONTACT)])
-        props = {"dealname": name, "pipeline": cfg.pipeline, "dealstage": cfg.stage, **owner}
+        # Unique in HubSpot: a create sent again after a lost answer meets a 409 naming this deal.
+        props = {"dealname": name, "pipeline": cfg.pipeline, "dealstage": cfg.stage, DELIVERY_ID_PROPERTY: run.lead_id, **owner}
         amount = parse_budget(str(lead_values(run.seen).get(cfg.amount_field, "")))
         if amount:
             props["amount"] = str(amount)
@@ -296,7 +309,7 @@ class Sales:
         if deal_id and deal_type:
             links.append(Link(deal_type, deal_id, NOTE_TO_DEAL if deal_type == "deals" else NOTE_TO_LEAD))
         props = {"hs_timestamp": _millis(run.delivery.received_at), "hs_note_body": note_body(run, self._include_meta(run))}
-        note_id = self.crm.create_record("notes", props, links)
+        note_id = self._made_before(run, "note", contact) or self.crm.create_record("notes", props, links)
         self.ledger.record_step(run.lead_id, run.owner, "note", {"note_id": note_id}, f"note {note_id}")
 
     def _task(
@@ -314,7 +327,8 @@ class Sales:
             links.append(Link(deal_type, deal_id, TASK_TO_DEAL if deal_type == "deals" else TASK_TO_LEAD))
         why = f"<p>{html.escape(score.summary())}<br>{html.escape(decision.reason)}</p>"
         # The form's answers ride in the task (one call, not two); a note from an earlier attempt keeps them.
-        body = why if "note" in run.done else why + note_body(run, self._include_meta(run))
+        # Either way the body carries the delivery marker a retry looks for.
+        body = why + f"<p>{marker(run.lead_id)}</p>" if "note" in run.done else why + note_body(run, self._include_meta(run))
         props = {
             "hs_task_subject": render(cfg.subject_template, lead_values(run.seen)) or f"Call {run.seen.lead.name}",
             "hs_task_body": fit(body),
@@ -325,9 +339,19 @@ class Sales:
         }
         if decision.owner_id:
             props["hubspot_owner_id"] = decision.owner_id
-        task_id = self.crm.create_record("tasks", props, links)
+        task_id = self._made_before(run, "task", contact) or self.crm.create_record("tasks", props, links)
         result = {"task_id": task_id, "due": due.isoformat()}
         self.ledger.record_step(run.lead_id, run.owner, "task", result, f"task {task_id} due {due.isoformat()}")
+
+    def _answered(self, run: Run, step: str, exc: DeliveryError) -> None:
+        """A step's create that failed with an answer (a 4xx, a 429, our own pacing) sent nothing:
+        its retry needs no lookup. Not so for no answer, nor when an earlier attempt may have sent it."""
+        if step in LOOKED_UP_STEPS and step not in run.unsure and not isinstance(exc, UnansweredError):
+            not_sent(self.ledger, run.lead_id, step, str(exc))
+
+    def _made_before(self, run: Run, step: str, contact: ContactResult) -> str | None:
+        """The note or task an earlier attempt sent without hearing back, found by its marker."""
+        return find_record(self.ledger, self.crm, run.lead_id, step, contact.contact_id) if step in run.unsure else None
 
     # -- Slack --------------------------------------------------------------------
 
@@ -350,9 +374,11 @@ class Sales:
             return  # a digest lead: queued once its deal exists, with that link
         try:
             self._post(run, alert)
-        except ThrottledError:
+        except ThrottledError as exc:
+            self._answered(run, "notify", exc)
             return
         except RetriableError as exc:
+            self._answered(run, "notify", exc)
             run.slack_failure = exc
 
     def _alert_last(self, run: Run, contact: ContactResult, deal_url: str | None, score: Score, decision: Decision) -> None:
@@ -368,7 +394,9 @@ class Sales:
             if run.slack_failure is not None:
                 raise run.slack_failure  # not a second wait on a failing Slack in one attempt
             self._post(run, alert)
-            return
+            if run.done["notify"].get("deal_url") == deal_url:
+                return
+            # A message found from an earlier attempt shows what it showed then: give it the link.
         posted = run.done["notify"]
         if not deal_url or posted.get("deal_url") == deal_url or "ts" not in posted:
             return
@@ -405,12 +433,19 @@ class Sales:
             owner_name=decision.owner_name,
             headline=headline,
             details=details,
+            delivery_id=run.lead_id,
         )
 
     def _post(self, run: Run, alert: Alert) -> None:
-        notice = self.notifier.notify(alert)
-        result = {"channel": notice.channel, "ts": notice.ts, "deal_url": alert.deal_url}
+        found = self._posted_before(run, alert)
+        notice = found or self.notifier.notify(alert)
+        # What a found message links to is not known: None makes the update add the deal link.
+        result = {"channel": notice.channel, "ts": notice.ts, "deal_url": None if found else alert.deal_url}
         self._record(run, "notify", result, f"posted to {notice.channel}")
+
+    def _posted_before(self, run: Run, alert: Alert) -> Notice | None:
+        """The message an earlier attempt posted without hearing back, found by its metadata."""
+        return find_notice(self.ledger, self.notifier, alert, run.delivery.received_at) if "notify" in run.unsure else None
 
     def _queue_digest(self, run: Run, contact: ContactResult, deal_url: str | None, score: Score, decision: Decision) -> None:
         channel = decision.channel or score.action.channel or self.settings.slack.channel

@@ -6,6 +6,9 @@ Create-or-update without duplicates:
 - a person with only a phone: search by phone, then PATCH or create.
 Reads of contacts by id or email go through ``batch/read`` (up to 100 per call).
 A ``409 Contact already exists. Existing ID: N`` always ends as an update of N.
+A create is never repeated by a lost answer (bridge/norepeat.py): deals and phone-only contacts
+carry the unique ``leadbridge_delivery_id``, so a create sent again meets a 409 naming the first
+record, which is reused; notes and tasks are found through the contact's associations.
 Only non-empty values are sent, so a field the form left empty never blanks HubSpot.
 Every SDK or transport error is translated here into RetriableError or PermanentError.
 """
@@ -27,6 +30,7 @@ from hubspot import HubSpot
 from hubspot.crm import objects, owners
 from hubspot.crm import pipelines as pipelines_api
 from hubspot.crm import properties as properties_api
+from hubspot.crm.associations import v4 as associations_v4
 from hubspot.crm.contacts import (
     ApiException,
     BatchInputSimplePublicObjectBatchInputUpsert,
@@ -43,9 +47,10 @@ from hubspot.crm.contacts import (
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from bridge.config import HubSpotSettings
-from bridge.errors import DeliveryError, PermanentError, RetriableError, ThrottledError
+from bridge.errors import DeliveryError, PermanentError, RetriableError, ThrottledError, UnansweredError
 from bridge.logs import redact
 from bridge.merge import FIRST_TOUCH_PREFIX, LAST_TOUCH, OVERWRITE, SET_IF_EMPTY, last_touch_clears, merged
+from bridge.norepeat import DELIVERY_ID_PROPERTY
 from bridge.ports import ContactResult, ContactWrite, Found, FoundPage, Link, NewRecord, Snapshot
 from bridge.ratelimit import CallPacer
 from bridge.text import clean_text
@@ -57,14 +62,26 @@ EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 # 429 policies (hubspot.md §4): the ten-second burst window vs the search API's per-second limit.
 RATE_LIMIT_WAIT = {"TEN_SECONDLY_ROLLING": 10.0, "SECONDLY": 1.0}
 RETRIABLE_STATUSES = {423, 429, 477, 500, 502, 503, 504, 521, 523, 524}
+# Answers that do not say whether the write was applied (an error inside, a gateway timing out).
+UNKNOWN_OUTCOME_STATUSES = {500, 502, 504, 524}
 T = TypeVar("T")
 # Each SDK module has its own exception class with no shared base (hubspot.md §12).
-API_ERRORS = (ApiException, objects.ApiException, owners.ApiException, pipelines_api.ApiException, properties_api.ApiException)
+API_ERRORS = (
+    ApiException,
+    objects.ApiException,
+    owners.ApiException,
+    pipelines_api.ApiException,
+    properties_api.ApiException,
+    associations_v4.ApiException,
+)
 # A property value holds at most 65,536 characters (hubspot.md, notes): longer ones are refused.
 PROPERTY_LIMIT = 65_536
 TRUNCATED = "… [truncated]"
 POOL_SIZE = 100
 OBJECT_TYPE_IDS = {"contacts": "0-1", "deals": "0-3", "notes": "0-46", "tasks": "0-27", "leads": "0-136"}
+# Where a note's or task's delivery marker is written (bridge/norepeat.py).
+MARKED_BODY = {"notes": "hs_note_body", "tasks": "hs_task_body"}
+PROPERTY_GROUPS = {"contacts": "contactinformation", "deals": "dealinformation"}
 
 
 class HubSpotCRM:
@@ -86,6 +103,7 @@ class HubSpotCRM:
         self._owners = client.crm.owners.owners_api
         self._pipelines = client.crm.pipelines.pipelines_api
         self._properties = client.crm.properties.core_api
+        self._associations = client.crm.associations.v4.basic_api
         self._owner_ids: dict[str, str | None] = {}
         self._owner_active: dict[str, tuple[bool, float]] = {}
         self._lookups: dict[str, threading.Lock] = {}
@@ -143,8 +161,53 @@ class HubSpotCRM:
         try:
             created = self._call(self._objects.create, object_type, body)
         except objects.ApiException as exc:
+            if exc.status == 409 and properties.get(DELIVERY_ID_PROPERTY):
+                return self._created_before(object_type, str(_body(exc).get("message", "")), properties[DELIVERY_ID_PROPERTY])
             raise self._translate(exc) from exc
         return str(created.id)
+
+    def _created_before(self, object_type: str, message: str, delivery_id: str) -> str:
+        """The record an earlier create of this delivery made: named by the 409, else read by its key."""
+        match = EXISTING_ID.search(message)
+        if match:
+            return match.group(1)
+        try:
+            found = self._call(self._objects.get_by_id, object_type, delivery_id, id_property=DELIVERY_ID_PROPERTY)
+        except objects.ApiException as exc:
+            raise self._translate(exc) from exc
+        return str(found.id)
+
+    def find_record(self, object_type: str, contact_id: str, marker: str) -> str | None:
+        """Through the contact's associations (a read, not a search: no index lag), newest first,
+        the note or task whose body carries ``marker``."""
+        body = MARKED_BODY[object_type]
+        linked: list[int] = []
+        after = None
+        while True:
+            try:
+                page = self._call(self._associations.get_page, "contacts", contact_id, object_type, after=after, limit=500)
+            except associations_v4.ApiException as exc:
+                raise self._translate(exc) from exc
+            linked += [int(item.to_object_id) for item in page.results or []]
+            after = page.paging.next.after if page.paging and page.paging.next else None
+            if not after:
+                break
+        # HubSpot's ids grow: the record an attempt just made is among the newest.
+        newest = sorted(set(linked), reverse=True)
+        for start in range(0, len(newest), BATCH_LIMIT):
+            request = objects.BatchReadInputSimplePublicObjectId(
+                properties=[body],
+                inputs=[objects.SimplePublicObjectId(id=str(i)) for i in newest[start : start + BATCH_LIMIT]],
+                properties_with_history=[],
+            )
+            try:
+                found = self._call(self._batch_objects.read, object_type, request, archived=False)
+            except objects.ApiException as exc:
+                raise self._translate(exc) from exc
+            for hit in found.results or []:
+                if marker in str((hit.properties or {}).get(body) or ""):
+                    return str(hit.id)
+        return None
 
     def create_records(self, object_type: str, records: Sequence[NewRecord]) -> list[str | DeliveryError]:
         """``batch/create`` (100 at most), each row with its own outcome: a 207 row error fails
@@ -163,20 +226,41 @@ class HubSpotCRM:
                 self._batch_objects.create, object_type, objects.BatchInputSimplePublicObjectBatchInputForCreate(inputs)
             )
         except objects.ApiException as exc:
+            if exc.status in (400, 409):
+                # Refused whole for one row (a conflict names only the first, hubspot.md §2):
+                # each row alone, so a row an earlier attempt made is reused and the others made.
+                return [self._create_one(object_type, record) for record in records]
             return [self._translate(exc)] * len(records)
         except DeliveryError as exc:
             return [exc] * len(records)
         # Results are not in input order (hubspot.md §1): matched by trace id, never by position.
         created = {str(r.object_write_trace_id): str(r.id) for r in response.results or [] if r.object_write_trace_id}
         failed = {
-            trace: _batch_error(err)
+            trace: self._row_error(object_type, err, records[int(trace[1:])])
             for err in getattr(response, "errors", None) or []
             for trace in ((err.context or {}).get("objectWriteTraceId") or [])
+            if re.fullmatch(r"r\d+", str(trace)) and int(trace[1:]) < len(records)
         }
         if response.results and not created:
             log.warning("HubSpot batch create answered without trace ids; %d %s will be retried", len(records), object_type)
         missing = RetriableError(f"HubSpot returned no result for this {object_type.rstrip('s')}")
         return [created.get(f"r{n}") or failed.get(f"r{n}") or missing for n in range(len(records))]
+
+    def _create_one(self, object_type: str, record: NewRecord) -> str | DeliveryError:
+        try:
+            return self.create_record(object_type, record.properties, record.links)
+        except DeliveryError as exc:
+            return exc
+
+    def _row_error(self, object_type: str, err: Any, record: NewRecord) -> str | DeliveryError:
+        """A 207 row error; a conflict on this row's own delivery id names the record to reuse."""
+        delivery_id = record.properties.get(DELIVERY_ID_PROPERTY)
+        if err.category == "CONFLICT" and delivery_id:
+            try:
+                return self._created_before(object_type, str(err.message or ""), delivery_id)
+            except DeliveryError as exc:
+                return exc
+        return _batch_error(err)
 
     def owner_id_for_email(self, email: str) -> str | None:
         """Resolved once per process and cached (owners change rarely; a restart refreshes)."""
@@ -304,10 +388,11 @@ class HubSpotCRM:
             raise self._translate(exc) from exc
         return {str(p.name) for p in found.results or []}
 
-    def create_property(self, object_type: str, name: str) -> None:
+    def create_property(self, object_type: str, name: str, *, unique: bool = False) -> None:
         label = name.replace("_", " ").capitalize()
+        group = PROPERTY_GROUPS.get(object_type, "contactinformation")
         body = properties_api.PropertyCreate(
-            name=name, label=label, type="string", field_type="text", group_name="contactinformation"
+            name=name, label=label, type="string", field_type="text", group_name=group, has_unique_value=unique
         )
         try:
             self._call(self._properties.create, object_type, body)
@@ -452,11 +537,16 @@ class HubSpotCRM:
                 if isinstance(outcome, DeliveryError):
                     raise outcome
                 return outcome
+        # A person with no email has no upsert key: the delivery id is made one, so a create whose
+        # answer was lost meets a 409 naming the contact it made (search may not show it yet).
+        marked = {**props, DELIVERY_ID_PROPERTY: write.trace_id}
         try:
-            created = self._call(self._basic.create, SimplePublicObjectInputForCreate(properties=props, associations=[]))
+            created = self._call(self._basic.create, SimplePublicObjectInputForCreate(properties=marked, associations=[]))
         except ApiException as exc:
             if exc.status == 409:
-                return self._update_existing(exc, props)
+                existing = self._update_existing(exc, props)
+                # No email to conflict on: the conflict is this delivery's own earlier create.
+                return existing if props.get("email") else self._result(existing.contact_id, True)
             raise self._translate(exc) from exc
         return self._result(str(created.id), True)
 
@@ -557,7 +647,11 @@ class HubSpotCRM:
         try:
             return retrying(self._paced, fn, *args, _request_timeout=timeout, **kwargs)
         except urllib3.exceptions.HTTPError as exc:
-            raise RetriableError(f"HubSpot unreachable ({type(exc).__name__})") from exc
+            # urllib3 wraps the connection errors it retried itself in MaxRetryError.
+            if _never_sent(exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason else exc):
+                raise RetriableError(f"HubSpot unreachable ({type(exc).__name__})") from exc
+            # Sent, then nothing came back (a dropped connection, a read timeout): maybe applied.
+            raise UnansweredError(f"HubSpot did not answer ({type(exc).__name__})") from exc
 
     def _paced(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One HTTP request inside the shared call budget, which HubSpot's answer then corrects."""
@@ -596,6 +690,8 @@ class HubSpotCRM:
             wait = RATE_LIMIT_WAIT.get(body.get("policyName", ""), 10.0)
             # Throttled, not failed: the delivery waits out the window and keeps its attempt.
             return ThrottledError(f"HubSpot 429 {body.get('policyName', 'rate limit')}: {message}", retry_after=wait)
+        if status in UNKNOWN_OUTCOME_STATUSES:
+            return UnansweredError(f"HubSpot {status}: {message}")
         if status in RETRIABLE_STATUSES:
             return RetriableError(f"HubSpot {status}: {message}")
         return PermanentError(f"HubSpot {status} {body.get('category', '')}: {message}".replace("  ", " "))

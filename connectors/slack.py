@@ -10,6 +10,9 @@ Posting is paced to one message per second per channel (Slack's posting limit): 
 that comes too soon raises ThrottledError and the ledger puts the delivery back for a
 moment, so one busy channel never holds a worker thread or delays the others. A 429
 becomes a RetriableError carrying Slack's Retry-After.
+A lead message carries its delivery id in Slack's message metadata, so a post whose answer was
+lost can be found in the channel's history and not posted twice (bridge/norepeat.py); the SDK's
+own connection retry is kept away from posts that may have arrived.
 """
 
 from __future__ import annotations
@@ -21,14 +24,19 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.error import URLError
 from urllib.parse import quote
 
 import phonenumbers
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry import ConnectionErrorRetryHandler
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 
 from bridge.config import SlackSettings
-from bridge.errors import PermanentError, RetriableError, ThrottledError
+from bridge.errors import PermanentError, RetriableError, ThrottledError, UnansweredError
 from bridge.ports import Alert, Notice
 from bridge.text import escape_mrkdwn
 from bridge.workermetrics import record_rate_limited
@@ -42,6 +50,32 @@ SECTION_LIMIT, HEADER_LIMIT, MAX_FIELDS, MAX_BLOCKS = 3000, 150, 10, 50
 FIELD_LIMIT, DETAILS_LIMIT, TEXT_LIMIT = 1000, 1500, 3000
 _PARTIAL_ENTITY = re.compile(r"&[a-z]{0,3}$")
 CUT = "… (cut; full text in HubSpot)"
+# Message metadata naming the delivery (Slack's event_type: lowercase letters and underscores).
+METADATA_EVENT = "leadbridge_lead"
+# conversations.history wants a channel id; a config may name the channel instead.
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{8,}$")
+# How far back a retried post looks: 10 pages of 200, and a minute of clock difference.
+HISTORY_PAGES, HISTORY_PAGE, CLOCK_SLACK_SECONDS = 10, 200, 60.0
+POSTING_METHODS = ("chat.postMessage",)
+
+
+class UnsentOnlyRetryHandler(ConnectionErrorRetryHandler):
+    """slack_sdk's one quick retry on a connection error, except for a post that may have
+    arrived: a reset or an answer that never came after the request went out is left to the
+    ledger's retry, which first looks for the message (sending it again here would post twice)."""
+
+    def _can_retry(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        refused = isinstance(error, URLError) and isinstance(error.reason, ConnectionRefusedError)
+        if request.url.rstrip("/").endswith(POSTING_METHODS) and not refused:
+            return False
+        return super()._can_retry(state=state, request=request, response=response, error=error)
 
 
 class SlackNotifier:
@@ -55,14 +89,60 @@ class SlackNotifier:
             base_url=settings.base_url,
             timeout=int(settings.timeout_seconds),
             logger=quiet,
+            retry_handlers=[UnsentOnlyRetryHandler()],
         )
         self._last_post: dict[str, float] = {}
         self._pace = threading.Lock()
         self._users: dict[str, str | None] = {}
+        self._channel_ids: dict[str, str] = {}
 
     def notify(self, alert: Alert) -> Notice:
         channel = alert.channel or self.settings.channel
-        return self._post(channel, lead_message(alert))
+        return self._post(channel, _with_metadata(lead_message(alert), alert))
+
+    def find_notice(self, alert: Alert, since: float) -> Notice | None:
+        """conversations.history from ``since`` on (with metadata), newest first: the message whose
+        metadata names this alert's delivery, or None. Needs ``channels:history`` (``groups:history``
+        for a private channel)."""
+        if not alert.delivery_id:
+            return None
+        channel = self._channel_id(alert.channel or self.settings.channel)
+        cursor = None
+        with _calling_slack():
+            for _ in range(HISTORY_PAGES):
+                page = self.client.conversations_history(
+                    channel=channel,
+                    oldest=f"{since - CLOCK_SLACK_SECONDS:.6f}",
+                    include_all_metadata=True,
+                    limit=HISTORY_PAGE,
+                    cursor=cursor,
+                )
+                for message in page.get("messages") or []:
+                    if _delivery_of(message) == alert.delivery_id:
+                        return Notice(channel=channel, ts=str(message["ts"]))
+                cursor = (page.get("response_metadata") or {}).get("next_cursor")
+                if not cursor:
+                    break
+        return None
+
+    def _channel_id(self, channel: str) -> str:
+        """The id for a channel name (conversations.list, cached); the name itself if not listed."""
+        name = channel.lstrip("#")
+        if CHANNEL_ID.match(name):
+            return name
+        if name not in self._channel_ids:
+            with _calling_slack():
+                cursor = None
+                while True:
+                    page = self.client.conversations_list(
+                        types="public_channel,private_channel", exclude_archived=True, limit=1000, cursor=cursor
+                    )
+                    for listed in page.get("channels") or []:
+                        self._channel_ids[str(listed.get("name"))] = str(listed.get("id"))
+                    cursor = (page.get("response_metadata") or {}).get("next_cursor")
+                    if not cursor:
+                        break
+        return self._channel_ids.get(name, channel)
 
     def update(self, notice: Notice, alert: Alert) -> Notice:
         """chat.update with the alert as it is now (its deal link added): same ts, no second ping.
@@ -70,7 +150,7 @@ class SlackNotifier:
         Not paced: the one-per-second limit is chat.postMessage's; chat.update has its own tier.
         """
         with _calling_slack():
-            response = self.client.chat_update(channel=notice.channel, ts=notice.ts, **lead_message(alert))
+            response = self.client.chat_update(channel=notice.channel, ts=notice.ts, **_with_metadata(lead_message(alert), alert))
         return Notice(channel=str(response.get("channel") or notice.channel), ts=str(response.get("ts") or notice.ts))
 
     def post_digest(self, channel: str, title: str, lines: Sequence[str]) -> Notice:
@@ -147,7 +227,13 @@ def _calling_slack() -> Iterator[None]:
     except SlackApiError as exc:
         raise _translate(exc) from exc
     except (SlackClientError, OSError) as exc:
-        raise RetriableError(f"Slack unreachable ({type(exc).__name__})") from exc
+        refused = isinstance(exc, ConnectionRefusedError) or (
+            isinstance(exc, URLError) and isinstance(exc.reason, ConnectionRefusedError)
+        )
+        if refused:
+            raise RetriableError(f"Slack unreachable ({type(exc).__name__})") from exc
+        # Sent, then no answer (a reset, a dropped connection, a timeout): it may have been posted.
+        raise UnansweredError(f"Slack did not answer ({type(exc).__name__})") from exc
 
 
 def _translate(exc: SlackApiError) -> RetriableError | PermanentError:
@@ -161,6 +247,20 @@ def _translate(exc: SlackApiError) -> RetriableError | PermanentError:
     if status >= 500 or error in TRANSIENT:
         return RetriableError(f"Slack {status} {error}".strip(), retry_after=retry_after)
     return PermanentError(f"Slack {status} {error}".strip())
+
+
+def _with_metadata(message: dict[str, Any], alert: Alert) -> dict[str, Any]:
+    """The message with its delivery id in Slack's message metadata (kept by chat.update too)."""
+    if not alert.delivery_id:
+        return message
+    return {**message, "metadata": {"event_type": METADATA_EVENT, "event_payload": {"delivery_id": alert.delivery_id}}}
+
+
+def _delivery_of(message: dict[str, Any]) -> str | None:
+    metadata = message.get("metadata") or {}
+    if metadata.get("event_type") != METADATA_EVENT:
+        return None
+    return str((metadata.get("event_payload") or {}).get("delivery_id") or "") or None
 
 
 def lead_message(alert: Alert) -> dict[str, Any]:

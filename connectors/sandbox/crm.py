@@ -79,6 +79,12 @@ LEADBRIDGE_CONTACT_PROPERTIES = (
     "google_campaign_id",
     "google_form_id",
 )
+# leadbridge's own markers, which `leadbridge doctor --create-properties` makes with hasUniqueValue:
+# the delivery that created a deal or a phone-only contact, so a retried create meets a 409.
+LEADBRIDGE_UNIQUE_PROPERTIES: dict[str, tuple[str, ...]] = {
+    "contacts": ("leadbridge_delivery_id",),
+    "deals": ("leadbridge_delivery_id",),
+}
 REQUIRED_PROPERTIES: dict[str, tuple[str, ...]] = {
     "deals": ("dealname", "dealstage"),
     "notes": ("hs_timestamp",),
@@ -101,6 +107,9 @@ class CrmStore:
                 name: property_definition(name) for name in HUBSPOT_DEFAULT_CONTACT_PROPERTIES + LEADBRIDGE_CONTACT_PROPERTIES
             }
         }
+        for object_type, names in LEADBRIDGE_UNIQUE_PROPERTIES.items():
+            definitions = self.property_definitions.setdefault(object_type, {})
+            definitions.update({n: property_definition(n, {"hasUniqueValue": True}) for n in names})
         self.owners: list[dict[str, Any]] = []
         # Pipelines created through the API (the default deal pipeline is always there), by object type.
         self.pipelines: dict[str, list[dict[str, Any]]] = {}
@@ -157,6 +166,7 @@ class CrmStore:
         """Raise the error HubSpot would give for this write; ``record`` is None for a create."""
         if object_type == "contacts":
             self._check_contact(properties, record)
+        self.check_unique(object_type, properties, record)
         if record is not None:
             return
         missing = [n for n in REQUIRED_PROPERTIES.get(object_type, ()) if not properties.get(n)]
@@ -193,6 +203,18 @@ class CrmStore:
         other = self.contact_by_email(email) if email else None
         if other is not None and other is not record:
             raise HubSpotError(409, f"Contact already exists. Existing ID: {other.id}")
+
+    def check_unique(self, object_type: str, properties: Mapping[str, str], record: Record | None) -> None:
+        """A value of a ``hasUniqueValue`` property another record holds: HubSpot's 409 (hubspot.md §2),
+        naming the record that has it the way the duplicate-email 409 does."""
+        definitions = self.property_definitions.get(object_type, {})
+        for name, value in properties.items():
+            if not value or not definitions.get(name, {}).get("hasUniqueValue"):
+                continue
+            other = next((r for r in self.objects(object_type).values() if r.properties.get(name) == value), None)
+            if other is not None and other is not record:
+                label = object_type[:-1].capitalize()
+                raise HubSpotError(409, f"{label} already exists. Existing ID: {other.id}")
 
     def prepare_create(self, object_type: str, body: Mapping[str, Any]) -> tuple[dict[str, str], list[dict[str, Any]]]:
         properties = {

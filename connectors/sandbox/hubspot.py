@@ -11,7 +11,7 @@ from flask import jsonify, request
 from flask.typing import ResponseReturnValue
 
 from connectors.sandbox.errors import HubSpotError
-from connectors.sandbox.records import utc_now_iso
+from connectors.sandbox.records import normalize_properties, utc_now_iso
 from connectors.sandbox.search import default_read_properties
 from connectors.sandbox.state import state
 
@@ -93,12 +93,31 @@ def traced(result: dict[str, Any], item: Mapping[str, Any]) -> dict[str, Any]:
     return {**result, "objectWriteTraceId": item["objectWriteTraceId"]} if item.get("objectWriteTraceId") else result
 
 
+def refuse_unique_conflicts(object_type: str, inputs: list[dict[str, Any]]) -> None:
+    """A batch create that would repeat a ``hasUniqueValue`` value (held already, or twice in the
+    batch) is refused whole with one 409 naming the first conflict, as HubSpot answers a batch
+    create with existing emails (hubspot.md §2: "reports only the first conflict")."""
+    crm = state().crm
+    seen: dict[tuple[str, str], int] = {}
+    for item in inputs:
+        properties = normalize_properties(item.get("properties"))
+        crm.check_unique(object_type, properties, None)
+        definitions = crm.property_definitions.get(object_type, {})
+        for name, value in properties.items():
+            if value and definitions.get(name, {}).get("hasUniqueValue"):
+                if (name, value) in seen:
+                    raise HubSpotError(409, f"Duplicate unique value in batch input for {name}")
+                seen[(name, value)] = 1
+
+
 def crm_batch_create(object_type: str) -> ResponseReturnValue:
     started_at = utc_now_iso()
+    inputs = batch_inputs(json_body())
     with state().lock:
         crm = state().crm
+        refuse_unique_conflicts(object_type, inputs)
         results, errors = run_batch(
-            batch_inputs(json_body()),
+            inputs,
             lambda item: crm.prepare_create(object_type, item),
             lambda item: traced(crm.create(object_type, item).to_json(), item),
         )
@@ -328,3 +347,37 @@ def owner_get(owner_id: str) -> ResponseReturnValue:
             if str(owner[key]) == owner_id:
                 return jsonify(owner)
     raise HubSpotError(404, f"Owner {owner_id} not found", context={"id": [owner_id]})
+
+
+# The far side's type id of the HubSpot-defined associations the relay makes (hubspot.md §5).
+INVERSE_ASSOCIATION_TYPES = {3: 4, 202: 201, 204: 203, 578: 577, 214: 213, 216: 215}
+
+
+def associations_list(object_type: str, object_id: str, to_object_type: str) -> ResponseReturnValue:
+    """``GET /crm/v4/objects/{type}/{id}/associations/{toType}``: the records of ``toType`` linked to
+    this one, read from the inline associations they were created with (oldest first, 500 a page)."""
+    limit = min(int(request.args.get("limit") or 500), 500)
+    offset = int(request.args.get("after") or 0)
+    with state().lock:
+        crm = state().crm
+        crm.find(object_type, object_id, None)  # 404 for a record that does not exist
+        linked = [
+            {
+                "toObjectId": int(record.id),
+                "associationTypes": [
+                    {
+                        "category": a["associationCategory"],
+                        "typeId": INVERSE_ASSOCIATION_TYPES.get(a["associationTypeId"], 0),
+                        "label": None,
+                    }
+                    for a in record.associations
+                    if a["toObjectId"] == object_id and a["toObjectType"] == object_type
+                ],
+            }
+            for record in crm.objects(to_object_type).values()
+        ]
+    linked = [item for item in linked if item["associationTypes"]]
+    answer: dict[str, Any] = {"results": linked[offset : offset + limit]}
+    if offset + limit < len(linked):
+        answer["paging"] = {"next": {"after": str(offset + limit)}}
+    return jsonify(answer)

@@ -30,8 +30,10 @@ from connectors.sandbox.control import (
     control_state,
     control_summary,
 )
+from connectors.sandbox.drops import control_add_answer_drop, control_clear_answer_drops, drop_answer
 from connectors.sandbox.errors import AUTH_MESSAGE, HubSpotError
 from connectors.sandbox.hubspot import (
+    associations_list,
     crm_batch_create,
     crm_batch_read,
     crm_batch_upsert,
@@ -115,6 +117,7 @@ ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
     ("/crm/v3/objects/<object_type>/<object_id>", crm_get, ["GET"]),
     ("/crm/v3/objects/<object_type>/<object_id>", crm_update, ["PATCH"]),
     ("/crm/v3/properties/<object_type>", properties_list, ["GET"]),
+    ("/crm/v4/objects/<object_type>/<object_id>/associations/<to_object_type>", associations_list, ["GET"]),
     ("/crm/v3/pipelines/<object_type>", pipelines_list, ["GET"]),
     ("/crm/v3/pipelines/<object_type>", pipelines_create, ["POST"]),
     ("/crm/v3/properties/<object_type>", properties_create, ["POST"]),
@@ -133,6 +136,8 @@ ROUTES: list[tuple[str, Callable[..., ResponseReturnValue], list[str]]] = [
     (f"{CONTROL_PREFIX}/channels", control_add_channel, ["POST"]),
     (f"{CONTROL_PREFIX}/search_lag", control_search_lag, ["POST"]),
     (f"{CONTROL_PREFIX}/engagements", control_log_engagement, ["POST"]),
+    (f"{CONTROL_PREFIX}/drop_answers", control_add_answer_drop, ["POST"]),
+    (f"{CONTROL_PREFIX}/drop_answers", control_clear_answer_drops, ["DELETE"]),
 ]
 
 
@@ -158,6 +163,8 @@ def create_sandbox_app(
         )
     install_limits(app, limits)
     app.before_request(before_request)
+    # Flask runs after-request hooks last-registered first: the answer is dropped after it is saved.
+    app.after_request(drop_answer)
     app.after_request(after_request)
     app.register_error_handler(HubSpotError, lambda exc: exc.response())
     app.register_error_handler(HTTPException, http_error)

@@ -1,5 +1,6 @@
-"""The Slack Web API methods leadbridge calls (``auth.test``, ``chat.postMessage``, ``chat.update``,
-``users.lookupByEmail``, ``conversations.open`` for DMs), with Slack's ``ok``/``error`` envelope."""
+"""The Slack Web API methods leadbridge calls (``auth.test``, ``chat.postMessage`` with message
+metadata, ``chat.update``, ``conversations.history``, ``conversations.open`` for DMs,
+``users.lookupByEmail``), with Slack's ``ok``/``error`` envelope."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def slack_args() -> dict[str, Any]:
     body = request.get_json(silent=True)
     if isinstance(body, dict):
         args.update(body)
-    for key in ("blocks", "attachments"):
+    for key in ("blocks", "attachments", "metadata"):
         if isinstance(args.get(key), str):
             try:
                 args[key] = json.loads(args[key])
@@ -61,6 +62,7 @@ def slack_post_message(sandbox: SandboxState, args: dict[str, Any]) -> dict[str,
             "blocks": blocks,
             "thread_ts": args.get("thread_ts"),
             "args": args,
+            **({"metadata": args["metadata"]} if isinstance(args.get("metadata"), dict) else {}),
         }
     )
     message = {
@@ -128,10 +130,50 @@ def dm_channel(user_id: str) -> str:
     return "D" + user_id[1:]
 
 
+HISTORY_PAGE_MAX = 999
+
+
+def slack_conversations_history(sandbox: SandboxState, args: dict[str, Any]) -> dict[str, Any]:
+    """A channel's messages newest first, from ``oldest`` on, ``limit`` a page with a cursor; each
+    with its ``metadata`` only when ``include_all_metadata`` is set. The channel may be named by
+    its id or its name: messages keep the channel as it was posted to."""
+    channel = str(args.get("channel") or "")
+    names = {channel, channel.lstrip("#")}
+    for name, known in sandbox.channels.items():
+        if channel in (name, f"#{name}", known["id"]):
+            names |= {name, f"#{name}", known["id"]}
+    try:
+        oldest = float(args.get("oldest") or 0)
+        limit = max(1, min(int(args.get("limit") or 100), HISTORY_PAGE_MAX))
+        offset = int(args.get("cursor") or 0)
+    except (TypeError, ValueError):
+        return {"ok": False, "error": "invalid_arguments"}
+    if not channel:
+        return {"ok": False, "error": "channel_not_found"}
+    with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+    found = [m for m in reversed(sandbox.messages) if m["channel"] in names and float(m["ts"]) >= oldest]
+    page = found[offset : offset + limit]
+    messages = [
+        {
+            "type": "message",
+            "user": SLACK_IDENTITY["user_id"],
+            "bot_id": SLACK_IDENTITY["bot_id"],
+            "text": m.get("text") or "",
+            "ts": m["ts"],
+            **({"metadata": m["metadata"]} if with_metadata and m.get("metadata") else {}),
+        }
+        for m in page
+    ]
+    more = offset + limit < len(found)
+    cursor = str(offset + limit) if more else ""
+    return {"ok": True, "messages": messages, "has_more": more, "response_metadata": {"next_cursor": cursor}}
+
+
 SLACK_METHODS: dict[str, Callable[[SandboxState, dict[str, Any]], dict[str, Any]]] = {
     "auth.test": slack_auth_test,
     "conversations.list": slack_conversations_list,
     "conversations.open": slack_conversations_open,
+    "conversations.history": slack_conversations_history,
     "chat.postMessage": slack_post_message,
     "chat.update": slack_update,
     "users.lookupByEmail": slack_lookup_by_email,

@@ -50,6 +50,22 @@ class Fault:
         return answer
 
 
+@dataclass
+class AnswerDrop:
+    """ "Apply the write, then drop the answer": the next ``remaining`` requests matching ``method``
+    and ``path`` (a prefix, or the whole path with ``exact``) are handled, then their connection is
+    closed with no response, as when a network drops HubSpot's or Slack's answer."""
+
+    path: str
+    method: str | None
+    remaining: int
+    exact: bool = False
+
+    def matches(self, method: str, path: str) -> bool:
+        hit = path == self.path if self.exact else path.startswith(self.path)
+        return hit and self.method in (None, method)
+
+
 def default_fault_body(path: str, status: int, policy: str | None) -> dict[str, Any]:
     if path.startswith("/api/"):
         return {"ok": False, "error": "ratelimited" if status == 429 else "fatal_error"}
@@ -94,6 +110,7 @@ class SandboxState:
         self.channels: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
+        self.answer_drops: list[AnswerDrop] = []
         self.recent_crm_calls: deque[float] = deque()
         self.last_ts_us = 0
 
@@ -133,6 +150,16 @@ class SandboxState:
                         self.faults.remove(fault)
                 return fault
         return None
+
+    def take_answer_drop(self, method: str, path: str) -> bool:
+        """Whether this request's answer is to be dropped (counting it against its knob)."""
+        for drop in self.answer_drops:
+            if drop.matches(method, path):
+                drop.remaining -= 1
+                if drop.remaining <= 0:
+                    self.answer_drops.remove(drop)
+                return True
+        return False
 
     def rate_limit_remaining(self) -> int:
         now = time.monotonic()
