@@ -28,7 +28,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from .errors import LeadbridgeError
-from .groupcommit import GroupCommit, begin_immediate
+from .groupcommit import GroupCommit, IntakeFirst, begin_immediate
 
 
 class Status(StrEnum):
@@ -379,16 +379,19 @@ class Ledger:
         self._local = threading.local()
         # Writes share transactions (bridge/groupcommit.py): one fsync per burst. Intake's group
         # asks for the write lock every 1 ms, the worker's every few ms, so intake goes first.
-        self._intake = GroupCommit(self.path, busy_timeout)
-        # The worker's batches are kept small, so intake never waits long behind one.
+        # Intake also says when it waits, and the worker's leader makes way (IntakeFirst).
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        first = IntakeFirst(self.path.with_name(self.path.name + ".intake-first"))
+        self._intake = GroupCommit(self.path, busy_timeout, intake_first=first)
         self._writes = GroupCommit(
             self.path,
             busy_timeout,
             poll=WORKER_POLL_SECONDS,
             max_batch=WORKER_MAX_BATCH,
             autocheckpoint_pages=1000,
+            intake_first=first,
+            defers=True,
         )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         db = self.db
         db.execute("PRAGMA journal_mode=WAL")
         # Several gunicorn workers open the ledger at once: take the write lock first so

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from bridge.groupcommit import GroupCommit
+from bridge.groupcommit import GroupCommit, IntakeFirst
 from bridge.ledger import _DUE, _EXPIRED_LEASES, LeaseLostError, Ledger, Status
 
 
@@ -152,6 +153,78 @@ def test_concurrent_intake_writes_share_transactions_and_stay_exactly_once(tmp_p
     assert sum(created for _, created in same) == 1
     assert sum(created for _, created in results) == 31
     assert ledger.counts() == {"received": 31}
+
+
+def _groups(path: Path) -> tuple[IntakeFirst, GroupCommit, GroupCommit]:
+    """Intake's group and a worker's (a long defer: a busy CI box)."""
+    Ledger(path)
+    first = IntakeFirst(path.with_name(path.name + ".test-first"))
+    intake = GroupCommit(path, busy_timeout=30, intake_first=first)
+    # The worker asks for the lock more often than intake here: only its deference lets intake first.
+    worker = GroupCommit(path, busy_timeout=30, poll=0.0002, intake_first=first, defers=True, max_defer=30)
+    return first, intake, worker
+
+
+def _note(who: str) -> object:
+    return lambda conn: conn.execute("INSERT INTO identities VALUES ('email', ?, 'c', 0)", (f"{who}@x.example",))
+
+
+def _written(path: Path) -> list[str]:
+    rows = sqlite3.connect(path).execute("SELECT value FROM identities ORDER BY rowid").fetchall()
+    return [value.split("@")[0] for (value,) in rows]
+
+
+def _until(condition: object) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_a_worker_does_not_take_the_lock_while_intake_waits_for_it(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    first, intake, worker = _groups(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # someone else holds the lock: intake waits for it
+    with ThreadPoolExecutor(2) as pool:
+        from_intake = pool.submit(intake.run, _note("intake"))
+        _until(first.anyone_waiting)
+        from_worker = pool.submit(worker.run, _note("worker"))
+        time.sleep(0.05)  # the worker is asking too (or deferring) when the lock comes free
+        other.execute("COMMIT")
+        from_intake.result(timeout=30), from_worker.result(timeout=30)
+    assert _written(path) == ["intake", "worker"]
+    assert not first.anyone_waiting()
+
+
+def test_a_worker_batch_commits_what_it_has_and_lets_waiting_intake_in(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    first, intake, worker = _groups(path)
+    with ThreadPoolExecutor(1) as pool:
+        futures = []
+
+        def then_intake_arrives(conn: sqlite3.Connection) -> None:
+            _note("w0")(conn)  # type: ignore[operator]
+            futures.append(pool.submit(intake.run, _note("intake")))
+            _until(first.anyone_waiting)  # intake is now waiting behind this batch
+
+        # The batch a worker's leader forms from the checkpoints queued behind it.
+        outcomes = worker._write([then_intake_arrives, _note("w1"), _note("w2")])
+        futures[0].result(timeout=30)
+    assert len(outcomes) == 3
+    assert _written(path) == ["w0", "intake", "w1", "w2"]
+
+
+def test_a_stale_intake_slot_does_not_hold_the_worker_back(tmp_path: Path) -> None:
+    first, _, _ = _groups(tmp_path / "l.db")
+    with first.waiting():
+        assert first.anyone_waiting()
+    assert not first.anyone_waiting()
+    # A slot left behind by an intake process killed while waiting ages out.
+    import struct
+
+    struct.pack_into("d", first._map, 8, time.monotonic() - IntakeFirst.STALE_SECONDS - 1)
+    assert not first.anyone_waiting()
 
 
 def test_one_failing_write_in_a_group_fails_only_its_own_request(tmp_path: Path) -> None:
