@@ -58,6 +58,10 @@ def _logging(verbose: bool = False) -> None:
     install_redaction()
 
 
+# These install their own stop handlers first thing; until then bridge/__main__.py's stays.
+SELF_STOPPING_COMMANDS = frozenset({"run", "serve", "worker"})
+
+
 @click.group()
 @click.version_option(package_name="leadbridge")
 def main() -> None:
@@ -65,6 +69,10 @@ def main() -> None:
 
     Example: leadbridge run --sandbox
     """
+    if click.get_current_context().invoked_subcommand not in SELF_STOPPING_COMMANDS:
+        from .__main__ import restore_default_signals
+
+        restore_default_signals()
 
 
 @main.command("check-config")

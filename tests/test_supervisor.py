@@ -92,7 +92,7 @@ def assert_stops_cleanly(proc: subprocess.Popen[bytes], family: set[int], log: P
     wait_until(lambda: not any(alive(pid) for pid in family), deadline, "every child to exit")
 
 
-@pytest.mark.parametrize("after", [0.5, 3.0, 10.0])
+@pytest.mark.parametrize("after", [0.0, 0.5, 3.0, 10.0])
 def test_sigterm_at_any_moment_stops_run_and_every_child(relay: Relay, after: float) -> None:
     with launch(relay, "run") as proc:
         family = family_until(proc, after)
