@@ -53,6 +53,11 @@ class Batcher(Generic[T, R]):
         self._queue: list[_Slot[T]] = []
         self._busy = False
 
+    @property
+    def busy(self) -> bool:
+        """A batch is gathering or in flight (read without the lock: a hint, not a promise)."""
+        return self._busy
+
     def submit(self, item: T) -> R:
         slot: _Slot[T] = _Slot(item)
         with self._lock:

@@ -117,11 +117,14 @@ class CallBudget(Model):
 
 class BatchingSettings(Model):
     """Batches across deliveries (bridge/coalesce.py): how long a write may wait for company,
-    only while the call budget is tight (at most ``tight_below`` of the window left; 1: always)."""
+    only while the call budget is tight (at most ``tight_below`` of the window left, for contact
+    writes ``contact_tight_below``; 1: always)."""
 
     contact_wait_seconds: float = Field(0.1, ge=0, le=30)
     record_wait_seconds: float = Field(1.0, ge=0, le=30)
     tight_below: float = Field(0.5, ge=0, le=1)
+    # The rep's ping waits on the contact write, so contacts count as tight only later.
+    contact_tight_below: float = Field(0.2, ge=0, le=1)
 
 
 class PollSettings(Model):

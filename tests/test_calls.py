@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,12 @@ def batching(config_data: dict[str, Any], concurrency: int = 100) -> Settings:
     """A worker running many deliveries at once, whose writes always wait for company (as when
     the call budget is tight) until a batch is full: batches are what is measured here."""
     config_data["worker"].update(concurrency=concurrency, claim_batch=min(concurrency, 100))
-    config_data["hubspot"]["batching"] = {"tight_below": 1.0, "contact_wait_seconds": 30, "record_wait_seconds": 30}
+    config_data["hubspot"]["batching"] = {
+        "tight_below": 1.0,
+        "contact_tight_below": 1.0,
+        "contact_wait_seconds": 30,
+        "record_wait_seconds": 30,
+    }
     return settings_from_dict(config_data, ROOT)
 
 
@@ -283,6 +289,24 @@ def test_a_batch_hubspot_refuses_whole_is_written_row_by_row(config_data: dict[s
     assert {ledger.get(i).status for i in ids} == {Status.DELIVERED}
     assert exact(sandbox, UPSERT) == 4  # the refused batch, then one row each
     assert len(sandbox.state()["contacts"]) == 3
+
+
+def test_with_budget_to_spare_a_contact_write_does_not_queue_behind_one_in_flight(
+    config_data: dict[str, Any], sandbox: Sandbox
+) -> None:
+    # Every contact write hangs for HOLD seconds. One batch at a time would start the second
+    # only after the first came back, so the two contacts would be created HOLD apart.
+    hold = 5.0
+    config_data["worker"].update(concurrency=2, claim_batch=2)
+    settings = settings_from_dict(config_data, ROOT)  # default batching: budget to spare, no linger
+    sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", delay=hold)
+    ledger = Ledger(settings.ledger.path)
+    ids = queued(settings, ledger, [person(n) for n in range(2)])
+    Worker(settings, ledger).drain(timeout=120)
+    assert {ledger.get(i).status for i in ids} == {Status.DELIVERED}
+    assert exact(sandbox, UPSERT) == 2
+    created = sorted(datetime.fromisoformat(c["createdAt"].replace("Z", "+00:00")) for c in sandbox.state()["contacts"])
+    assert (created[1] - created[0]).total_seconds() < hold, "the second contact write waited for the first"
 
 
 def test_people_a_batch_must_read_are_read_in_one_call(config_data: dict[str, Any], sandbox: Sandbox) -> None:

@@ -158,7 +158,12 @@ def test_a_worker_killed_after_sending_a_task_finds_that_task_on_retry(
 def batching(config_data: dict[str, Any], concurrency: int = 3) -> Settings:
     """Writes that wait for company until a batch holds every delivery in flight."""
     config_data["worker"].update(concurrency=concurrency, claim_batch=concurrency)
-    config_data["hubspot"]["batching"] = {"tight_below": 1.0, "contact_wait_seconds": 30, "record_wait_seconds": 30}
+    config_data["hubspot"]["batching"] = {
+        "tight_below": 1.0,
+        "contact_tight_below": 1.0,
+        "contact_wait_seconds": 30,
+        "record_wait_seconds": 30,
+    }
     return settings_from_dict(config_data, ROOT)
 
 
