@@ -29,6 +29,7 @@ from sqlite_utils.migrations import Migrations
 
 from .errors import LeadbridgeError
 from .groupcommit import GroupCommit, begin_immediate
+from .ledger_crm import CrmLedger
 
 
 class Status(StrEnum):
@@ -372,7 +373,7 @@ WORKER_MAX_BATCH = 32
 T = TypeVar("T")
 
 
-class Ledger:
+class Ledger(CrmLedger):
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
