@@ -30,6 +30,7 @@ from sqlite_utils.migrations import Migrations
 from .errors import LeadbridgeError
 from .groupcommit import GroupCommit, begin_immediate
 from .ledger_crm import CrmLedger
+from .ledger_followups import FollowUpLedger
 
 
 class Status(StrEnum):
@@ -373,7 +374,7 @@ WORKER_MAX_BATCH = 32
 T = TypeVar("T")
 
 
-class Ledger(CrmLedger):
+class Ledger(CrmLedger, FollowUpLedger):
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
