@@ -31,6 +31,7 @@ from .errors import LeadbridgeError
 from .groupcommit import GroupCommit, begin_immediate
 from .ledger_crm import CrmLedger
 from .ledger_followups import FollowUpLedger
+from .ledger_retention import RetentionLedger
 
 
 class Status(StrEnum):
@@ -374,7 +375,7 @@ WORKER_MAX_BATCH = 32
 T = TypeVar("T")
 
 
-class Ledger(CrmLedger, FollowUpLedger):
+class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
