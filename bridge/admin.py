@@ -11,7 +11,8 @@ import json
 import click
 
 from . import cli
-from .retention import BusyPersonError, Removed, forget, person_keys, purge
+from .ledger_retention import BusyPersonError, Removed
+from .retention import forget, person_keys, purge
 
 
 def _report(removed: Removed, as_json: bool, what: str) -> None:

@@ -24,7 +24,7 @@ import click
 
 from .config import CONFIG_ENV, Settings, load_settings
 from .errors import BodyTooLargeError, ConfigError, IntakeError
-from .followups import followup_lines, followup_rows
+from .followups import followup_lines
 from .ledger import Ledger, Status
 from .logs import install as install_redaction
 from .pipeline import Pipeline
@@ -646,7 +646,7 @@ def show(config_file: str | None, delivery_id: str, as_json: bool, with_body: bo
         click.echo(f"no delivery {delivery_id}", err=True)
         raise SystemExit(1)
     data: dict[str, Any] = {**delivery.summary(), "steps": ledger.steps(delivery_id), "events": ledger.events(delivery_id)}
-    data["followups"] = followup_rows(ledger, delivery_id)
+    data["followups"] = ledger.followups_of(delivery_id)
     if with_body:
         data["body"] = delivery.body.decode("utf-8", "replace")
     if as_json:

@@ -32,7 +32,7 @@ from .errors import SourceNotConfiguredError
 from .followups import stage_entered
 from .httpbody import read_body
 from .ledger import Ledger
-from .stages import ClosedStages, configured_closed, stored_stages
+from .stages import ClosedStages, configured_closed
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -78,8 +78,7 @@ def _apply(ledger: Ledger, event: CrmEvent, stages: ClosedStages, now: float) ->
         ledger.merge_contact_ids(event.merged, event.object_id)
     elif event.kind == "deal_deleted":
         ledger.set_deal_stage(event.object_id, "", closed=True, now=now)
-        # A stage check still queued must not reopen a deleted deal.
-        ledger.db.conn.execute("DELETE FROM crm_stage_checks WHERE record_id = ?", (event.object_id,))
+        ledger.drop_stage_check(event.object_id)  # a stage check still queued must not reopen a deleted deal
     elif event.kind == "deal_stage":
         return _deal_stage(ledger, event, stages, now)
     return True
@@ -87,20 +86,16 @@ def _apply(ledger: Ledger, event: CrmEvent, stages: ClosedStages, now: float) ->
 
 def _deal_stage(ledger: Ledger, event: CrmEvent, stages: ClosedStages, now: float) -> bool:
     """Record a deal's new stage unless the ledger already holds a newer one; queue an unknown stage."""
-    conn = ledger.db.conn
-    if conn.execute("SELECT 1 FROM deals WHERE record_id = ?", (event.object_id,)).fetchone() is None:
+    if not ledger.remembers_deal(event.object_id):
         return False  # not a deal leadbridge opened
-    if event.at_ms:
-        row = conn.execute("SELECT at_ms FROM crm_deal_versions WHERE record_id = ?", (event.object_id,)).fetchone()
-        if row is not None and int(row[0]) >= event.at_ms:
-            return False
-        conn.execute("INSERT OR REPLACE INTO crm_deal_versions VALUES (?, ?)", (event.object_id, event.at_ms))
+    if event.at_ms and not ledger.advance_deal_version(event.object_id, event.at_ms):
+        return False
     ledger.set_deal_stage(event.object_id, event.stage, closed=stages.closed(event.stage), now=now)
     stage_entered(ledger, event.object_id, event.stage, now)  # stage follow-ups (bridge/followups.py)
     if stages.knows(event.stage):
-        conn.execute("DELETE FROM crm_stage_checks WHERE record_id = ?", (event.object_id,))
+        ledger.drop_stage_check(event.object_id)
     else:
-        conn.execute("INSERT OR REPLACE INTO crm_stage_checks VALUES (?, ?, ?)", (event.object_id, event.stage, now))
+        ledger.queue_stage_check(event.object_id, event.stage, now)
     return True
 
 
@@ -126,6 +121,6 @@ def register_crm_webhook(app: Flask, settings: Settings, ledger: Ledger, over_li
         uri = settings.hubspot.webhook_url or request.url
         hubspot_events.verify([secret], request.method, uri, body, headers)
         # Judged from the ledger's copy of HubSpot's pipelines: no HubSpot call inside the request.
-        stages = ClosedStages(configured_closed(settings), stored_stages(ledger))
+        stages = ClosedStages(configured_closed(settings), ledger.deal_stages())
         applied, seen = apply_events(ledger, hubspot_events.parse(body), stages)
         return jsonify(ok=True, applied=applied, duplicates=seen), 200

@@ -96,29 +96,17 @@ class CrmPoller:
     def _take_lease(self, now: float, force: bool) -> str:
         """ "" when this worker may poll now (and holds the lease), else why not."""
         every = self.settings.hubspot.poll.every
-        with self.ledger.exclusive():
-            conn = self.ledger.db.conn
-            conn.execute("INSERT OR IGNORE INTO crm_poll (name) VALUES (?)", (NAME,))
-            owner, lease_until, last_run = conn.execute(
-                "SELECT owner, lease_until, last_run_at FROM crm_poll WHERE name = ?", (NAME,)
-            ).fetchone()
-            if owner and owner != self.owner and lease_until > now:
-                self._next_look = lease_until
-                return "another worker is polling"
-            if not force and last_run + every > now:
-                self._next_look = last_run + every
-                return "not due"
-            conn.execute("UPDATE crm_poll SET owner = ?, lease_until = ? WHERE name = ?", (self.owner, now + LEASE_SECONDS, NAME))
+        lease = self.ledger.take_poll_lease(NAME, self.owner, now, LEASE_SECONDS, every=None if force else every)
+        if lease.busy_until is not None:
+            self._next_look = lease.busy_until
+            return "another worker is polling"
+        if not lease.taken:
+            self._next_look = lease.last_run_at + every
+            return "not due"
         return ""
 
     def _release(self, high_water_ms: int | None, ran_at: float | None) -> None:
-        with self.ledger.exclusive():
-            self.ledger.db.conn.execute(
-                """UPDATE crm_poll SET owner = NULL, lease_until = 0,
-                   high_water_ms = CASE WHEN ? IS NULL THEN high_water_ms ELSE max(COALESCE(high_water_ms, 0), ?) END,
-                   last_run_at = COALESCE(?, last_run_at) WHERE name = ? AND owner = ?""",
-                (high_water_ms, high_water_ms, ran_at, NAME, self.owner),
-            )
+        self.ledger.release_poll_lease(NAME, self.owner, high_water_ms, ran_at)
 
     def _run(self, now: float) -> PollResult:
         cfg = self.settings.hubspot.poll
@@ -147,16 +135,15 @@ class CrmPoller:
         return result
 
     def high_water(self) -> int | None:
-        row = self.ledger.db.execute("SELECT high_water_ms FROM crm_poll WHERE name = ?", (NAME,)).fetchone()
-        return int(row[0]) if row and row[0] is not None else None
+        return self.ledger.poll_high_water(NAME)
 
     def _since(self, now: float) -> int:
         """The high-water mark less the overlap; the first time, the oldest deal the ledger knows."""
         overlap_ms = int(self.settings.hubspot.poll.overlap * 1000)
         mark = self.high_water()
         if mark is None:
-            row = self.ledger.db.execute("SELECT min(created_at) FROM deals WHERE object_type = 'deals'").fetchone()
-            mark = int((row[0] if row and row[0] is not None else now) * 1000)
+            oldest = self.ledger.oldest_deal_at()
+            mark = int((now if oldest is None else oldest) * 1000)
         return max(0, mark - overlap_ms)
 
     def _pipelines(self) -> list[str]:
@@ -168,15 +155,7 @@ class CrmPoller:
 
     def _events(self, found: list[Found]) -> list[CrmEvent]:
         """Stage events for the deals the ledger knows (a local lookup; others are skipped)."""
-        ids = sorted({f.record_id for f in found})
-        known: set[str] = set()
-        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.ledger.db.execute(
-                f"SELECT record_id FROM deals WHERE object_type = 'deals' AND record_id IN ({marks})", chunk
-            ).fetchall()
-            known |= {str(r[0]) for r in rows}
+        known = self.ledger.remembered_deals(sorted({f.record_id for f in found}))
         events = []
         for hit in found:
             at_ms = modified_ms(hit.properties.get("hs_lastmodifieddate", ""))

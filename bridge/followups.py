@@ -19,17 +19,16 @@ repeated: a lost reminder is better than two.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from .config import FollowUpRule, Settings
 from .errors import DeliveryError, RetriableError, ThrottledError
-from .ledger import LeaseLostError, Ledger, Status
+from .ledger import LeaseLostError, Ledger
+from .ledger_followups import FollowUp
 from .ports import CRM, Link, Notifier
 from .sla import check_sla, notice, slack_user, span_text
 from .text import escape_mrkdwn
@@ -40,35 +39,6 @@ BATCH = 20
 # A HubSpot or Slack failure is tried again this much later; a row failing this often ends.
 RETRY_SECONDS, MAX_FAILURES = 60.0, 8
 TASK_TO_CONTACT, TASK_TO_DEAL = 204, 216  # HubSpot-defined association type ids (hubspot.md §5)
-_NEW_SLAS = f"""
-    SELECT d.id, d.received_at, json_extract(score.result, '$.segment') AS segment
-    FROM deliveries AS d
-    JOIN steps AS score ON score.delivery_id = d.id AND score.step = 'score'
-    WHERE d.received_at >= :since AND d.status = '{Status.DELIVERED}'
-      AND json_extract(score.result, '$.segment') IN (SELECT value FROM json_each(:segments))
-      AND EXISTS (SELECT 1 FROM steps AS c WHERE c.delivery_id = d.id AND c.step = 'contact')
-      AND NOT EXISTS (SELECT 1 FROM followups AS f WHERE f.id = 'sla:' || d.id)
-    LIMIT 500"""
-
-_DUE_ROWS = """
-    SELECT id, kind, delivery_id, phase, due_at, data FROM followups INDEXED BY followups_due
-    WHERE state = 'waiting' AND due_at <= ? AND (lease_until IS NULL OR lease_until < ?)
-    ORDER BY due_at LIMIT ?"""
-
-
-@dataclass
-class FollowUp:
-    id: str
-    kind: str
-    delivery_id: str
-    phase: str
-    due_at: float
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def steps(self) -> dict[str, Any]:
-        steps: dict[str, Any] = self.data.setdefault("steps", {})
-        return steps
 
 
 class FollowUpStore:
@@ -80,47 +50,27 @@ class FollowUpStore:
     def schedule_slas(self, settings: Settings, now: float) -> int:
         """A row for every delivered lead of an SLA segment that has none yet; returns how many."""
         longest = max(max(r.owner_after, r.escalate_after or 0) for r in settings.sla.values())
-        args = {"since": now - longest - 86400, "segments": json.dumps(sorted(settings.sla))}
-        found = self.ledger.db.execute(_NEW_SLAS, args).fetchall()
-        rows = [(delivery_id, received, segment, self.ledger.steps(delivery_id)) for delivery_id, received, segment in found]
-        if not rows:
+        found = self.ledger.new_sla_leads(now - longest - 86400, sorted(settings.sla))
+        if not found:
             return 0  # the usual loop: a read, no write lock
-        with self.ledger.exclusive():
-            for delivery_id, received, segment, steps in rows:
-                rule = settings.sla[segment]
-                data = sla_data(settings, segment, float(received), steps)
-                data["owner_due"] = float(received) + rule.owner_after
-                data["escalate_due"] = float(received) + rule.escalate_after if rule.escalate_after else None
-                insert_row(self.ledger, FollowUp(f"sla:{delivery_id}", "sla", delivery_id, "owner", data["owner_due"], data), now)
-        return len(rows)
+        items = []
+        for delivery_id, received, segment in found:
+            rule = settings.sla[segment]
+            data = sla_data(settings, segment, received, self.ledger.steps(delivery_id))
+            data["owner_due"] = received + rule.owner_after
+            data["escalate_due"] = received + rule.escalate_after if rule.escalate_after else None
+            items.append(FollowUp(f"sla:{delivery_id}", "sla", delivery_id, "owner", data["owner_due"], data))
+        self.ledger.add_followups(items, now)
+        return len(items)
 
     def claim(self, now: float, limit: int = BATCH) -> list[FollowUp]:
         """Due rows nobody holds (or whose holder's lease ran out), leased to this worker at once."""
-        args = (now, now, limit)
-        if not self.ledger.db.execute(_DUE_ROWS, args).fetchone():
-            return []  # the usual loop: a read, no write lock
-        with self.ledger.exclusive():
-            rows = self.ledger.db.execute(_DUE_ROWS, args).fetchall()
-            for row in rows:
-                self.ledger.db.execute(
-                    "UPDATE followups SET lease_owner = ?, lease_until = ? WHERE id = ?",
-                    (self.owner, now + self.lease_seconds, row[0]),
-                )
-        return [FollowUp(r[0], r[1], r[2], r[3], float(r[4]), json.loads(r[5])) for r in rows]
+        return self.ledger.claim_followups(self.owner, now, self.lease_seconds, limit)
 
     def save(self, item: FollowUp, now: float, event: tuple[str, str] | None = None, **columns: Any) -> None:
         """Write the row's data (and columns) if this worker still holds it, with an event in the lead's log."""
-        sets = ", ".join(f"{name} = ?" for name in ["data", "updated_at", *columns])
-        values = [json.dumps(item.data, sort_keys=True, default=str), now, *columns.values()]
-        with self.ledger.exclusive():
-            cursor = self.ledger.db.execute(
-                f"UPDATE followups SET {sets} WHERE id = ? AND lease_owner = ? AND lease_until >= ?",
-                (*values, item.id, self.owner, now),
-            )
-            if cursor.rowcount != 1:
-                raise LeaseLostError(f"follow-up {item.id} is no longer held by this worker")
-            if event is not None:
-                self.ledger.note(item.delivery_id, item.kind, event[0], event[1], now=now)
+        if not self.ledger.save_followup(item, self.owner, now, event, columns):
+            raise LeaseLostError(f"follow-up {item.id} is no longer held by this worker")
 
     def advance(self, item: FollowUp, phase: str, due_at: float, now: float, event: tuple[str, str] | None = None) -> None:
         """On to the row's next deadline; the lease is given up so any worker can take it then."""
@@ -137,8 +87,7 @@ class FollowUpStore:
         self.save(item, now, due_at=due_at, lease_owner=None, lease_until=None)
 
     def drop(self, item: FollowUp) -> None:
-        with self.ledger.exclusive():
-            self.ledger.db.execute("DELETE FROM followups WHERE id = ? AND lease_owner = ?", (item.id, self.owner))
+        self.ledger.drop_followup(item.id, self.owner)
 
     def once(self, item: FollowUp, step: str, action: Callable[[], dict[str, Any]], now: float) -> dict[str, Any] | None:
         """Run an outside action at most once for this row, checkpointed before and after.
@@ -164,15 +113,6 @@ class FollowUpStore:
         item.steps[step] = {**result, "state": "done", "at": now}
         self.save(item, now)
         return dict(item.steps[step])
-
-
-def insert_row(ledger: Ledger, item: FollowUp, now: float) -> None:
-    """A new waiting row (call inside ``ledger.exclusive()``); one that exists already stays as it is."""
-    ledger.db.execute(
-        """INSERT OR IGNORE INTO followups (id, kind, delivery_id, phase, state, due_at, data, updated_at)
-           VALUES (?, ?, ?, ?, 'waiting', ?, ?, ?)""",
-        (item.id, item.kind, item.delivery_id, item.phase, item.due_at, json.dumps(item.data, sort_keys=True), now),
-    )
 
 
 def sla_data(settings: Settings, segment: str, received: float, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -203,31 +143,15 @@ def stage_entered(ledger: Ledger, deal_id: str, stage: str, now: float) -> None:
 
     Called from bridge/crm_events.py inside its transaction; a few local writes, no call.
     """
-    known = ledger.db.execute(
-        "SELECT delivery_id, contact_id FROM deals WHERE record_id = ? AND object_type = 'deals'", (deal_id,)
-    ).fetchone()
-    if known is None:
+    origin = ledger.deal_origin(deal_id)
+    if origin is None:
         return
-    delivery_id, contact_id = str(known[0]), str(known[1])
-    with ledger.exclusive():
-        waiting = ledger.db.execute(
-            """SELECT id, json_extract(data, '$.stage') FROM followups
-               WHERE delivery_id = ? AND kind = 'stage' AND state = 'waiting' AND json_extract(data, '$.deal_id') = ?""",
-            (delivery_id, deal_id),
-        ).fetchall()
-        if any(old_stage == stage for _, old_stage in waiting):
-            return  # the same stage again (a repeated report): the first entry's clock stands
-        for row_id, old_stage in waiting:
-            reason = f"the deal moved from {old_stage} to {stage or 'another stage'}"
-            ledger.db.execute(
-                "UPDATE followups SET state = 'cancelled', reason = ?, updated_at = ? WHERE id = ?", (reason, now, row_id)
-            )
-            ledger.note(delivery_id, "stage", "cancelled", f"deal {deal_id}: {reason}", now=now)
-        if stage:
-            data = {"deal_id": deal_id, "contact_id": contact_id, "stage": stage, "entered_at": now, "steps": {}}
-            insert_row(
-                ledger, FollowUp(f"stage:{deal_id}:{stage}:{int(now * 1000)}", "stage", delivery_id, "entered", now, data), now
-            )
+    delivery_id, contact_id = origin
+    entry = None
+    if stage:
+        data = {"deal_id": deal_id, "contact_id": contact_id, "stage": stage, "entered_at": now, "steps": {}}
+        entry = FollowUp(f"stage:{deal_id}:{stage}:{int(now * 1000)}", "stage", delivery_id, "entered", now, data)
+    ledger.enter_stage_followup(delivery_id, deal_id, stage, entry, now)
 
 
 class FollowUps:
@@ -361,17 +285,9 @@ def run_due_followups(settings: Settings, ledger: Ledger, crm: CRM, notifier: No
 # -- `leadbridge show` ---------------------------------------------------------------
 
 
-def followup_rows(ledger: Ledger, delivery_id: str) -> list[dict[str, Any]]:
-    rows = ledger.db.execute(
-        "SELECT id, kind, phase, state, due_at, data, reason FROM followups WHERE delivery_id = ? ORDER BY id", (delivery_id,)
-    ).fetchall()
-    keys = ("id", "kind", "phase", "state", "due_at", "data", "reason")
-    return [{**dict(zip(keys, row, strict=True)), "data": json.loads(row[5])} for row in rows]
-
-
 def followup_lines(ledger: Ledger, delivery_id: str) -> Iterator[str]:
     """One line per follow-up of this delivery: its state, deadlines and what was done."""
-    for row in followup_rows(ledger, delivery_id):
+    for row in ledger.followups_of(delivery_id):
         data, state = row["data"], row["state"]
         status = f"waiting ({row['phase']} due {_iso(row['due_at'])})" if state == "waiting" else state
         if row["kind"] == "sla":

@@ -3,8 +3,9 @@
 It is the source of truth. Intake writes a delivery (unique per source and idempotency
 key) before the sender gets its 200; workers claim due deliveries under a lease, record
 each step's result before starting the next, and finish them in one of a closed set of
-states. Everything SQL lives in this module, so a second backend (PostgreSQL) can
-replace it behind the same methods.
+states. Everything SQL lives in the ledger modules (this one, ledger_base, ledger_crm,
+ledger_followups, ledger_retention): the rest of the code calls named Ledger methods, so a
+second backend (PostgreSQL) can replace them behind the same methods.
 
 Writes use ``BEGIN IMMEDIATE`` so that two processes never both decide to claim the
 same row; connections are per thread because sqlite3 connections are not shareable.
@@ -29,6 +30,9 @@ from sqlite_utils.migrations import Migrations
 
 from .errors import LeadbridgeError
 from .groupcommit import GroupCommit, IntakeFirst, begin_immediate
+from .ledger_crm import CrmLedger
+from .ledger_followups import FollowUpLedger
+from .ledger_retention import RetentionLedger
 
 
 class Status(StrEnum):
@@ -372,7 +376,7 @@ WORKER_MAX_BATCH = 32
 T = TypeVar("T")
 
 
-class Ledger:
+class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
     def __init__(self, path: Path, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
         self.busy_timeout = busy_timeout

@@ -49,11 +49,7 @@ def start_create(ledger: Ledger, delivery_id: str, owner: str, step: str, lease_
 
 
 def may_have_sent(ledger: Ledger, delivery_id: str, step: str) -> bool:
-    row = ledger.db.execute(
-        "SELECT outcome FROM events WHERE delivery_id = ? AND step = ? AND outcome IN (?, ?) ORDER BY id DESC LIMIT 1",
-        [delivery_id, step, SENDING, NOT_SENT],
-    ).fetchone()
-    return row is not None and row[0] == SENDING
+    return ledger.last_outcome(delivery_id, step, among=(SENDING, NOT_SENT)) == SENDING
 
 
 def not_sent(ledger: Ledger, delivery_id: str, step: str, why: str) -> None:

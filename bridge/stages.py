@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from .config import Settings
 from .errors import DeliveryError
 from .ledger import Ledger
+from .ledger_crm import StageCheck
 from .ports import CRM
 
 log = logging.getLogger(__name__)
@@ -59,24 +60,6 @@ def configured_closed(settings: Settings) -> set[str]:
     return stages
 
 
-def stored_stages(ledger: Ledger, object_type: str = "deals") -> dict[str, bool]:
-    """The ledger's copy of HubSpot's stages (a local read: what the webhook handler uses)."""
-    rows = ledger.db.execute("SELECT stage, closed FROM crm_stages WHERE object_type = ?", (object_type,)).fetchall()
-    return {str(stage): bool(closed) for stage, closed in rows}
-
-
-def store_stages(ledger: Ledger, pipelines: Mapping[str, Mapping[str, bool]], now: float, object_type: str = "deals") -> None:
-    rows = [
-        (object_type, stage, pipeline, int(closed), now)
-        for pipeline, stages in pipelines.items()
-        for stage, closed in stages.items()
-    ]
-    with ledger.exclusive():
-        conn = ledger.db.conn
-        conn.execute("DELETE FROM crm_stages WHERE object_type = ?", (object_type,))
-        conn.executemany("INSERT OR REPLACE INTO crm_stages VALUES (?, ?, ?, ?, ?)", rows)
-
-
 class StageCache:
     """HubSpot's deal stages for one worker: in memory for an hour, refreshed on an unknown stage."""
 
@@ -98,7 +81,7 @@ class StageCache:
             self._refresh(now)
         if self.known is None:
             # Never read here: another worker's copy in the ledger, else the configured list alone.
-            return ClosedStages(self.configured, stored_stages(self.ledger))
+            return ClosedStages(self.configured, self.ledger.deal_stages())
         return ClosedStages(self.configured, self.known)
 
     def _refresh(self, now: float) -> None:
@@ -110,7 +93,7 @@ class StageCache:
             return
         self.known = {stage: closed for stages in pipelines.values() for stage, closed in stages.items()}
         self.fetched_at = now
-        store_stages(self.ledger, pipelines, now)
+        self.ledger.store_deal_stages(pipelines, now)
 
 
 def recheck_stages(ledger: Ledger, cache: StageCache) -> int:
@@ -119,24 +102,15 @@ def recheck_stages(ledger: Ledger, cache: StageCache) -> int:
     A stage HubSpot's pipelines now name decides the deal (closed or open again); one they
     still do not name, after a successful read, keeps what ``deals.closed_stages`` decided.
     """
-    rows = ledger.db.execute("SELECT record_id, stage, at FROM crm_stage_checks").fetchall()
-    if not rows:
+    checks = ledger.stage_checks()
+    if not checks:
         return 0
-    view = cache.view(str(stage) for _, stage, _ in rows)
-    now = cache.clock()
-    settled = 0
-    with ledger.exclusive():
-        conn = ledger.db.conn
-        for record_id, stage, at in rows:
-            if view.knows(stage):
-                closed = view.closed(stage)
-                conn.execute(
-                    """UPDATE deals SET closed_at = CASE WHEN ? THEN COALESCE(closed_at, ?) ELSE NULL END
-                       WHERE record_id = ? AND stage = ?""",
-                    (closed, now, record_id, stage),
-                )
-            elif cache.fetched_at is None or cache.fetched_at < at:
-                continue  # not read since: try again later
-            conn.execute("DELETE FROM crm_stage_checks WHERE record_id = ? AND stage = ?", (record_id, stage))
-            settled += 1
-    return settled
+    view = cache.view(check.stage for check in checks)
+    settled: list[tuple[StageCheck, bool | None]] = []
+    for check in checks:
+        if view.knows(check.stage):
+            settled.append((check, view.closed(check.stage)))
+        elif cache.fetched_at is not None and cache.fetched_at >= check.at:
+            settled.append((check, None))  # read since and still not named; not read since: later
+    ledger.settle_stage_checks(settled, cache.clock())
+    return len(settled)
