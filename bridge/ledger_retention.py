@@ -140,7 +140,9 @@ def _deliveries_of(conn: sqlite3.Connection, keys: Sequence[str], body_needles: 
     ids = {row[0] for row in conn.execute(f"SELECT delivery_id FROM person_keys WHERE key IN ({marks(keys)})", keys)}
     for needle in body_needles:
         ids.update(
-            row[0] for row in conn.execute("SELECT id FROM deliveries WHERE instr(lower(CAST(body AS TEXT)), ?) > 0", (needle,))
+            # Both sides lower-cased: a URL-encoded needle has upper-case hex (%2B, %40).
+            row[0]
+            for row in conn.execute("SELECT id FROM deliveries WHERE instr(lower(CAST(body AS TEXT)), ?) > 0", (needle.lower(),))
         )
     return sorted(ids)
 

@@ -79,6 +79,28 @@ def test_forget_erases_a_person_from_the_ledger_file_and_keeps_everyone_else(
     assert again.exit_code == 0 and "nothing to remove" in again.output
 
 
+def test_forget_finds_an_email_a_form_post_url_encoded_in_a_delivery_with_no_keys(
+    ledger: Ledger, settings: Settings, tmp_path: Path, config_data: dict[str, Any]
+) -> None:
+    # As a browser encodes it: '+' and '@' become %2B and %40; a refused delivery has no keys.
+    email = "jane+roofs@acme-roofing.com"
+    body = b"your-name=Jane&your-email=jane%2Broofs%40acme-roofing.com&your-message=Leak"
+    delivery_id, _ = ledger.accept(
+        source="wordpress",
+        idem_key="cf7-encoded-1",
+        body=body,
+        content_type="application/x-www-form-urlencoded",
+        headers={},
+        config_version="v",
+        person_keys=[],
+    )
+    result = cli(settings, tmp_path, config_data, "forget", email)
+    assert result.exit_code == 0, result.output
+    assert "forgot: 1 deliver" in result.output
+    assert ledger.get(delivery_id) is None
+    assert b"jane%2Broofs%40acme-roofing.com" not in file_bytes(settings)
+
+
 def test_purge_empties_finished_deliveries_and_never_touches_unfinished_ones(
     intake: str, sandbox: Sandbox, worker: Worker, ledger: Ledger, settings: Settings, tmp_path: Path, config_data: dict[str, Any]
 ) -> None:
