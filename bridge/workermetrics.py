@@ -77,18 +77,15 @@ FIRST_TOUCH_KEPT = Counter(
     registry=REGISTRY,
 )
 # The methods that reach the vendor; the others (planned, record_url) are pure.
-CALLING = {
-    "crm": {
-        "upsert_contacts",
-        "lookup_contact",
-        "lookup_contacts",
-        "create_record",
-        "create_records",
-        "owner_id_for_email",
-        "owner_active",
-    },
-    "notifier": {"notify", "post_digest", "user_id_for_email", "post_ops"},
-}
+# Every method of a port calls its vendor except these, which only compute.
+LOCAL = {"crm": {"planned", "record_url"}, "notifier": set()}
+
+
+def vendor_calling(port: type, local: set[str]) -> frozenset[str]:
+    return frozenset(name for name in vars(port) if not name.startswith("_") and callable(getattr(port, name))) - local
+
+
+CALLING = {"crm": vendor_calling(CRM, LOCAL["crm"]), "notifier": vendor_calling(Notifier, LOCAL["notifier"])}
 
 _served: set[int] = set()
 _serving = threading.Lock()

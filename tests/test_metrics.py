@@ -212,6 +212,14 @@ def test_a_worker_serves_its_own_call_counts_on_its_metrics_port(
         wait_until(delivered, time.monotonic() + BOOT_SECONDS, "the worker to count the delivery", proc)
         samples = scrape(worker_url)
         calls = named(samples, "leadbridge_worker_calls_total")
+        # A second lead, Slack unhindered: posted first, then updated with its deal link.
+        assert post_typeform(url, lead(2)).status_code == 200
+
+        def updated() -> bool:
+            later = named(scrape(worker_url), "leadbridge_worker_calls_total")
+            return later.get((("method", "update"), ("outcome", "ok"), ("port", "notifier"))) == 1
+
+        wait_until(updated, time.monotonic() + BOOT_SECONDS, "the worker to count the Slack update", proc)
     # HubSpot requests by endpoint and status, 429s by vendor and policy, retries, step times.
     requests_made = named(samples, "leadbridge_hubspot_requests_total")
     assert requests_made[(("endpoint", "BatchApi.upsert"), ("status", "200"))] == 1
