@@ -1,5 +1,6 @@
-"""Admin commands: `leadbridge doctor` (the config against the live accounts), and the
-two that erase data, `leadbridge purge` and `leadbridge forget`.
+"""Admin commands: `leadbridge doctor` (the config against the live accounts), `leadbridge
+migrate` (the ledger's schema, explicitly), and the two that erase data, `leadbridge purge`
+and `leadbridge forget`.
 
 Registered on the main command group by bridge/cli.py, apart from the everyday commands.
 """
@@ -11,6 +12,7 @@ import json
 import click
 
 from . import cli
+from .ledger import Ledger, migration_state
 from .ledger_retention import BusyPersonError, Removed
 from .retention import forget, person_keys, purge
 
@@ -24,6 +26,37 @@ def _report(removed: Removed, as_json: bool, what: str) -> None:
     click.echo(f"{what}: {counts or 'nothing to remove'}")
     if not removed.file_clean:
         click.echo("note: another process had the ledger open, so old copies may stay in its WAL until the next checkpoint")
+
+
+@click.command("migrate")
+@cli.config_option
+@click.option("--check", is_flag=True, help="Only say what is pending; change nothing (exit 1 if anything is).")
+@click.option("--json", "as_json", is_flag=True)
+def migrate_command(config_file: str | None, check: bool, as_json: bool) -> None:
+    """Bring the ledger's schema up to date, under its write lock.
+
+    Every command that opens the ledger does this anyway; run it on its own before a
+    rolling upgrade, or with --check in a deploy pipeline.
+
+    Example: leadbridge migrate --check
+    """
+    settings = cli._settings(config_file)
+    path = settings.ledger.path
+    applied, pending = migration_state(path)
+    ran: list[str] = []
+    if pending and not check:
+        Ledger(path, settings.ledger.busy_timeout_seconds)  # applies them; another process may have meanwhile
+        after, pending = migration_state(path)
+        ran = [name for name in after if name not in applied]
+        applied = after
+    if as_json:
+        click.echo(json.dumps({"applied": applied, "pending": pending, "ran": ran}))
+    else:
+        for name in ran:
+            click.echo(f"applied {name}")
+        click.echo(f"{len(pending)} pending: {', '.join(pending)}" if pending else f"up to date ({len(applied)} migrations)")
+    if pending:
+        raise SystemExit(1)
 
 
 @click.command("purge")

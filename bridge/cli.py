@@ -742,9 +742,10 @@ def replay_succeeded(outcome: str) -> bool:
 
 def _register_admin_commands() -> None:
     # Imported late: bridge/admin.py builds its commands from this module's helpers.
-    from .admin import doctor_command, forget_command, purge_command
+    from .admin import doctor_command, forget_command, migrate_command, purge_command
 
     main.add_command(doctor_command)
+    main.add_command(migrate_command)
     main.add_command(purge_command)
     main.add_command(forget_command)
 

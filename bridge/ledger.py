@@ -371,6 +371,19 @@ def m010_crm_poll(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS crm_deal_versions (record_id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL)")
 
 
+def migration_state(path: Path) -> tuple[list[str], list[str]]:
+    """(applied, pending) migration names of the ledger at ``path``, in order, without writing
+    anything (a missing file has every migration pending). Opening a ``Ledger`` applies them."""
+    if not Path(path).exists():
+        return [], [m.name for m in migrations.pending(sqlite_utils.Database(memory=True))]
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        db = sqlite_utils.Database(conn)
+        return [m.name for m in migrations.applied(db)], [m.name for m in migrations.pending(db)]
+    finally:
+        conn.close()
+
+
 WORKER_POLL_SECONDS = 0.003
 WORKER_MAX_BATCH = 32
 T = TypeVar("T")

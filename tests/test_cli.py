@@ -167,3 +167,20 @@ def test_try_reads_a_json_sample_by_content_and_names_what_the_sample_lacks(conf
     assert "utm_campaign: the sample has no hidden.utm_campaign" in absent
     assert "custom.first_utm_campaign: the sample has no hidden.utm_campaign" in absent
     assert not any(line.startswith("email:") for line in absent)
+
+
+def test_migrate_check_names_what_is_pending_and_migrate_applies_it(config: str, config_data: dict[str, Any]) -> None:
+    path = Path(config_data["ledger"]["path"])
+    assert not path.exists()
+    pending = run("migrate", "--config", config, "--check", "--json")
+    assert pending.exit_code == 1
+    names = json.loads(pending.output)["pending"]
+    assert names and json.loads(pending.output)["applied"] == [] and not path.exists()  # --check writes nothing
+
+    done = run("migrate", "--config", config, "--json")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output) == {"applied": names, "pending": [], "ran": names}
+    again = run("migrate", "--config", config, "--check")
+    assert again.exit_code == 0 and again.output.strip() == f"up to date ({len(names)} migrations)"
+    Ledger(path).counts()  # a ledger opened after migrate finds nothing left to do
+    assert run("migrate", "--config", config, "--json").output.strip().endswith('"ran": []}')
