@@ -43,6 +43,11 @@ from bridge.workermetrics import record_rate_limited
 
 # Errors that retrying may fix; anything else (bad channel, bad token) needs a person.
 TRANSIENT = {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+# Of those, the ones after which Slack says "it's possible some aspect of the operation
+# succeeded" (its method docs), and the statuses a gateway gives for work it may have passed
+# on: the post may exist, so a retry looks for it before posting again.
+MAYBE_APPLIED = {"internal_error", "fatal_error"}
+MAYBE_APPLIED_STATUSES = {500, 502, 504}
 # Block Kit limits (sources.md §4.2).
 SECTION_LIMIT, HEADER_LIMIT, MAX_FIELDS, MAX_BLOCKS = 3000, 150, 10, 50
 # Below Block Kit's own 2,000 per field: all blocks together must stay under ~12,000
@@ -244,6 +249,8 @@ def _translate(exc: SlackApiError) -> RetriableError | PermanentError:
         record_rate_limited("slack", error or "429")
         # Throttled, not failed: the delivery waits and keeps its attempt.
         return ThrottledError(f"Slack {status} {error}".strip(), retry_after=retry_after)
+    if error in MAYBE_APPLIED or status in MAYBE_APPLIED_STATUSES:
+        return UnansweredError(f"Slack {status} {error} (may have been applied)".strip(), retry_after=retry_after)
     if status >= 500 or error in TRANSIENT:
         return RetriableError(f"Slack {status} {error}".strip(), retry_after=retry_after)
     return PermanentError(f"Slack {status} {error}".strip())

@@ -32,8 +32,10 @@ ASSOCIATIONS = "/crm/v4/objects/contacts/"
 HISTORY = "/api/conversations.history"
 
 
-def drop_answer(sandbox: Sandbox, path: str, *, method: str = "POST", exact: bool = True, times: int = 1) -> None:
-    spec = {"path": path, "method": method, "exact": exact, "times": times}
+def drop_answer(
+    sandbox: Sandbox, path: str, *, method: str = "POST", exact: bool = True, times: int = 1, instead: Any = None
+) -> None:
+    spec = {"path": path, "method": method, "exact": exact, "times": times, "instead": instead}
     requests.post(f"{sandbox.url}/__sandbox/drop_answers", json=spec, timeout=5).raise_for_status()
 
 
@@ -121,6 +123,41 @@ def test_a_create_whose_answer_was_dropped_ends_with_exactly_one(
     if kind in ("deals", "contacts") and path.endswith(kind):
         assert requests_to(sandbox, path) == [201, 409]  # the retry met its own first create
         assert "New contact" in json.dumps(message["blocks"])  # the phone-only contact is still new
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param({"status": 200, "body": {"ok": False, "error": "fatal_error"}}, id="fatal_error"),
+        pytest.param({"status": 502, "body": {"ok": False, "error": "bad_gateway"}}, id="502"),
+    ],
+)
+def test_a_slack_post_answered_with_an_error_that_may_have_posted_is_looked_up_not_repeated(
+    config_data: dict[str, Any], sandbox: Sandbox, intake: str, answer: dict[str, Any]
+) -> None:
+    # Slack: fatal_error means "it's possible some aspect of the operation succeeded".
+    settings = settings_from_dict(config_data, ROOT)
+    ledger = Ledger(settings.ledger.path)
+    drop_answer(sandbox, "/api/chat.postMessage", instead=answer)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    Worker(settings, ledger).drain(timeout=60)
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    assert len(requests_to(sandbox, "/api/chat.postMessage")) == 1  # never posted again
+    assert requests_to(sandbox, HISTORY) == [200]  # found by its metadata instead
+    (message,) = sandbox.state()["messages"]
+    assert "Open deal" in json.dumps(message["blocks"])
+
+
+def test_a_slack_error_that_posted_nothing_is_retried_without_a_lookup(
+    config_data: dict[str, Any], sandbox: Sandbox, intake: str
+) -> None:
+    settings = settings_from_dict(config_data, ROOT)
+    ledger = Ledger(settings.ledger.path)
+    sandbox.fault(path="/api/chat.postMessage", status=200, body={"ok": False, "error": "service_unavailable"}, times=1)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    Worker(settings, ledger).drain(timeout=60)
+    assert ledger.get(delivery_id).status == Status.DELIVERED
+    assert requests_to(sandbox, HISTORY) == [] and len(sandbox.state()["messages"]) == 1
 
 
 def test_a_worker_killed_after_sending_a_task_finds_that_task_on_retry(

@@ -60,6 +60,9 @@ class AnswerDrop:
     method: str | None
     remaining: int
     exact: bool = False
+    # Instead of closing the connection, answer this (status, JSON body): a vendor that did the
+    # work and then said it failed (Slack's fatal_error: "some aspect of the operation succeeded").
+    instead: tuple[int, Any] | None = None
 
     def matches(self, method: str, path: str) -> bool:
         hit = path == self.path if self.exact else path.startswith(self.path)
@@ -151,15 +154,15 @@ class SandboxState:
                 return fault
         return None
 
-    def take_answer_drop(self, method: str, path: str) -> bool:
-        """Whether this request's answer is to be dropped (counting it against its knob)."""
+    def take_answer_drop(self, method: str, path: str) -> AnswerDrop | None:
+        """The knob that drops (or replaces) this request's answer, counted against it; None if none."""
         for drop in self.answer_drops:
             if drop.matches(method, path):
                 drop.remaining -= 1
                 if drop.remaining <= 0:
                     self.answer_drops.remove(drop)
-                return True
-        return False
+                return drop
+        return None
 
     def rate_limit_remaining(self) -> int:
         now = time.monotonic()
