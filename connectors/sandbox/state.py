@@ -71,7 +71,9 @@ class AnswerDrop:
 
 def default_fault_body(path: str, status: int, policy: str | None) -> dict[str, Any]:
     if path.startswith("/api/"):
-        return {"ok": False, "error": "ratelimited" if status == 429 else "fatal_error"}
+        # As Slack words them: a 503 is the service being down (nothing done); other errors are
+        # fatal_error, which Slack says may have half-succeeded.
+        return {"ok": False, "error": {429: "ratelimited", 503: "service_unavailable"}.get(status, "fatal_error")}
     if status == 429:
         limit = "secondly" if policy == "SECONDLY" else "ten_secondly_rolling"
         return {
