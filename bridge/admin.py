@@ -12,7 +12,7 @@ import json
 import click
 
 from . import cli
-from .ledger import Ledger, migration_state
+from .ledger import migration_state, open_ledger
 from .ledger_retention import BusyPersonError, Removed
 from .retention import forget, person_keys, purge
 
@@ -45,7 +45,7 @@ def migrate_command(config_file: str | None, check: bool, as_json: bool) -> None
     applied, pending = migration_state(path)
     ran: list[str] = []
     if pending and not check:
-        Ledger(path, settings.ledger.busy_timeout_seconds)  # applies them; another process may have meanwhile
+        open_ledger(settings.ledger)  # applies them; another process may have meanwhile
         after, pending = migration_state(path)
         ran = [name for name in after if name not in applied]
         applied = after

@@ -32,7 +32,7 @@ from .errors import (
 from .health import register_health
 from .httpbody import read_body
 from .jsonlog import apply_log_format
-from .ledger import Ledger
+from .ledger import open_ledger
 from .logs import install as install_redaction
 from .logs import settings_secrets
 from .metrics import register_metrics
@@ -49,7 +49,7 @@ class Intake:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.ledger = Ledger(settings.ledger.path, settings.ledger.busy_timeout_seconds)
+        self.ledger = open_ledger(settings.ledger)
         self.kits = load_sources(settings)
         for spec in settings.sources:
             if not spec.secrets():

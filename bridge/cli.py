@@ -25,7 +25,7 @@ import click
 from .config import CONFIG_ENV, Settings, load_settings
 from .errors import BodyTooLargeError, ConfigError, IntakeError
 from .followups import followup_lines
-from .ledger import Ledger, Status
+from .ledger import Ledger, Status, open_ledger
 from .logs import install as install_redaction
 from .pipeline import Pipeline
 from .ports import ContactWrite, build_crm
@@ -268,7 +268,7 @@ def route_(
     ledger_file = settings.ledger.path
     counts = {}
     if ledger_file.exists():
-        ledger = Ledger(ledger_file, settings.ledger.busy_timeout_seconds)
+        ledger = open_ledger(settings.ledger)
         counts = {pool: ledger.assigned_counts(pool) for pool in settings.routing.pools}
     directory = CrmOwners(build_crm(settings)) if resolve else OfflineOwners()
     context = RouteContext(lead=seen.lead, source=source_name, segment=score.segment, existing_owner_id=existing_owner, now=now)
@@ -338,7 +338,7 @@ def worker(config_file: str | None, once: bool) -> None:
         settings = _settings(config_file)
         _require_tokens(settings)
         apply_log_format(settings.logging)
-        w = Worker(settings, Ledger(settings.ledger.path, settings.ledger.busy_timeout_seconds))
+        w = Worker(settings, open_ledger(settings.ledger))
         if once:
             click.echo(f"handled {w.drain()} deliveries")
             return
@@ -578,7 +578,7 @@ def sandbox(
 
 def _ledger(config_file: str | None) -> tuple[Settings, Ledger]:
     settings = _settings(config_file)
-    return settings, Ledger(settings.ledger.path, settings.ledger.busy_timeout_seconds)
+    return settings, open_ledger(settings.ledger)
 
 
 def parse_since(value: str | None, now: float | None = None) -> float | None:

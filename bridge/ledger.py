@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from .config import LedgerSettings
 from .errors import LeadbridgeError
 from .groupcommit import GroupCommit, IntakeFirst, begin_immediate
 from .ledger_crm import CrmLedger
@@ -369,6 +370,11 @@ def m010_crm_poll(db: sqlite_utils.Database) -> None:
     )
     db.execute("CREATE TABLE IF NOT EXISTS crm_stage_checks (record_id TEXT PRIMARY KEY, stage TEXT NOT NULL, at REAL NOT NULL)")
     db.execute("CREATE TABLE IF NOT EXISTS crm_deal_versions (record_id TEXT PRIMARY KEY, at_ms INTEGER NOT NULL)")
+
+
+def open_ledger(settings: LedgerSettings) -> Ledger:
+    """The ledger the config names: the one place a second backend (issue 12) is chosen."""
+    return Ledger(settings.path, settings.busy_timeout_seconds)
 
 
 def migration_state(path: Path) -> tuple[list[str], list[str]]:
