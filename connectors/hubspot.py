@@ -168,12 +168,12 @@ class HubSpotCRM:
     def create_record(self, object_type: str, properties: Mapping[str, str], links: Sequence[Link]) -> str:
         body = self._new(objects.SimplePublicObjectInputForCreate, **self._record_input(properties, links))
         try:
-            created = self._call(self._objects.create, object_type, body)
+            created = self._answer(self._objects.create, object_type, body)
         except objects.ApiException as exc:
             if exc.status == 409 and properties.get(DELIVERY_ID_PROPERTY):
                 return self._created_before(object_type, str(_body(exc).get("message", "")), properties[DELIVERY_ID_PROPERTY])
             raise self._translate(exc) from exc
-        return str(created.id)
+        return str(created["id"])
 
     def _created_before(self, object_type: str, message: str, delivery_id: str) -> str:
         """The record an earlier create of this delivery made: named by the 409, else read by its key."""
@@ -237,7 +237,7 @@ class HubSpotCRM:
         ]
         batch = self._new(objects.BatchInputSimplePublicObjectBatchInputForCreate, inputs=inputs)
         try:
-            response = self._call(self._batch_objects.create, object_type, batch)
+            response = self._answer(self._batch_objects.create, object_type, batch)
         except objects.ApiException as exc:
             if exc.status in (400, 409):
                 # Refused whole for one row (a conflict names only the first, hubspot.md §2):
@@ -247,14 +247,15 @@ class HubSpotCRM:
         except DeliveryError as exc:
             return [exc] * len(records)
         # Results are not in input order (hubspot.md §1): matched by trace id, never by position.
-        created = {str(r.object_write_trace_id): str(r.id) for r in response.results or [] if r.object_write_trace_id}
+        results = response.get("results") or []
+        created = {str(r["objectWriteTraceId"]): str(r["id"]) for r in results if r.get("objectWriteTraceId")}
         failed = {
             trace: self._row_error(object_type, err, records[int(trace[1:])])
-            for err in getattr(response, "errors", None) or []
-            for trace in ((err.context or {}).get("objectWriteTraceId") or [])
+            for err in response.get("errors") or []
+            for trace in ((err.get("context") or {}).get("objectWriteTraceId") or [])
             if re.fullmatch(r"r\d+", str(trace)) and int(trace[1:]) < len(records)
         }
-        if response.results and not created:
+        if results and not created:
             log.warning("HubSpot batch create answered without trace ids; %d %s will be retried", len(records), object_type)
         missing = RetriableError(f"HubSpot returned no result for this {object_type.rstrip('s')}")
         return [created.get(f"r{n}") or failed.get(f"r{n}") or missing for n in range(len(records))]
@@ -265,15 +266,15 @@ class HubSpotCRM:
         except DeliveryError as exc:
             return exc
 
-    def _row_error(self, object_type: str, err: Any, record: NewRecord) -> str | DeliveryError:
+    def _row_error(self, object_type: str, err: dict[str, Any], record: NewRecord) -> str | DeliveryError:
         """A 207 row error; a conflict on this row's own delivery id names the record to reuse."""
         delivery_id = record.properties.get(DELIVERY_ID_PROPERTY)
-        if err.category == "CONFLICT" and delivery_id:
+        if err.get("category") == "CONFLICT" and delivery_id:
             try:
-                return self._created_before(object_type, str(err.message or ""), delivery_id)
+                return self._created_before(object_type, str(err.get("message") or ""), delivery_id)
             except DeliveryError as exc:
                 return exc
-        return _batch_error(err)
+        return _batch_error(err.get("category"), err.get("message"))
 
     def owner_id_for_email(self, email: str) -> str | None:
         """Resolved once per process and cached (owners change rarely; a restart refreshes)."""
@@ -508,7 +509,7 @@ class HubSpotCRM:
             for w in writes
         ]
         try:
-            response = self._call(self._batch.upsert, self._new(BatchInputSimplePublicObjectBatchInputUpsert, inputs=inputs))
+            response = self._answer(self._batch.upsert, self._new(BatchInputSimplePublicObjectBatchInputUpsert, inputs=inputs))
         except ApiException as exc:
             if exc.status == 409 and len(writes) == 1:
                 try:
@@ -524,17 +525,17 @@ class HubSpotCRM:
         except DeliveryError as exc:
             return {w.trace_id: exc for w in writes}
         # Results are not in input order (hubspot.md §1): match by lowercased email.
-        found = {str((r.properties or {}).get("email", "")).lower(): r for r in response.results or []}
+        found = {str((r.get("properties") or {}).get("email", "")).lower(): r for r in response.get("results") or []}
         failed = {
-            trace: _batch_error(err)
-            for err in getattr(response, "errors", None) or []
-            for trace in ((err.context or {}).get("objectWriteTraceId") or [])
+            trace: _batch_error(err.get("category"), err.get("message"))
+            for err in response.get("errors") or []
+            for trace in ((err.get("context") or {}).get("objectWriteTraceId") or [])
         }
         results: dict[str, ContactResult | DeliveryError] = {}
         for w in writes:
             hit = found.get(str(w.lead.email))
             if hit is not None:
-                results[w.trace_id] = self._result(str(hit.id), bool(hit.new))
+                results[w.trace_id] = self._result(str(hit["id"]), bool(hit.get("new")))
             else:
                 results[w.trace_id] = failed.get(w.trace_id) or RetriableError("HubSpot returned no result for this contact")
         return results
@@ -543,9 +544,9 @@ class HubSpotCRM:
         props = plan.properties
         if plan.contact_id:
             try:
-                updated = self._call(self._basic.update, plan.contact_id, self._new(SimplePublicObjectInput, properties=props))
+                updated = self._answer(self._basic.update, plan.contact_id, self._new(SimplePublicObjectInput, properties=props))
                 # A merged-away id is answered by the surviving contact, under the survivor's id.
-                answered = str(getattr(updated, "id", None) or plan.contact_id)
+                answered = str(updated.get("id") or plan.contact_id)
                 return self._result(answered, False, merged_from=plan.contact_id if answered != plan.contact_id else None)
             except ApiException as exc:
                 if exc.status == 409:
@@ -633,7 +634,7 @@ class HubSpotCRM:
         # Only "not found" means new: any other row error would make a known contact look new.
         other = [err for err in getattr(response, "errors", None) or [] if err.category != "OBJECT_NOT_FOUND"]
         if other:
-            raise _batch_error(other[0])
+            raise _batch_error(other[0].category, other[0].message)
         snapshots: dict[str, Snapshot] = {}
         # Results are not in input order (hubspot.md §1): match by lowercased email or by id.
         for hit in response.results or []:
@@ -695,6 +696,22 @@ class HubSpotCRM:
                 raise RetriableError(f"HubSpot unreachable ({type(exc).__name__})") from exc
             # Sent, then nothing came back (a dropped connection, a read timeout): maybe applied.
             raise UnansweredError(f"HubSpot did not answer ({type(exc).__name__})") from exc
+
+    def _answer(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """``_call``, its answer read as plain JSON instead of SDK models: for the calls every lead
+        makes (contact upsert and update, record creates), of whose answers we read a few fields.
+        The SDK turns each ``createdAt``/``updatedAt`` into a datetime with dateutil's generic
+        parser and every object into a model: a sixth of a draining worker's CPU."""
+        raw = self._call(fn, *args, _preload_content=False, **kwargs)
+        try:
+            data = json.loads(raw.data or b"{}")
+        except urllib3.exceptions.HTTPError as exc:  # the body is read here, after _call: the same as no answer
+            raise UnansweredError(f"HubSpot did not answer ({type(exc).__name__})") from exc
+        except ValueError as exc:
+            raise UnansweredError("HubSpot answered with a body that is not JSON") from exc
+        finally:
+            raw.release_conn()
+        return data if isinstance(data, dict) else {}
 
     def _paced(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One HTTP request inside the shared call budget, which HubSpot's answer then corrects."""
@@ -776,9 +793,9 @@ def _body(exc: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _batch_error(err: Any) -> DeliveryError:
-    message = redact(f"HubSpot {err.category or 'error'}: {err.message}")
-    if err.category in {"RATE_LIMITS", "INTERNAL_ERROR", "LOCKED"}:
+def _batch_error(category: str | None, detail: str | None) -> DeliveryError:
+    message = redact(f"HubSpot {category or 'error'}: {detail}")
+    if category in {"RATE_LIMITS", "INTERNAL_ERROR", "LOCKED"}:
         return RetriableError(message)
     return PermanentError(message)
 
