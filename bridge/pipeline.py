@@ -84,12 +84,12 @@ class Pipeline:
         except LeaseLostError:
             raise
         except DeliveryError as exc:
-            self.sales.settle(run)  # what finished before the failure keeps its checkpoint
+            self._settle(run)
             return self._failed(delivery, owner, attempt, exc.step or step, exc)
         except Exception as exc:  # a bug or an untranslated vendor error: keep the lead, retry later
             # Where, not what: an exception's message can quote lead data, which never goes in logs.
             log.error("delivery %s: unexpected %s at %s", delivery.id, type(exc).__name__, where(exc))
-            self.sales.settle(run)
+            self._settle(run)
             return self._failed(delivery, owner, attempt, step, RetriableError(f"unexpected {type(exc).__name__}"))
         if verdict is not None:  # only a test lead gets this far with a verdict
             ledger.finish(delivery.id, owner, Status.TEST, verdict[1], "finish")
@@ -114,6 +114,15 @@ class Pipeline:
         problems = seen.result.problems
         ledger.record_step(delivery.id, owner, "validate", {"ok": True, "problems": problems}, "; ".join(problems))
         return attempt
+
+    def _settle(self, run: Run) -> None:
+        """Before a retry is scheduled, what finished before the failure keeps its checkpoint."""
+        try:
+            self.sales.settle(run)
+        except LeaseLostError:
+            raise
+        except Exception as exc:  # as if the worker had stopped here: the retry finds what was sent
+            log.error("delivery %s: checkpoints not written before the retry: %s", run.lead_id, type(exc).__name__)
 
     def _notify_test(self, run: Run, channel: str | None) -> None:
         """A test lead reaches nobody but the source's test channel, if it has one."""
