@@ -27,10 +27,19 @@ class Failed:
     error: BaseException
 
 
+def _held() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass
 class _Slot(Generic[T]):
     item: T
-    wake: threading.Event = field(default_factory=threading.Event)
+    # Released once, to wake the thread: with the lead handed to it, or with its outcome. A bare
+    # lock, not an Event: every write of a worker makes one, and an Event is a Condition, a lock
+    # and Python-level waiting (8 % of a draining worker's CPU went into them).
+    wake: threading.Lock = field(default_factory=_held)
     leads: bool = False
     done: bool = False
     outcome: Any = None
@@ -67,15 +76,15 @@ class Batcher(Generic[T, R]):
             elif len(self._queue) >= self._capacity():
                 self._lock.notify_all()  # a lingering leader has a full batch: go now
         if not slot.leads:
-            slot.wake.wait()
+            slot.wake.acquire()
         if not slot.done:  # leading this batch (first, or handed the lead)
-            self._lead()
+            self._lead(slot)
         if isinstance(slot.outcome, Failed):
             raise slot.outcome.error
         outcome: R = slot.outcome
         return outcome
 
-    def _lead(self) -> None:
+    def _lead(self, own: _Slot[T]) -> None:
         try:
             linger = self._linger()
         except Exception:  # a broken linger rule must not strand the threads queued behind us
@@ -95,10 +104,11 @@ class Batcher(Generic[T, R]):
             outcomes = [Failed(exc)] * len(batch)
         for slot, outcome in zip(batch, outcomes, strict=True):
             slot.outcome, slot.done = outcome, True
-            slot.wake.set()
+            if slot is not own:  # the leader is awake (and was woken already, if handed the lead)
+                slot.wake.release()
         with self._lock:
             if self._queue:
                 self._queue[0].leads = True
-                self._queue[0].wake.set()
+                self._queue[0].wake.release()
             else:
                 self._busy = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import phonenumbers
@@ -150,23 +151,29 @@ def normalise_email(raw: str, problems: list[str]) -> str | None:
 
 
 def normalise_phone(raw: str, region: str, problems: list[str]) -> str | None:
-    try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException:
-        problems.append("phone is not a phone number")
-        return None
-    if not phonenumbers.is_valid_number(number):
-        problems.append(f"phone is not a valid number for its region (default region {region})")
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164, problem, _ = _read_phone(raw, region)
+    if problem:
+        problems.append(problem)
+    return e164
 
 
 def phone_extension(raw: str, region: str) -> str | None:
     """The extension of a number as typed ("(415) 823-4419 ext. 22" -> "22"), or None."""
+    return _read_phone(raw, region)[2]
+
+
+@lru_cache(maxsize=1024)
+def _read_phone(raw: str, region: str) -> tuple[str | None, str | None, str | None]:
+    """(E.164 or None, the problem, the extension) of a number as typed: one parse for both
+    callers (phonenumbers compiles its patterns again on every parse)."""
     try:
-        return phonenumbers.parse(raw, region).extension or None
+        number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException:
-        return None
+        return None, "phone is not a phone number", None
+    extension = number.extension or None
+    if not phonenumbers.is_valid_number(number):
+        return None, f"phone is not a valid number for its region (default region {region})", extension
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None, extension
 
 
 def _timestamp(raw: str, problems: list[str]) -> datetime | None:

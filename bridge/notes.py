@@ -75,10 +75,12 @@ def _lead_rows(lead: Lead) -> Iterable[tuple[str, Any]]:
 
 def _other_answers(mapping: Mapping, flat: dict[str, Any], include_meta: bool) -> Iterable[tuple[str, Any]]:
     read = mapping.read_keys()
+    # Every "a" of a read key "a.b": a key among them has parts that were read.
+    wholes = {other[:dot] for other in read for dot, ch in enumerate(other) if ch == "."}
     for key, value in flat.items():
         if key in read and key not in mapping.labels:
             continue
-        if any(other.startswith(f"{key}.") for other in read) or key.rpartition(".")[0] in read:
+        if key in wholes or key.rpartition(".")[0] in read:
             continue  # the whole or the parts of a multi-input field already read (Gravity's "1", "6.1")
         if not include_meta and (key.lower() in BOOKKEEPING or META_KEY.search(key)):
             continue

@@ -64,17 +64,19 @@ class Pipeline:
         verdict = screen(seen)
         if verdict and verdict[0] != Status.TEST:
             return self._end_early(delivery, owner, *verdict)
-        lead = seen.lead
-        if not ledger.lock_person(delivery.id, owner, lead.person_keys()):
+        # The person's lock, the attempt and what the delivery says: one transaction, not five
+        # (nothing outside is touched in between; each commit costs the worker CPU and an fsync).
+        attempt = ledger.atomically(lambda: self._begin(delivery, owner, seen))
+        if attempt is None:
             delay = self.settings.worker.person_busy_delay_seconds
             ledger.defer(delivery.id, owner, time.time() + delay, "another delivery of this person is in progress")
             return "deferred"
-        attempt = self._begin(delivery, owner, seen)
         # A test lead is still counted and recorded; it may go to the source's test channel.
         test = verdict is not None
         step = "notify" if test else "contact"
+        run = Run(delivery, owner, seen, {}, lease_until=delivery.lease_until or 0.0)
         try:
-            run = Run(delivery, owner, seen, ledger.steps(delivery.id), lease_until=delivery.lease_until or 0.0)
+            run.done = ledger.steps(delivery.id)
             if test:
                 self._notify_test(run, kit.spec.test_channel)
             else:
@@ -82,29 +84,45 @@ class Pipeline:
         except LeaseLostError:
             raise
         except DeliveryError as exc:
+            self._settle(run)
             return self._failed(delivery, owner, attempt, exc.step or step, exc)
         except Exception as exc:  # a bug or an untranslated vendor error: keep the lead, retry later
             # Where, not what: an exception's message can quote lead data, which never goes in logs.
             log.error("delivery %s: unexpected %s at %s", delivery.id, type(exc).__name__, where(exc))
+            self._settle(run)
             return self._failed(delivery, owner, attempt, step, RetriableError(f"unexpected {type(exc).__name__}"))
         if verdict is not None:  # only a test lead gets this far with a verdict
             ledger.finish(delivery.id, owner, Status.TEST, verdict[1], "finish")
             return Status.TEST
-        ledger.finish(delivery.id, owner, Status.DELIVERED, None, "finish")
+        # The last step's checkpoint and the finish: one commit.
+        self.sales.settle(run, then=lambda: ledger.finish(delivery.id, owner, Status.DELIVERED, None, "finish"))
         log.info("delivery %s delivered (contact %s)", delivery.id, contact.contact_id)
         return Status.DELIVERED
 
-    def _begin(self, delivery: Delivery, owner: str, seen: Interpretation) -> int:
-        """Count the attempt and record what the delivery says, before any side effect."""
+    def _begin(self, delivery: Delivery, owner: str, seen: Interpretation) -> int | None:
+        """Take the person, count the attempt and record what the delivery says, before any side
+        effect; None (the person's keys recorded, nothing else) while the person is busy."""
         ledger, lead = self.ledger, seen.lead
+        mapped = {"lead": lead.model_dump(mode="json", exclude_defaults=True)}
+        if not ledger.lock_person(delivery.id, owner, lead.person_keys()):
+            return None
         attempt = ledger.begin_attempt(delivery.id, owner)
-        ledger.record_step(delivery.id, owner, "map", {"lead": lead.model_dump(mode="json", exclude_defaults=True)})
+        ledger.record_step(delivery.id, owner, "map", mapped)
         if lead.consent and attempt == 1:
             # Consent evidence goes in the append-only log, where an audit can find it.
             ledger.note(delivery.id, "consent", "recorded", json.dumps(lead.consent, sort_keys=True))
         problems = seen.result.problems
         ledger.record_step(delivery.id, owner, "validate", {"ok": True, "problems": problems}, "; ".join(problems))
         return attempt
+
+    def _settle(self, run: Run) -> None:
+        """Before a retry is scheduled, what finished before the failure keeps its checkpoint."""
+        try:
+            self.sales.settle(run)
+        except LeaseLostError:
+            raise
+        except Exception as exc:  # as if the worker had stopped here: the retry finds what was sent
+            log.error("delivery %s: checkpoints not written before the retry: %s", run.lead_id, type(exc).__name__)
 
     def _notify_test(self, run: Run, channel: str | None) -> None:
         """A test lead reaches nobody but the source's test channel, if it has one."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -93,6 +93,8 @@ class Run:
     lease_until: float = 0.0
     # Steps an earlier attempt may have sent without a checkpoint: looked for before sending again.
     unsure: set[str] = field(default_factory=set)
+    # Checkpoints that commit with the next write before a side effect (``Sales.settle``).
+    pending: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def lead_id(self) -> str:
@@ -137,12 +139,21 @@ class Sales:
         fresh = name not in run.done  # a checkpointed step returns its saved result at once
         lease = self.settings.worker.lease_seconds
         if fresh and name in LOOKED_UP_STEPS:
-            # The create's intent rides in the lease renewal's transaction: no extra commit.
-            if start_create(self.ledger, run.lead_id, run.owner, name, lease):
+            # The create's intent rides in the lease renewal's transaction, and so does the last
+            # step's checkpoint if it waits: no extra commit.
+            first, run.pending = run.pending, []
+            try:
+                unsure = start_create(self.ledger, run.lead_id, run.owner, name, lease, first)
+            except BaseException:
+                run.pending = first + run.pending  # not committed: still waiting
+                raise
+            if unsure:
                 run.unsure.add(name)
             run.lease_until = time.time() + lease
-        elif fresh:
-            self._keep_lease(run)
+        else:
+            self.settle(run)
+            if fresh:
+                self._keep_lease(run)
         started, outcome = time.monotonic(), "error"
         try:
             yield
@@ -156,6 +167,25 @@ class Sales:
         finally:
             if fresh:
                 record_step(name, outcome, time.monotonic() - started)
+
+    def settle(self, run: Run, then: Callable[[], None] | None = None) -> None:
+        """Commit the checkpoints that wait (and ``then``, a last ledger write) in one transaction.
+
+        A step whose next step begins with a write of its own (a create's intent, the finish)
+        leaves its checkpoint to that write: nothing outside is touched in between, so the
+        checkpoint is still on disk before the next side effect, for one commit instead of two.
+        """
+        writes, run.pending = run.pending, []
+        if then is not None:
+            writes.append(then)
+        if not writes:
+            return
+
+        def commit() -> None:
+            for write in writes:
+                write()
+
+        self.ledger.atomically(commit)
 
     def _keep_lease(self, run: Run) -> None:
         """Renew once half the lease is used: until then nobody else can take the delivery (only
@@ -260,7 +290,8 @@ class Sales:
             result = {k: v for k, v in outcome.__dict__.items() if v is not None}  # merged_from only after a merge
             self.ledger.record_step(run.lead_id, run.owner, "contact", result, f"{verb} contact {outcome.contact_id}")
 
-        self.ledger.atomically(remember)
+        # Committed with the Slack post's intent, before the post (see ``settle``).
+        run.pending.append(remember)
 
     def _include_meta(self, run: Run) -> bool:
         spec = self.settings.source(run.delivery.source)
@@ -278,14 +309,20 @@ class Sales:
         object_type = "deals" if cfg.object == "deal" else "leads"
         if "deal" in run.done:
             return object_type, run.done["deal"]["record_id"]
-        record_id = self.ledger.open_deal(contact.contact_id, object_type)
-        created = record_id is None
-        if record_id is None:
-            record_id = self._create_deal(run, contact, decision, cfg, object_type)
-            self.ledger.remember_deal(contact.contact_id, object_type, record_id, run.lead_id)
+        found = self.ledger.open_deal(contact.contact_id, object_type)
+        record_id = found or self._create_deal(run, contact, decision, cfg, object_type)
+        created = found is None
         verb = "created" if created else "reused open"
         result = {"object_type": object_type, "record_id": record_id, "created": created}
-        self.ledger.record_step(run.lead_id, run.owner, "deal", result, f"{verb} {object_type[:-1]} {record_id}")
+
+        def checkpoint() -> None:
+            # The person's open deal and the step's checkpoint in one commit.
+            if created:
+                self.ledger.remember_deal(contact.contact_id, object_type, record_id, run.lead_id)
+            self.ledger.record_step(run.lead_id, run.owner, "deal", result, f"{verb} {object_type[:-1]} {record_id}")
+
+        # Committed with the task's (or note's) intent, before it is created (see ``settle``).
+        run.pending.append(checkpoint)
         return object_type, record_id
 
     def _create_deal(self, run: Run, contact: ContactResult, decision: Decision, cfg: DealSettings, object_type: str) -> str:
@@ -407,7 +444,10 @@ class Sales:
             self.ledger.note(run.lead_id, "notify_update", "skipped", str(exc))
             notice = None
         result = {"channel": posted["channel"], "ts": posted["ts"], "deal_url": deal_url if notice else None}
-        self._record(run, "notify_update", result, f"deal link added to {posted['channel']}" if notice else "")
+        detail = f"deal link added to {posted['channel']}" if notice else ""
+        # The last step: its checkpoint commits with the delivery's finish (see ``settle``).
+        run.done["notify_update"] = result
+        run.pending.append(lambda: self.ledger.record_step(run.lead_id, run.owner, "notify_update", result, detail))
 
     def _alert(self, run: Run, contact: ContactResult, deal_url: str | None, score: Score, decision: Decision) -> Alert | None:
         """The Slack message for this lead as things stand; None for a lead that goes to a digest."""

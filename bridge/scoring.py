@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from decimal import Decimal
+from functools import lru_cache
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -520,11 +521,17 @@ def _flag(test: Callable[[_Subject], tuple[bool, str]]) -> Check:
 
 
 def _phone(s: _Subject) -> tuple[bool, str]:
-    try:
-        valid = s.lead.phone is not None and phonenumbers.is_valid_number(phonenumbers.parse(s.lead.phone, None))
-    except phonenumbers.NumberParseException:
-        valid = False
+    valid = s.lead.phone is not None and _valid_phone(s.lead.phone)
     return valid, "phone number is valid" if valid else "no valid phone number"
+
+
+@lru_cache(maxsize=1024)
+def _valid_phone(phone: str) -> bool:
+    # Cached: more than one rule may ask about the same lead, and each parse compiles patterns anew.
+    try:
+        return bool(phonenumbers.is_valid_number(phonenumbers.parse(phone, None)))
+    except phonenumbers.NumberParseException:
+        return False
 
 
 def _email_kind(lead: Lead) -> tuple[str, str]:

@@ -18,6 +18,7 @@ the body. Intake refuses bodies over ``server.max_body_bytes`` before any of thi
 from __future__ import annotations
 
 import json
+from itertools import repeat
 from typing import Any
 
 from bridge.errors import PayloadError
@@ -79,7 +80,8 @@ def check_shape(value: Any) -> None:
         if isinstance(node, (dict, list)):
             # The outermost object is depth 1, as a form key ``a[b]`` makes depth 2.
             check_depth(depth)
-            todo.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+            # zip and repeat, not a generator: the same order, without Python code per child.
+            todo.extend(zip(node.values() if isinstance(node, dict) else node, repeat(depth + 1)))
 
 
 def check_field_count(count: int) -> None:

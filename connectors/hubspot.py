@@ -65,6 +65,7 @@ RETRIABLE_STATUSES = {423, 429, 477, 500, 502, 503, 504, 521, 523, 524}
 # Answers that do not say whether the write was applied (an error inside, a gateway timing out).
 UNKNOWN_OUTCOME_STATUSES = {500, 502, 504, 524}
 T = TypeVar("T")
+M = TypeVar("M")
 # Each SDK module has its own exception class with no shared base (hubspot.md §12).
 API_ERRORS = (
     ApiException,
@@ -104,6 +105,14 @@ class HubSpotCRM:
         self._pipelines = client.crm.pipelines.pipelines_api
         self._properties = client.crm.properties.core_api
         self._associations = client.crm.associations.v4.basic_api
+        # An SDK model made without a configuration builds one of its own, and each one resets the
+        # SDK's loggers (logging then scans every logger in the process, under its lock): a dozen
+        # models a lead cost more CPU than the rest of the HubSpot calls. Ours share the client's.
+        self._configs = {
+            "hubspot.crm.contacts": self._basic.api_client.configuration,
+            "hubspot.crm.objects": self._objects.api_client.configuration,
+            "hubspot.crm.properties": self._properties.api_client.configuration,
+        }
         self._owner_ids: dict[str, str | None] = {}
         self._owner_active: dict[str, tuple[bool, float]] = {}
         self._lookups: dict[str, threading.Lock] = {}
@@ -157,14 +166,14 @@ class HubSpotCRM:
         return results
 
     def create_record(self, object_type: str, properties: Mapping[str, str], links: Sequence[Link]) -> str:
-        body = objects.SimplePublicObjectInputForCreate(**_record_input(properties, links))
+        body = self._new(objects.SimplePublicObjectInputForCreate, **self._record_input(properties, links))
         try:
-            created = self._call(self._objects.create, object_type, body)
+            created = self._answer(self._objects.create, object_type, body)
         except objects.ApiException as exc:
             if exc.status == 409 and properties.get(DELIVERY_ID_PROPERTY):
                 return self._created_before(object_type, str(_body(exc).get("message", "")), properties[DELIVERY_ID_PROPERTY])
             raise self._translate(exc) from exc
-        return str(created.id)
+        return str(created["id"])
 
     def _created_before(self, object_type: str, message: str, delivery_id: str) -> str:
         """The record an earlier create of this delivery made: named by the 409, else read by its key."""
@@ -195,9 +204,10 @@ class HubSpotCRM:
         # HubSpot's ids grow: the record an attempt just made is among the newest.
         newest = sorted(set(linked), reverse=True)
         for start in range(0, len(newest), BATCH_LIMIT):
-            request = objects.BatchReadInputSimplePublicObjectId(
+            request = self._new(
+                objects.BatchReadInputSimplePublicObjectId,
                 properties=[body],
-                inputs=[objects.SimplePublicObjectId(id=str(i)) for i in newest[start : start + BATCH_LIMIT]],
+                inputs=[self._new(objects.SimplePublicObjectId, id=str(i)) for i in newest[start : start + BATCH_LIMIT]],
                 properties_with_history=[],
             )
             try:
@@ -218,13 +228,16 @@ class HubSpotCRM:
             except DeliveryError as exc:
                 return [exc]
         inputs = [
-            objects.SimplePublicObjectBatchInputForCreate(**_record_input(r.properties, r.links), object_write_trace_id=f"r{n}")
+            self._new(
+                objects.SimplePublicObjectBatchInputForCreate,
+                **self._record_input(r.properties, r.links),
+                object_write_trace_id=f"r{n}",
+            )
             for n, r in enumerate(records)
         ]
+        batch = self._new(objects.BatchInputSimplePublicObjectBatchInputForCreate, inputs=inputs)
         try:
-            response = self._call(
-                self._batch_objects.create, object_type, objects.BatchInputSimplePublicObjectBatchInputForCreate(inputs)
-            )
+            response = self._answer(self._batch_objects.create, object_type, batch)
         except objects.ApiException as exc:
             if exc.status in (400, 409):
                 # Refused whole for one row (a conflict names only the first, hubspot.md §2):
@@ -234,14 +247,15 @@ class HubSpotCRM:
         except DeliveryError as exc:
             return [exc] * len(records)
         # Results are not in input order (hubspot.md §1): matched by trace id, never by position.
-        created = {str(r.object_write_trace_id): str(r.id) for r in response.results or [] if r.object_write_trace_id}
+        results = response.get("results") or []
+        created = {str(r["objectWriteTraceId"]): str(r["id"]) for r in results if r.get("objectWriteTraceId")}
         failed = {
             trace: self._row_error(object_type, err, records[int(trace[1:])])
-            for err in getattr(response, "errors", None) or []
-            for trace in ((err.context or {}).get("objectWriteTraceId") or [])
+            for err in response.get("errors") or []
+            for trace in ((err.get("context") or {}).get("objectWriteTraceId") or [])
             if re.fullmatch(r"r\d+", str(trace)) and int(trace[1:]) < len(records)
         }
-        if response.results and not created:
+        if results and not created:
             log.warning("HubSpot batch create answered without trace ids; %d %s will be retried", len(records), object_type)
         missing = RetriableError(f"HubSpot returned no result for this {object_type.rstrip('s')}")
         return [created.get(f"r{n}") or failed.get(f"r{n}") or missing for n in range(len(records))]
@@ -252,15 +266,15 @@ class HubSpotCRM:
         except DeliveryError as exc:
             return exc
 
-    def _row_error(self, object_type: str, err: Any, record: NewRecord) -> str | DeliveryError:
+    def _row_error(self, object_type: str, err: dict[str, Any], record: NewRecord) -> str | DeliveryError:
         """A 207 row error; a conflict on this row's own delivery id names the record to reuse."""
         delivery_id = record.properties.get(DELIVERY_ID_PROPERTY)
-        if err.category == "CONFLICT" and delivery_id:
+        if err.get("category") == "CONFLICT" and delivery_id:
             try:
-                return self._created_before(object_type, str(err.message or ""), delivery_id)
+                return self._created_before(object_type, str(err.get("message") or ""), delivery_id)
             except DeliveryError as exc:
                 return exc
-        return _batch_error(err)
+        return _batch_error(err.get("category"), err.get("message"))
 
     def owner_id_for_email(self, email: str) -> str | None:
         """Resolved once per process and cached (owners change rarely; a restart refreshes)."""
@@ -321,7 +335,7 @@ class HubSpotCRM:
     def forget_contact(self, email: str) -> None:
         """GDPR delete by email (hubspot.md §1): the contact and its history go; an unknown
         email is blocklisted by HubSpot, which is what a person asking to be forgotten wants."""
-        request = PublicGdprDeleteInput(object_id=email, id_property="email")
+        request = self._new(PublicGdprDeleteInput, object_id=email, id_property="email")
         try:
             self._call(self._basic.purge, public_gdpr_delete_input=request)
         except ApiException as exc:
@@ -357,14 +371,15 @@ class HubSpotCRM:
     ) -> FoundPage:
         """One search page, oldest change first; paced by the search window (the call is ``do_search``)."""
         modified = "lastmodifieddate" if object_type == "contacts" else "hs_lastmodifieddate"
-        filters = [objects.Filter(property_name=modified, operator="GTE", value=str(since_ms))]
+        filters = [self._new(objects.Filter, property_name=modified, operator="GTE", value=str(since_ms))]
         # IN on string properties wants lowercase values (hubspot.md §1).
         filters += [
-            objects.Filter(property_name=name, operator="IN", values=[v.lower() for v in values])
+            self._new(objects.Filter, property_name=name, operator="IN", values=[v.lower() for v in values])
             for name, values in (among or {}).items()
         ]
-        request = objects.PublicObjectSearchRequest(
-            filter_groups=[objects.FilterGroup(filters=filters)],
+        request = self._new(
+            objects.PublicObjectSearchRequest,
+            filter_groups=[self._new(objects.FilterGroup, filters=filters)],
             sorts=[{"propertyName": modified, "direction": "ASCENDING"}],  # one sort rule only (§1)
             properties=sorted({*properties, modified}),
             limit=limit,
@@ -391,8 +406,14 @@ class HubSpotCRM:
     def create_property(self, object_type: str, name: str, *, unique: bool = False) -> None:
         label = name.replace("_", " ").capitalize()
         group = PROPERTY_GROUPS.get(object_type, "contactinformation")
-        body = properties_api.PropertyCreate(
-            name=name, label=label, type="string", field_type="text", group_name=group, has_unique_value=unique
+        body = self._new(
+            properties_api.PropertyCreate,
+            name=name,
+            label=label,
+            type="string",
+            field_type="text",
+            group_name=group,
+            has_unique_value=unique,
         )
         try:
             self._call(self._properties.create, object_type, body)
@@ -412,7 +433,7 @@ class HubSpotCRM:
         return {k: str(v) for k, v in (found.properties or {}).items() if v not in (None, "")}
 
     def update_record(self, object_type: str, record_id: str, properties: Mapping[str, str]) -> None:
-        body = objects.SimplePublicObjectInput(properties=dict(properties))
+        body = self._new(objects.SimplePublicObjectInput, properties=dict(properties))
         try:
             self._call(self._objects.update, object_type, record_id, body)
         except objects.ApiException as exc:
@@ -478,7 +499,8 @@ class HubSpotCRM:
 
     def _upsert_by_email(self, writes: list[ContactWrite], plans: dict[str, Plan]) -> dict[str, ContactResult | DeliveryError]:
         inputs = [
-            SimplePublicObjectBatchInputUpsert(
+            self._new(
+                SimplePublicObjectBatchInputUpsert,
                 id=w.lead.email,
                 id_property="email",
                 properties=plans[w.trace_id].properties,
@@ -487,7 +509,7 @@ class HubSpotCRM:
             for w in writes
         ]
         try:
-            response = self._call(self._batch.upsert, BatchInputSimplePublicObjectBatchInputUpsert(inputs=inputs))
+            response = self._answer(self._batch.upsert, self._new(BatchInputSimplePublicObjectBatchInputUpsert, inputs=inputs))
         except ApiException as exc:
             if exc.status == 409 and len(writes) == 1:
                 try:
@@ -503,17 +525,17 @@ class HubSpotCRM:
         except DeliveryError as exc:
             return {w.trace_id: exc for w in writes}
         # Results are not in input order (hubspot.md §1): match by lowercased email.
-        found = {str((r.properties or {}).get("email", "")).lower(): r for r in response.results or []}
+        found = {str((r.get("properties") or {}).get("email", "")).lower(): r for r in response.get("results") or []}
         failed = {
-            trace: _batch_error(err)
-            for err in getattr(response, "errors", None) or []
-            for trace in ((err.context or {}).get("objectWriteTraceId") or [])
+            trace: _batch_error(err.get("category"), err.get("message"))
+            for err in response.get("errors") or []
+            for trace in ((err.get("context") or {}).get("objectWriteTraceId") or [])
         }
         results: dict[str, ContactResult | DeliveryError] = {}
         for w in writes:
             hit = found.get(str(w.lead.email))
             if hit is not None:
-                results[w.trace_id] = self._result(str(hit.id), bool(hit.new))
+                results[w.trace_id] = self._result(str(hit["id"]), bool(hit.get("new")))
             else:
                 results[w.trace_id] = failed.get(w.trace_id) or RetriableError("HubSpot returned no result for this contact")
         return results
@@ -522,9 +544,9 @@ class HubSpotCRM:
         props = plan.properties
         if plan.contact_id:
             try:
-                updated = self._call(self._basic.update, plan.contact_id, SimplePublicObjectInput(properties=props))
+                updated = self._answer(self._basic.update, plan.contact_id, self._new(SimplePublicObjectInput, properties=props))
                 # A merged-away id is answered by the surviving contact, under the survivor's id.
-                answered = str(getattr(updated, "id", None) or plan.contact_id)
+                answered = str(updated.get("id") or plan.contact_id)
                 return self._result(answered, False, merged_from=plan.contact_id if answered != plan.contact_id else None)
             except ApiException as exc:
                 if exc.status == 409:
@@ -541,7 +563,9 @@ class HubSpotCRM:
         # answer was lost meets a 409 naming the contact it made (search may not show it yet).
         marked = {**props, DELIVERY_ID_PROPERTY: write.trace_id}
         try:
-            created = self._call(self._basic.create, SimplePublicObjectInputForCreate(properties=marked, associations=[]))
+            created = self._call(
+                self._basic.create, self._new(SimplePublicObjectInputForCreate, properties=marked, associations=[])
+            )
         except ApiException as exc:
             if exc.status == 409:
                 existing = self._update_existing(exc, props)
@@ -557,7 +581,7 @@ class HubSpotCRM:
             raise PermanentError(f"HubSpot 409 without an existing id: {_body(conflict).get('message', '')}")
         contact_id = match.group(1)
         try:
-            self._call(self._basic.update, contact_id, SimplePublicObjectInput(properties=props))
+            self._call(self._basic.update, contact_id, self._new(SimplePublicObjectInput, properties=props))
         except ApiException as exc:
             raise self._translate(exc) from exc
         return self._result(contact_id, False)
@@ -569,10 +593,10 @@ class HubSpotCRM:
         # HubSpot's calculated phone properties hold the number without its country code.
         national = str(phonenumbers.parse(phone).national_number)
         groups = [
-            FilterGroup(filters=[Filter(property_name=prop, operator="EQ", value=national)])
+            self._new(FilterGroup, filters=[self._new(Filter, property_name=prop, operator="EQ", value=national)])
             for prop in ("hs_searchable_calculated_phone", "hs_searchable_calculated_mobile_number")
         ]
-        request = PublicObjectSearchRequest(filter_groups=groups, properties=["email", "phone", *names], limit=1)
+        request = self._new(PublicObjectSearchRequest, filter_groups=groups, properties=["email", "phone", *names], limit=1)
         try:
             found = self._call(self._search.do_search, public_object_search_request=request)
         except ApiException as exc:
@@ -596,10 +620,11 @@ class HubSpotCRM:
 
     def _read(self, keys: list[str], names: list[str], *, by_email: bool) -> dict[str, Snapshot]:
         """One ``batch/read``; keys HubSpot has no contact for are left out (its 207 lists them)."""
-        request = BatchReadInputSimplePublicObjectId(
+        request = self._new(
+            BatchReadInputSimplePublicObjectId,
             properties=sorted({*names, "email"}) if by_email else names,
             id_property="email" if by_email else None,
-            inputs=[SimplePublicObjectId(id=key) for key in keys],
+            inputs=[self._new(SimplePublicObjectId, id=key) for key in keys],
             properties_with_history=[],
         )
         try:
@@ -609,7 +634,7 @@ class HubSpotCRM:
         # Only "not found" means new: any other row error would make a known contact look new.
         other = [err for err in getattr(response, "errors", None) or [] if err.category != "OBJECT_NOT_FOUND"]
         if other:
-            raise _batch_error(other[0])
+            raise _batch_error(other[0].category, other[0].message)
         snapshots: dict[str, Snapshot] = {}
         # Results are not in input order (hubspot.md §1): match by lowercased email or by id.
         for hit in response.results or []:
@@ -622,6 +647,25 @@ class HubSpotCRM:
         return snapshots
 
     # -- plumbing -----------------------------------------------------------------
+
+    def _record_input(self, properties: Mapping[str, str], links: Sequence[Link]) -> dict[str, Any]:
+        """Properties and inline associations of a deal, lead, note or task to create."""
+        new = self._new
+        associations = [
+            new(
+                objects.PublicAssociationsForObject,
+                to=new(objects.PublicObjectId, id=link.to_id),
+                types=[new(objects.AssociationSpec, association_category="HUBSPOT_DEFINED", association_type_id=link.type_id)],
+            )
+            for link in links
+        ]
+        # Notes and tasks quote the form's raw answers: cleaned and capped here like contact properties.
+        clean = {name: capped(clean_text(value, multiline=True)) for name, value in properties.items()}
+        return {"properties": clean, "associations": associations}
+
+    def _new(self, model: Callable[..., M], **fields: Any) -> M:
+        """An SDK model sharing its api client's configuration (see ``__init__``)."""
+        return model(**fields, local_vars_configuration=self._configs[model.__module__.partition(".models.")[0]])
 
     def _result(self, contact_id: str, created: bool, merged_from: str | None = None) -> ContactResult:
         url = self.settings.contact_url.format(portal_id=self.settings.portal_id, contact_id=contact_id)
@@ -652,6 +696,22 @@ class HubSpotCRM:
                 raise RetriableError(f"HubSpot unreachable ({type(exc).__name__})") from exc
             # Sent, then nothing came back (a dropped connection, a read timeout): maybe applied.
             raise UnansweredError(f"HubSpot did not answer ({type(exc).__name__})") from exc
+
+    def _answer(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """``_call``, its answer read as plain JSON instead of SDK models: for the calls every lead
+        makes (contact upsert and update, record creates), of whose answers we read a few fields.
+        The SDK turns each ``createdAt``/``updatedAt`` into a datetime with dateutil's generic
+        parser and every object into a model: a sixth of a draining worker's CPU."""
+        raw = self._call(fn, *args, _preload_content=False, **kwargs)
+        try:
+            data = json.loads(raw.data or b"{}")
+        except urllib3.exceptions.HTTPError as exc:  # the body is read here, after _call: the same as no answer
+            raise UnansweredError(f"HubSpot did not answer ({type(exc).__name__})") from exc
+        except ValueError as exc:
+            raise UnansweredError("HubSpot answered with a body that is not JSON") from exc
+        finally:
+            raw.release_conn()
+        return data if isinstance(data, dict) else {}
 
     def _paced(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One HTTP request inside the shared call budget, which HubSpot's answer then corrects."""
@@ -711,20 +771,6 @@ def capped(value: str) -> str:
     return value[: PROPERTY_LIMIT - len(TRUNCATED)] + TRUNCATED
 
 
-def _record_input(properties: Mapping[str, str], links: Sequence[Link]) -> dict[str, Any]:
-    """Properties and inline associations of a deal, lead, note or task to create."""
-    associations = [
-        objects.PublicAssociationsForObject(
-            to=objects.PublicObjectId(id=link.to_id),
-            types=[objects.AssociationSpec(association_category="HUBSPOT_DEFINED", association_type_id=link.type_id)],
-        )
-        for link in links
-    ]
-    # Notes and tasks quote the form's raw answers: cleaned and capped here like contact properties.
-    clean = {name: capped(clean_text(value, multiline=True)) for name, value in properties.items()}
-    return {"properties": clean, "associations": associations}
-
-
 def _never_sent(exc: BaseException) -> bool:
     """Failures that prove the request was not processed: safe to send again at once."""
     if isinstance(exc, API_ERRORS):
@@ -747,9 +793,9 @@ def _body(exc: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _batch_error(err: Any) -> DeliveryError:
-    message = redact(f"HubSpot {err.category or 'error'}: {err.message}")
-    if err.category in {"RATE_LIMITS", "INTERNAL_ERROR", "LOCKED"}:
+def _batch_error(category: str | None, detail: str | None) -> DeliveryError:
+    message = redact(f"HubSpot {category or 'error'}: {detail}")
+    if category in {"RATE_LIMITS", "INTERNAL_ERROR", "LOCKED"}:
         return RetriableError(message)
     return PermanentError(message)
 

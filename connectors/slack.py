@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 from urllib.error import URLError
 from urllib.parse import quote
@@ -371,7 +372,9 @@ def _phone_link(e164: str, extension: str | None) -> str:
     return f"<tel:{e164}{f';ext={ext}' if ext else ''}|{_escape(shown)}>"
 
 
+@lru_cache(maxsize=1024)
 def _pretty_phone(e164: str) -> str:
+    # Cached: a lead's message is built for the post and again for its update, the number shown twice in each.
     try:
         number = phonenumbers.parse(e164)
     except phonenumbers.NumberParseException:

@@ -137,3 +137,21 @@ def test_a_delivery_gives_up_after_the_schedule_and_says_why(
     assert dead.status == Status.DEAD
     assert dead.attempts == 5  # the first try plus the four scheduled retries
     assert dead.reason.startswith("contact: HubSpot 502") and dead.reason.endswith("(gave up after 5 attempts)")
+
+
+def test_a_failed_task_create_keeps_the_deals_checkpoint_written_before_the_task_went_out(
+    config_data: dict[str, Any], sandbox: Sandbox, intake: str, ledger: Ledger
+) -> None:
+    # The deal's checkpoint commits with the task's intent (one transaction): it must be on
+    # disk before the task create goes out, and a failed task must not cost a second deal.
+    config_data["retry"]["schedule_seconds"] = [3600]
+    sandbox.fault(path="/crm/v3/objects/tasks", method="POST", status=500, times=1)
+    delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
+    Worker(settings_from_dict(config_data, ROOT), ledger).drain(timeout=15)
+
+    assert ledger.get(delivery_id).status == Status.RETRYING
+    steps = ledger.steps(delivery_id)
+    assert {"contact", "notify", "deal"} <= set(steps) and "task" not in steps
+    events = [(e["step"], e["outcome"]) for e in ledger.events(delivery_id)]
+    assert events.index(("deal", "ok")) < events.index(("task", "sending")) < events.index(("task", "retrying"))
+    assert len(sandbox.state()["objects"]["deals"]) == 1
