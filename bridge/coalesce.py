@@ -9,14 +9,18 @@ before them in one ``batch/read``). Each row keeps its own outcome, so a 207 row
 only its own delivery. Checkpoints, retries and one person's deliveries in order are
 untouched: they live in the pipeline and the ledger, which do not know batching happens.
 
-When HubSpot's call budget has room, nothing lingers: a lone lead goes out at once, and a
-contact write does not queue behind a contact batch already in flight either (up to
-``PARALLEL_CONTACT_BATCHES`` at once). When the budget is tight, a contact write waits up to
-``hubspot.batching.contact_wait_seconds`` for company and a record create up to
-``record_wait_seconds``: fewer, fuller calls exactly when calls are scarce. The rep's ping
-waits on the contact write and nobody on a record create (it comes after the ping), so
-contacts count as tight later (``contact_tight_below``, a fifth of the window left, against
-``tight_below``, half): deals and tasks give up their share first.
+Three levels, by how much of HubSpot's call budget is left:
+- more than ``hubspot.batching.tight_below`` (half the window): nothing lingers, a lone lead
+  goes out at once, and a contact write does not queue behind a contact batch already in
+  flight either (up to ``PARALLEL_CONTACT_BATCHES`` at once);
+- at most that: a record create (after the rep's ping, so nobody waits on it) lingers up to
+  ``record_wait_seconds`` for company, and contacts go one batch at a time, so those that
+  arrive while one is in flight share the next call (no linger);
+- at most ``contact_tight_below`` (a fifth): a contact write also lingers, up to
+  ``contact_wait_seconds``.
+Fewer, fuller calls exactly when calls are scarce; the ping's own write gives up its speed last.
+(Parallel contact batches down to a fifth measured a better p50 and a worse p95 at 10 new
+leads/s and 100 calls / 10 s: they spend the budget that the tail then waits for.)
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class CoalescingCRM:
         # A batch is full at 100 rows, or when it holds every delivery in flight right now.
         self.max_items = lambda: min(BATCH_LIMIT, in_flight())
         self._contacts_tight = contacts_tight
+        self._budget_tight = budget_tight
         self._contact_wait = lambda: contact_wait if contacts_tight() else 0.0
         self._record_wait = lambda: record_wait if budget_tight() else 0.0
         self._batchers: dict[tuple[Any, ...], Batcher[Any, Any]] = {}
@@ -98,11 +103,11 @@ class CoalescingCRM:
         return flush
 
     def _contact_batcher(self) -> Batcher[Any, Any]:
-        """The first idle contact batcher while the budget has room; else the one that gathers."""
+        """The first idle contact batcher while the budget has room; else always the first one."""
         batchers = [
             self._batcher(("upsert", n), self._flush_contacts, self._contact_wait) for n in range(PARALLEL_CONTACT_BATCHES)
         ]
-        if not self._contacts_tight():
+        if not self._budget_tight():
             for batcher in batchers:
                 if not batcher.busy:
                     return batcher
