@@ -57,7 +57,6 @@ class CoalescingCRM:
         self.inner = inner
         # A batch is full at 100 rows, or when it holds every delivery in flight right now.
         self.max_items = lambda: min(BATCH_LIMIT, in_flight())
-        self._contacts_tight = contacts_tight
         self._budget_tight = budget_tight
         self._contact_wait = lambda: contact_wait if contacts_tight() else 0.0
         self._record_wait = lambda: record_wait if budget_tight() else 0.0

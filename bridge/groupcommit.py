@@ -33,7 +33,7 @@ import sqlite3
 import struct
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +145,8 @@ class GroupCommit:
             deadline = time.monotonic() + self.max_defer
             while self._intake_waits() and time.monotonic() < deadline:
                 time.sleep(self.poll)
-        if self.intake_first is not None and not self.defers:
-            with self.intake_first.waiting():
-                begin_immediate(conn, self.busy_timeout, self.poll)
-        else:
+        says = None if self.defers else self.intake_first  # intake's group says it waits
+        with says.waiting() if says is not None else nullcontext():
             begin_immediate(conn, self.busy_timeout, self.poll)
 
     def _connection(self) -> sqlite3.Connection:

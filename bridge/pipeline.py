@@ -103,11 +103,10 @@ class Pipeline:
         """Take the person, count the attempt and record what the delivery says, before any side
         effect; None (the person's keys recorded, nothing else) while the person is busy."""
         ledger, lead = self.ledger, seen.lead
-        mapped = {"lead": lead.model_dump(mode="json", exclude_defaults=True)}
         if not ledger.lock_person(delivery.id, owner, lead.person_keys()):
             return None
         attempt = ledger.begin_attempt(delivery.id, owner)
-        ledger.record_step(delivery.id, owner, "map", mapped)
+        ledger.record_step(delivery.id, owner, "map", {"lead": lead.model_dump(mode="json", exclude_defaults=True)})
         if lead.consent and attempt == 1:
             # Consent evidence goes in the append-only log, where an audit can find it.
             ledger.note(delivery.id, "consent", "recorded", json.dumps(lead.consent, sort_keys=True))

@@ -76,16 +76,14 @@ FIRST_TOUCH_KEPT = Counter(
     "Contact writes that left an existing first touch as it was (a returning person's new visit).",
     registry=REGISTRY,
 )
-# The methods that reach the vendor; the others (planned, record_url) are pure.
-# Every method of a port calls its vendor except these, which only compute.
-LOCAL = {"crm": {"planned", "record_url"}, "notifier": set()}
 
 
-def vendor_calling(port: type, local: set[str]) -> frozenset[str]:
-    return frozenset(name for name in vars(port) if not name.startswith("_") and callable(getattr(port, name))) - local
+def _methods(port: type) -> frozenset[str]:
+    return frozenset(name for name in vars(port) if not name.startswith("_") and callable(getattr(port, name)))
 
 
-CALLING = {"crm": vendor_calling(CRM, LOCAL["crm"]), "notifier": vendor_calling(Notifier, LOCAL["notifier"])}
+# Every method of a port calls its vendor, except planned and record_url, which only compute.
+CALLING = {"crm": _methods(CRM) - {"planned", "record_url"}, "notifier": _methods(Notifier)}
 
 _served: set[int] = set()
 _serving = threading.Lock()

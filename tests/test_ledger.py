@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import struct
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -174,9 +176,9 @@ def _written(path: Path) -> list[str]:
     return [value.split("@")[0] for (value,) in rows]
 
 
-def _until(condition: object) -> None:
+def _until(condition: Callable[[], bool]) -> None:
     deadline = time.monotonic() + 30
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.001)
 
@@ -221,8 +223,6 @@ def test_a_stale_intake_slot_does_not_hold_the_worker_back(tmp_path: Path) -> No
         assert first.anyone_waiting()
     assert not first.anyone_waiting()
     # A slot left behind by an intake process killed while waiting ages out.
-    import struct
-
     struct.pack_into("d", first._map, 8, time.monotonic() - IntakeFirst.STALE_SECONDS - 1)
     assert not first.anyone_waiting()
 
