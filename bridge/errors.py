@@ -108,6 +108,11 @@ class UnansweredError(RetriableError):
     502/504): the vendor may have applied it, so a retry looks for it before sending it again."""
 
 
+# HTTP answers that do not say whether the request was applied (an error inside the vendor,
+# a gateway or proxy timing out): every connector treats them as no answer (UnansweredError).
+UNKNOWN_OUTCOME_STATUSES = frozenset({500, 502, 504, 524})
+
+
 class PermanentError(DeliveryError):
     """Retrying cannot help: the delivery goes to ``dead`` with this message."""
 

@@ -47,7 +47,14 @@ from hubspot.crm.contacts import (
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from bridge.config import HubSpotSettings
-from bridge.errors import DeliveryError, PermanentError, RetriableError, ThrottledError, UnansweredError
+from bridge.errors import (
+    UNKNOWN_OUTCOME_STATUSES,
+    DeliveryError,
+    PermanentError,
+    RetriableError,
+    ThrottledError,
+    UnansweredError,
+)
 from bridge.logs import redact
 from bridge.merge import FIRST_TOUCH_PREFIX, LAST_TOUCH, OVERWRITE, SET_IF_EMPTY, last_touch_clears, merged
 from bridge.norepeat import DELIVERY_ID_PROPERTY
@@ -62,8 +69,6 @@ EXISTING_ID = re.compile(r"Existing ID:\s*(\d+)")
 # 429 policies (hubspot.md §4): the ten-second burst window vs the search API's per-second limit.
 RATE_LIMIT_WAIT = {"TEN_SECONDLY_ROLLING": 10.0, "SECONDLY": 1.0}
 RETRIABLE_STATUSES = {423, 429, 477, 500, 502, 503, 504, 521, 523, 524}
-# Answers that do not say whether the write was applied (an error inside, a gateway timing out).
-UNKNOWN_OUTCOME_STATUSES = {500, 502, 504, 524}
 T = TypeVar("T")
 M = TypeVar("M")
 # Each SDK module has its own exception class with no shared base (hubspot.md §12).

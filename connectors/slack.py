@@ -37,7 +37,7 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 
 from bridge.config import SlackSettings
-from bridge.errors import PermanentError, RetriableError, ThrottledError, UnansweredError
+from bridge.errors import UNKNOWN_OUTCOME_STATUSES, PermanentError, RetriableError, ThrottledError, UnansweredError
 from bridge.ports import Alert, Notice
 from bridge.text import escape_mrkdwn
 from bridge.workermetrics import record_rate_limited
@@ -45,10 +45,9 @@ from bridge.workermetrics import record_rate_limited
 # Errors that retrying may fix; anything else (bad channel, bad token) needs a person.
 TRANSIENT = {"ratelimited", "rate_limited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 # Of those, the ones after which Slack says "it's possible some aspect of the operation
-# succeeded" (its method docs), and the statuses a gateway gives for work it may have passed
-# on: the post may exist, so a retry looks for it before posting again.
+# succeeded" (its method docs): like an unknown-outcome status, the post may exist, so a
+# retry looks for it before posting again.
 MAYBE_APPLIED = {"internal_error", "fatal_error"}
-MAYBE_APPLIED_STATUSES = {500, 502, 504}
 # Block Kit limits (sources.md §4.2).
 SECTION_LIMIT, HEADER_LIMIT, MAX_FIELDS, MAX_BLOCKS = 3000, 150, 10, 50
 # Below Block Kit's own 2,000 per field: all blocks together must stay under ~12,000
@@ -250,7 +249,7 @@ def _translate(exc: SlackApiError) -> RetriableError | PermanentError:
         record_rate_limited("slack", error or "429")
         # Throttled, not failed: the delivery waits and keeps its attempt.
         return ThrottledError(f"Slack {status} {error}".strip(), retry_after=retry_after)
-    if error in MAYBE_APPLIED or status in MAYBE_APPLIED_STATUSES:
+    if error in MAYBE_APPLIED or status in UNKNOWN_OUTCOME_STATUSES:
         return UnansweredError(f"Slack {status} {error} (may have been applied)".strip(), retry_after=retry_after)
     if status >= 500 or error in TRANSIENT:
         return RetriableError(f"Slack {status} {error}".strip(), retry_after=retry_after)
