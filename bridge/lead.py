@@ -151,7 +151,7 @@ def normalise_email(raw: str, problems: list[str]) -> str | None:
 
 
 def normalise_phone(raw: str, region: str, problems: list[str]) -> str | None:
-    e164, problem, _ = _read_phone(raw, region)
+    e164, problem, _ = read_phone(raw, region)
     if problem:
         problems.append(problem)
     return e164
@@ -159,13 +159,24 @@ def normalise_phone(raw: str, region: str, problems: list[str]) -> str | None:
 
 def phone_extension(raw: str, region: str) -> str | None:
     """The extension of a number as typed ("(415) 823-4419 ext. 22" -> "22"), or None."""
-    return _read_phone(raw, region)[2]
+    return read_phone(raw, region)[2]
 
 
 @lru_cache(maxsize=1024)
-def _read_phone(raw: str, region: str) -> tuple[str | None, str | None, str | None]:
-    """(E.164 or None, the problem, the extension) of a number as typed: one parse for both
-    callers (phonenumbers compiles its patterns again on every parse)."""
+def parse_e164(e164: str) -> phonenumbers.PhoneNumber | None:
+    """A normalised number, parsed once for every reader (scoring, the Slack message); None if
+    it cannot be read. Callers must not change the object: it is shared."""
+    try:
+        return phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+@lru_cache(maxsize=1024)
+def read_phone(raw: str, region: str | None) -> tuple[str | None, str | None, str | None]:
+    """(E.164 or None, the problem, the extension) of a number as typed, parsed once for every
+    caller (the lead, its extension, the mapping's phone_e164): phonenumbers compiles its
+    patterns again on every parse."""
     try:
         number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException:

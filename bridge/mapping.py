@@ -23,7 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .config import validation_problems
 from .errors import ConfigError
-from .lead import Lead
+from .lead import Lead, read_phone
 from .timezones import is_time_zone
 from .yamlfile import load_yaml
 
@@ -54,13 +54,7 @@ def _last_name(value: str, _: str | None) -> str | None:
 
 def _phone_e164(value: str, region: str | None) -> str:
     # Numbers this cannot read are passed on as they are: the lead's own check reports them.
-    try:
-        number = phonenumbers.parse(value, (region or "").upper() or None)
-    except phonenumbers.NumberParseException:
-        return value
-    if not phonenumbers.is_valid_number(number):
-        return value
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return read_phone(value, (region or "").upper() or None)[0] or value
 
 
 DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%B %d, %Y", "%b %d, %Y", "%m/%d/%Y", "%d.%m.%Y", "%Y/%m/%d")

@@ -18,7 +18,6 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 from decimal import Decimal
-from functools import lru_cache
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -27,7 +26,7 @@ import phonenumbers
 from pydantic import BeforeValidator, Field, StringConstraints, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .lead import Lead
+from .lead import Lead, parse_e164
 from .model import Model
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -521,17 +520,9 @@ def _flag(test: Callable[[_Subject], tuple[bool, str]]) -> Check:
 
 
 def _phone(s: _Subject) -> tuple[bool, str]:
-    valid = s.lead.phone is not None and _valid_phone(s.lead.phone)
+    number = parse_e164(s.lead.phone) if s.lead.phone is not None else None
+    valid = number is not None and bool(phonenumbers.is_valid_number(number))
     return valid, "phone number is valid" if valid else "no valid phone number"
-
-
-@lru_cache(maxsize=1024)
-def _valid_phone(phone: str) -> bool:
-    # Cached: more than one rule may ask about the same lead, and each parse compiles patterns anew.
-    try:
-        return bool(phonenumbers.is_valid_number(phonenumbers.parse(phone, None)))
-    except phonenumbers.NumberParseException:
-        return False
 
 
 def _email_kind(lead: Lead) -> tuple[str, str]:

@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any
 from urllib.error import URLError
 from urllib.parse import quote
@@ -38,6 +37,7 @@ from slack_sdk.http_retry.state import RetryState
 
 from bridge.config import SlackSettings
 from bridge.errors import UNKNOWN_OUTCOME_STATUSES, PermanentError, RetriableError, ThrottledError, UnansweredError
+from bridge.lead import parse_e164
 from bridge.ports import Alert, Notice
 from bridge.text import escape_mrkdwn
 from bridge.workermetrics import record_rate_limited
@@ -371,11 +371,8 @@ def _phone_link(e164: str, extension: str | None) -> str:
     return f"<tel:{e164}{f';ext={ext}' if ext else ''}|{_escape(shown)}>"
 
 
-@lru_cache(maxsize=1024)
 def _pretty_phone(e164: str) -> str:
-    # Cached: a lead's message is built for the post and again for its update, the number shown twice in each.
-    try:
-        number = phonenumbers.parse(e164)
-    except phonenumbers.NumberParseException:
+    number = parse_e164(e164)
+    if number is None:
         return e164
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
