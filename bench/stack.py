@@ -10,6 +10,7 @@ phase can say where to look.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ ENV = {
     "SLACK_BOT_TOKEN": "xoxb-bench",
 }
 CLI = [sys.executable, "-m", "bridge"]
+# One POST in gunicorn's access log, as ``gunicorn_command`` formats it: '... "POST /hooks/x" 200 3ms'.
+ACCESS_LINE = re.compile(r'"POST [^"]*" \d{3} (\d+)ms$', re.MULTILINE)
 
 
 def bench_env() -> dict[str, str]:
@@ -194,6 +197,19 @@ def hello(folder: Path, relay_: Relay) -> Iterator[str]:
     with (folder / "hello.log").open("ab") as log, started(argv, cwd=ROOT, env=bench_env(), stdout=log, stderr=log) as proc:
         wait_for(f"{url}/healthz", deadline(), proc)
         yield url
+
+
+def log_size(log: Path) -> int:
+    """Where ``log`` ends now: pass it to :func:`served_ms` to read what came after."""
+    return log.stat().st_size if log.exists() else 0
+
+
+def served_ms(log: Path, since: int = 0) -> list[float]:
+    """gunicorn's own time (its access log's ``%(M)s``, whole ms) for each POST logged after
+    ``since``: each request from parsed to answered, without the client's side of it."""
+    with log.open("rb") as lines:
+        lines.seek(since)
+        return [float(m.group(1)) for m in ACCESS_LINE.finditer(lines.read().decode(errors="replace"))]
 
 
 def rss_mb(pid: int, only: str = "") -> list[float]:
