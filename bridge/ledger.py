@@ -392,6 +392,7 @@ def migration_state(path: Path) -> tuple[list[str], list[str]]:
 
 WORKER_POLL_SECONDS = 0.003
 WORKER_MAX_BATCH = 32
+WORKER_MAX_HOLD_SECONDS = 0.002
 T = TypeVar("T")
 
 
@@ -411,6 +412,7 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
             busy_timeout,
             poll=WORKER_POLL_SECONDS,
             max_batch=WORKER_MAX_BATCH,
+            max_hold=WORKER_MAX_HOLD_SECONDS,
             autocheckpoint_pages=1000,
             intake_first=first,
             defers=True,

@@ -217,6 +217,27 @@ def test_a_worker_batch_commits_what_it_has_and_lets_waiting_intake_in(tmp_path:
     assert _written(path) == ["w0", "intake", "w1", "w2"]
 
 
+def test_a_worker_batch_commits_once_it_has_held_the_lock_long_enough(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    Ledger(path)
+    worker = GroupCommit(path, busy_timeout=30, defers=True, max_hold=0.005)
+    seen: list[list[str]] = []
+
+    def slow(conn: sqlite3.Connection) -> None:
+        _note("w0")(conn)  # type: ignore[operator]
+        time.sleep(0.02)  # a preempted leader: the transaction is now older than max_hold
+
+    def look(conn: sqlite3.Connection) -> None:
+        seen.append(_written(path))  # another connection sees only what is committed
+        _note("w1")(conn)  # type: ignore[operator]
+
+    # Nobody said they wait, yet the first write commits before the second one runs.
+    outcomes = worker._write([slow, look])
+    assert len(outcomes) == 2
+    assert seen == [["w0"]]
+    assert _written(path) == ["w0", "w1"]
+
+
 def test_a_stale_intake_slot_does_not_hold_the_worker_back(tmp_path: Path) -> None:
     first, _, _ = _groups(tmp_path / "l.db")
     with first.waiting():
