@@ -17,8 +17,6 @@ Two ways, by what the vendor offers (README "No repeat after a lost answer"):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 from .errors import PermanentError
 from .ledger import Ledger
 from .ports import CRM, Alert, Notice, Notifier
@@ -35,18 +33,13 @@ def marker(delivery_id: str) -> str:
     return f"(delivery {delivery_id})"
 
 
-def start_create(
-    ledger: Ledger, delivery_id: str, owner: str, step: str, lease_seconds: float, first: Sequence[Callable[[], None]] = ()
-) -> bool:
-    """Renew the lease and record that the step's create is about to go out, in one transaction
-    (after ``first``: ledger writes that must be on disk before the create goes out, too).
+def start_create(ledger: Ledger, delivery_id: str, owner: str, step: str, lease_seconds: float) -> bool:
+    """Renew the lease and record that the step's create is about to go out, in one transaction.
 
     Returns whether an earlier attempt may already have sent it (its last word was ``sending``).
     """
 
     def mark() -> bool:
-        for write in first:
-            write()
         unsure = may_have_sent(ledger, delivery_id, step)
         ledger.renew(delivery_id, owner, lease_seconds)
         ledger.note(delivery_id, step, SENDING, "create sent; a retry looks for it before sending it again")

@@ -141,14 +141,11 @@ class Sales:
         if fresh and name in LOOKED_UP_STEPS:
             # The create's intent rides in the lease renewal's transaction, and so does the last
             # step's checkpoint if it waits: no extra commit.
-            first, run.pending = run.pending, []
-            try:
-                unsure = start_create(self.ledger, run.lead_id, run.owner, name, lease, first)
-            except BaseException:
-                run.pending = first + run.pending  # not committed: still waiting
-                raise
-            if unsure:
-                run.unsure.add(name)
+            def intent() -> None:
+                if start_create(self.ledger, run.lead_id, run.owner, name, lease):
+                    run.unsure.add(name)
+
+            self.settle(run, then=intent)
             run.lease_until = time.time() + lease
         else:
             self.settle(run)
@@ -176,16 +173,20 @@ class Sales:
         checkpoint is still on disk before the next side effect, for one commit instead of two.
         """
         writes, run.pending = run.pending, []
-        if then is not None:
-            writes.append(then)
-        if not writes:
+        if not writes and then is None:
             return
 
         def commit() -> None:
             for write in writes:
                 write()
+            if then is not None:
+                then()
 
-        self.ledger.atomically(commit)
+        try:
+            self.ledger.atomically(commit)
+        except BaseException:
+            run.pending = writes + run.pending  # not committed: still waiting
+            raise
 
     def _keep_lease(self, run: Run) -> None:
         """Renew once half the lease is used: until then nobody else can take the delivery (only
