@@ -84,10 +84,6 @@ class LimitStore:
         return db
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        yield self._connect()
-
-    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction on this thread's connection."""
         db = self._connect()
@@ -144,14 +140,13 @@ class LimitStore:
 
     def calls_by_day(self, name: str, since: float) -> dict[str, int]:
         """Calls made per UTC day, from the day of ``since`` on."""
-        with self._reading() as db:
-            rows = db.execute("SELECT day, n FROM call_days WHERE name=? AND day >= ?", (name, _day(since))).fetchall()
+        rows = self._connect().execute("SELECT day, n FROM call_days WHERE name=? AND day >= ?", (name, _day(since))).fetchall()
         return {str(day): int(n) for day, n in rows}
 
     def window_count(self, name: str, window: float, now: float) -> int:
         """Calls counted in the window ending now (a read: takes no lock)."""
-        with self._reading() as db:
-            return int(db.execute("SELECT count(*) FROM calls WHERE name=? AND at > ?", (name, now - window)).fetchone()[0])
+        db = self._connect()
+        return int(db.execute("SELECT count(*) FROM calls WHERE name=? AND at > ?", (name, now - window)).fetchone()[0])
 
     def fill_window(self, name: str, used: int, window: float, now: float) -> None:
         """The other side counted ``used`` calls in its window: count at least as many here."""
