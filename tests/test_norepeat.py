@@ -171,7 +171,10 @@ def test_a_worker_killed_after_sending_a_task_finds_that_task_on_retry(
     delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
 
     def sending_task() -> bool:
-        return ("task", "sending") in [(e["step"], e["outcome"]) for e in ledger.events(delivery_id)]
+        # The intent is on disk before the create goes out: wait for the sandbox to hold the
+        # create too (its delay taken), or the kill can land before the request is sent.
+        sent = ("task", "sending") in [(e["step"], e["outcome"]) for e in ledger.events(delivery_id)]
+        return sent and not sandbox.state()["faults"]
 
     argv = [sys.executable, "-m", "bridge.cli", "worker", "--config", str(config)]
     with started(argv, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:

@@ -195,6 +195,8 @@ class SandboxState:
             "owners": self.crm.owners,
             "slack_users": self.slack_users,
             "requests": self.requests,
+            # Faults not used up yet: one taken by a request that it delays is gone from here.
+            "faults": [{"method": f.method, "path": f.path, "remaining": f.remaining} for f in self.faults],
             "properties": sorted(self.crm.property_definitions["contacts"]),
         }
 
