@@ -25,7 +25,10 @@ def _report(removed: Removed, as_json: bool, what: str) -> None:
     counts = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in summary.items() if name != "file_clean" and n)
     click.echo(f"{what}: {counts or 'nothing to remove'}")
     if not removed.file_clean:
-        click.echo("note: another process had the ledger open, so old copies may stay in its WAL until the next checkpoint")
+        click.echo(
+            "note: old copies may stay in the ledger's files until SQLite's next WAL checkpoint"
+            " (another process had it open) or PostgreSQL's next VACUUM"
+        )
 
 
 @click.command("migrate")
@@ -41,12 +44,11 @@ def migrate_command(config_file: str | None, check: bool, as_json: bool) -> None
     Example: leadbridge migrate --check
     """
     settings = cli._settings(config_file)
-    path = settings.ledger.path
-    applied, pending = migration_state(path)
+    applied, pending = migration_state(settings.ledger)
     ran: list[str] = []
     if pending and not check:
         open_ledger(settings.ledger)  # applies them; another process may have meanwhile
-        after, pending = migration_state(path)
+        after, pending = migration_state(settings.ledger)
         ran = [name for name in after if name not in applied]
         applied = after
     if as_json:
@@ -57,6 +59,43 @@ def migrate_command(config_file: str | None, check: bool, as_json: bool) -> None
         click.echo(f"{len(pending)} pending: {', '.join(pending)}" if pending else f"up to date ({len(applied)} migrations)")
     if pending:
         raise SystemExit(1)
+
+
+@click.command("copy-ledger")
+@cli.config_option
+@click.option("--to", "url", required=True, help="The PostgreSQL ledger: postgresql://user@host:port/database (no password).")
+@click.option("--json", "as_json", is_flag=True)
+def copy_ledger_command(config_file: str | None, url: str, as_json: bool) -> None:
+    """Copy the SQLite ledger (ledger.path) into a PostgreSQL database, every table, idempotently.
+
+    Rows already there are brought up to date, never doubled; run it again to pick up what
+    arrived since. Stop the relay, copy, set ledger.url, start it again. The password comes
+    from ledger.password_env (or password_file), as when the relay runs on it.
+
+    Example: leadbridge copy-ledger --to postgresql://leadbridge@db:5432/leadbridge
+    """
+    from .config import LedgerSettings
+    from .ledger import Ledger
+    from .ledger_pg import PostgresLedger, copy_sqlite_ledger
+
+    settings = cli._settings(config_file)
+    try:
+        target_settings = LedgerSettings.model_validate({**settings.ledger.model_dump(), "url": url})
+    except ValueError as exc:
+        raise click.UsageError(str(exc).splitlines()[-1]) from exc
+    if not settings.ledger.path.exists():
+        raise click.UsageError(f"no SQLite ledger at {settings.ledger.path}")
+    target = PostgresLedger(url, target_settings.password(), settings.ledger.busy_timeout_seconds)
+    try:
+        copied = copy_sqlite_ledger(Ledger(settings.ledger.path), target)
+    finally:
+        target.close()
+    if as_json:
+        click.echo(json.dumps({"copied": copied}, sort_keys=True))
+        return
+    for table, n in copied.items():
+        click.echo(f"{table}: {n} rows")
+    click.echo(f"copied {sum(copied.values())} rows; now set ledger.url: {url}")
 
 
 @click.command("purge")

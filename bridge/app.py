@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import time
 from typing import Any
 
@@ -37,7 +36,7 @@ from .logs import install as install_redaction
 from .logs import settings_secrets
 from .metrics import register_metrics
 from .ports import Request, Source, key_aliases
-from .ratelimit import LimitStore, RateLimiter, limits_path
+from .ratelimit import RateLimiter, open_limits
 from .sources import interpret, load_sources
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,7 @@ class Intake:
                 aliases=key_aliases(key),
                 now=received_at,
             )
-        except sqlite3.Error as exc:
+        except self.ledger.errors as exc:
             log.error("ledger write failed for source %s: %s", source_name, type(exc).__name__)
             raise LedgerUnavailableError("the delivery could not be stored; retry later") from exc
 
@@ -109,7 +108,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if limits.trusted_proxies:
         # Only the hops we run are trusted; anything a client prepends is ignored.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=limits.trusted_proxies)  # type: ignore[method-assign]
-    store = LimitStore(limits_path(settings.ledger.path), settings.ledger.busy_timeout_seconds)
+    store = open_limits(settings.ledger)
     app.extensions["leadbridge.limits"] = store
     per_ip = RateLimiter(store, "ip", limits.per_client_ip)
     per_source = RateLimiter(store, "source", limits.per_source)
@@ -144,7 +143,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def health() -> tuple[Response, int]:
         try:
             counts = intake.ledger.counts()
-        except sqlite3.Error:
+        except intake.ledger.errors:
             return jsonify(ok=False, ledger="unavailable"), 503
         return jsonify(ok=True, version=settings.version, deliveries=counts), 200
 

@@ -742,10 +742,11 @@ def replay_succeeded(outcome: str) -> bool:
 
 def _register_admin_commands() -> None:
     # Imported late: bridge/admin.py builds its commands from this module's helpers.
-    from .admin import doctor_command, forget_command, migrate_command, purge_command
+    from .admin import copy_ledger_command, doctor_command, forget_command, migrate_command, purge_command
 
     main.add_command(doctor_command)
     main.add_command(migrate_command)
+    main.add_command(copy_ledger_command)
     main.add_command(purge_command)
     main.add_command(forget_command)
 
@@ -759,13 +760,12 @@ def stats(config_file: str | None, since: str, as_json: bool) -> None:
 
     Example: leadbridge stats --since 30d --json
     """
-    from .ratelimit import CallPacer, LimitStore, limits_path
+    from .ratelimit import CallPacer, limits_exist, open_limits
     from .stats import collect_stats, stats_lines
 
     start = parse_since(since)
     settings, ledger = _ledger(config_file)
-    limits = limits_path(settings.ledger.path)
-    calls = LimitStore(limits).calls_by_day(CallPacer.API, start or 0.0) if limits.exists() else None
+    calls = open_limits(settings.ledger).calls_by_day(CallPacer.API, start or 0.0) if limits_exist(settings.ledger) else None
     report = collect_stats(ledger, start or 0.0, calls)
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))

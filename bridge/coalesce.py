@@ -33,7 +33,7 @@ from .batching import Batcher, Failed
 from .config import Settings
 from .errors import DeliveryError, RetriableError
 from .ports import CRM, ContactResult, ContactWrite, Link, NewRecord, Snapshot, build_crm
-from .ratelimit import CallPacer, limits_path
+from .ratelimit import CallPacer
 
 BATCH_LIMIT = 100
 # Contact batches in flight at once while the budget has room. At 10 new leads a second and
@@ -124,7 +124,7 @@ class CoalescingCRM:
 def batched_crm(settings: Settings, in_flight: Callable[[], int], inner: CRM | None = None) -> CoalescingCRM:
     """The worker's CRM: ``inner`` (or the configured one), its writes batched across the
     deliveries in flight (``in_flight()`` says how many)."""
-    pacer = CallPacer(limits_path(settings.ledger.path), settings.hubspot.rate_limit)
+    pacer = CallPacer(settings.ledger, settings.hubspot.rate_limit)
     cfg = settings.hubspot.batching
     return CoalescingCRM(
         inner or build_crm(settings),

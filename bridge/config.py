@@ -70,6 +70,25 @@ class ServerSettings(Model):
 class LedgerSettings(Model):
     path: Path = Path("leadbridge.db")
     busy_timeout_seconds: float = Field(10.0, gt=0)
+    # PostgreSQL instead of the SQLite file (README "The ledger on PostgreSQL"), e.g.
+    # postgresql://leadbridge@db:5432/leadbridge; its password comes from password_env or password_file.
+    url: str = ""
+    password_env: str = "LEADBRIDGE_LEDGER_PASSWORD"
+    password_file: Path | None = None
+    # Connections each process may open (the database's max_connections must cover them all).
+    pool_size: int = Field(10, ge=2, le=200)
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql_without_password(cls, url: str) -> str:
+        if url and not re.match(r"postgres(ql)?://", url):
+            raise ValueError("ledger.url must start with postgresql:// (leave it out for the SQLite file at ledger.path)")
+        if re.match(r"postgres(ql)?://[^/@]*:[^/@]*@", url) or re.search(r"[?&]password=", url):
+            raise ValueError("ledger.url must not hold a password: name where it lives in password_env or password_file")
+        return url
+
+    def password(self) -> str | None:
+        return read_secret(self.password_env, self.password_file)
 
 
 class LeadSettings(Model):
@@ -481,6 +500,10 @@ class Settings(Model):
             if tokens.token_file is not None:
                 data[section]["token_file"] = shown(tokens.token_file, tokens.token())
             data[section]["token_env"] = shown(tokens.token_env, read_secret(tokens.token_env))
+        ledger = self.ledger
+        data["ledger"]["password_env"] = shown(ledger.password_env, read_secret(ledger.password_env))
+        if ledger.password_file is not None:
+            data["ledger"]["password_file"] = shown(ledger.password_file, ledger.password())
         for source, spec in zip(data["sources"], self.sources, strict=True):
             source["secret_env"] = [shown(name, read_secret(name)) for name in spec.secret_env]
             source["secret_file"] = [shown(path, file_secret(path)) for path in spec.secret_file]
@@ -499,6 +522,9 @@ class Settings(Model):
                 "only for HubSpot's webhooks",
             ),
         ]
+        ledger = self.ledger
+        if ledger.url:
+            refs.append(SecretRef("ledger.password_env", ledger.password_env, ledger.password_file, "the PostgreSQL ledger's"))
         for source in self.sources:
             refs += [SecretRef(source_path(source.name), env=name) for name in source.secret_env]
             refs += [SecretRef(source_path(source.name), file=path) for path in source.secret_file]
@@ -595,6 +621,8 @@ def _resolve(settings: Settings, file: Path, raw: bytes) -> Settings:
     for tokens in (settings.hubspot, settings.slack):
         if tokens.token_file is not None:
             tokens.token_file = _under(root, tokens.token_file)
+    if settings.ledger.password_file is not None:
+        settings.ledger.password_file = _under(root, settings.ledger.password_file)
     for source in settings.sources:
         here = source_path(source.name)
         if source.mapping is None and not source.forms:

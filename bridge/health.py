@@ -8,7 +8,6 @@ Either way it reports the backlog, so a load balancer or a person sees how far b
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
@@ -31,13 +30,13 @@ def readiness(settings: Settings, ledger: Ledger, now: float | None = None) -> t
     try:
         ledger.probe_write()
         report["ledger"] = "writable"
-    except sqlite3.Error as exc:
+    except ledger.errors as exc:
         report["ledger"] = "unavailable"
         reasons.append(f"ledger: not writable ({type(exc).__name__})")
     try:
         last = ledger.last_heartbeat()
         report["backlog"] = ledger.backlog(now)
-    except sqlite3.Error as exc:
+    except ledger.errors as exc:
         # Unreadable as well: the ledger reason says so, but keep what is known.
         last = None
         reasons.append(f"ledger: not readable ({type(exc).__name__})")

@@ -32,6 +32,10 @@ class LedgerBase:
         def note(self, delivery_id: str, step: str, outcome: str, detail: str = "", now: float | None = None) -> None: ...
 
 
+# SQLite's trigger body that keeps the event log append-only (bridge/ledger_pg.py has PostgreSQL's).
+EVENTS_APPEND_ONLY = "SELECT RAISE(ABORT, 'events are append-only')"
+
+
 def marks(values: Sequence[object]) -> str:
     """Placeholders for ``IN (...)``; ``NULL`` for none, which matches nothing."""
     return ", ".join("?" * len(values)) or "NULL"

@@ -72,7 +72,11 @@ class CrmLedger(LedgerBase):
             row = conn.execute("SELECT at_ms FROM crm_deal_versions WHERE record_id = ?", (record_id,)).fetchone()
             if row is not None and int(row[0]) >= at_ms:
                 return False
-            conn.execute("INSERT OR REPLACE INTO crm_deal_versions VALUES (?, ?)", (record_id, at_ms))
+            conn.execute(
+                """INSERT INTO crm_deal_versions (record_id, at_ms) VALUES (?, ?)
+                   ON CONFLICT (record_id) DO UPDATE SET at_ms = excluded.at_ms""",
+                (record_id, at_ms),
+            )
         return True
 
     # -- stages to check again (bridge/stages.py) -----------------------------------
@@ -80,7 +84,11 @@ class CrmLedger(LedgerBase):
     def queue_stage_check(self, record_id: str, stage: str, now: float) -> None:
         """The deal's new stage was not in HubSpot's pipelines as last read: the worker checks it again."""
         with self._write() as conn:
-            conn.execute("INSERT OR REPLACE INTO crm_stage_checks VALUES (?, ?, ?)", (record_id, stage, now))
+            conn.execute(
+                """INSERT INTO crm_stage_checks (record_id, stage, at) VALUES (?, ?, ?)
+                   ON CONFLICT (record_id) DO UPDATE SET stage = excluded.stage, at = excluded.at""",
+                (record_id, stage, now),
+            )
 
     def drop_stage_check(self, record_id: str) -> None:
         with self._write() as conn:
@@ -119,7 +127,12 @@ class CrmLedger(LedgerBase):
         ]
         with self._write() as conn:
             conn.execute("DELETE FROM crm_stages WHERE object_type = ?", (object_type,))
-            conn.executemany("INSERT OR REPLACE INTO crm_stages VALUES (?, ?, ?, ?, ?)", rows)
+            conn.executemany(
+                """INSERT INTO crm_stages (object_type, stage, pipeline, closed, fetched_at) VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (object_type, stage) DO UPDATE SET pipeline = excluded.pipeline, closed = excluded.closed,
+                   fetched_at = excluded.fetched_at""",
+                rows,
+            )
 
     # -- the poller's lease and high-water mark (bridge/crm_poll.py) ------------------
 
@@ -127,7 +140,7 @@ class CrmLedger(LedgerBase):
         """Lease the poll ``name`` to ``owner`` unless another owner's lease is live or, ``every``
         given, it last ran less than ``every`` ago; the check and the take are one transaction."""
         with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO crm_poll (name) VALUES (?)", (name,))
+            conn.execute("INSERT INTO crm_poll (name) VALUES (?) ON CONFLICT DO NOTHING", (name,))
             holder, lease_until, last_run = conn.execute(
                 "SELECT owner, lease_until, last_run_at FROM crm_poll WHERE name = ?", (name,)
             ).fetchone()
@@ -143,7 +156,8 @@ class CrmLedger(LedgerBase):
         with self._write() as conn:
             conn.execute(
                 """UPDATE crm_poll SET owner = NULL, lease_until = 0,
-                   high_water_ms = CASE WHEN ? IS NULL THEN high_water_ms ELSE max(COALESCE(high_water_ms, 0), ?) END,
+                   high_water_ms = CASE WHEN CAST(? AS BIGINT) > COALESCE(high_water_ms, 0)
+                                   THEN CAST(? AS BIGINT) ELSE high_water_ms END,
                    last_run_at = COALESCE(?, last_run_at) WHERE name = ? AND owner = ?""",
                 (high_water_ms, high_water_ms, ran_at, name, owner),
             )

@@ -62,8 +62,8 @@ class FollowUpLedger(LedgerBase):
         with self._write() as conn:
             for item in items:
                 conn.execute(
-                    """INSERT OR IGNORE INTO followups (id, kind, delivery_id, phase, state, due_at, data, updated_at)
-                       VALUES (?, ?, ?, ?, 'waiting', ?, ?, ?)""",
+                    """INSERT INTO followups (id, kind, delivery_id, phase, state, due_at, data, updated_at)
+                       VALUES (?, ?, ?, ?, 'waiting', ?, ?, ?) ON CONFLICT DO NOTHING""",
                     (item.id, item.kind, item.delivery_id, item.phase, item.due_at, json.dumps(item.data, sort_keys=True), now),
                 )
 

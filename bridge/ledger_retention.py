@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from .ledger_base import LedgerBase, marks
+from .ledger_base import EVENTS_APPEND_ONLY, LedgerBase, marks
 
 # Truncating the WAL waits this long at most for other processes' readers.
 _CHECKPOINT_BUSY_MS = 200
@@ -46,6 +46,13 @@ class BusyPersonError(Exception):
 
 
 class RetentionLedger(LedgerBase):
+    def _events_deletable(self, conn: sqlite3.Connection, deletable: bool) -> None:
+        """Let this transaction delete events (an erasure), or make the log append-only again."""
+        if deletable:
+            conn.execute("DROP TRIGGER events_no_delete")
+        else:
+            conn.execute(f"CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN {EVENTS_APPEND_ONLY}; END")
+
     def purge_finished(self, before: float, personal_steps: Sequence[str], *, truncate_wal: bool = True) -> Removed:
         """Empty the bodies, headers, person keys, digest lines and ``personal_steps`` checkpoints of
         deliveries finished before ``before``, and drop identities not seen since, in one transaction.
@@ -60,8 +67,8 @@ class RetentionLedger(LedgerBase):
         removed = Removed(file_clean=truncate_wal)
         with self._erasing(removed, truncate_wal=truncate_wal) as conn:
             removed.bodies = conn.execute(
-                f"UPDATE deliveries SET body = x'', headers = '{{}}' WHERE id IN ({old}) AND length(body) > 0",
-                {"before": before},
+                f"UPDATE deliveries SET body = :empty, headers = '{{}}' WHERE id IN ({old}) AND length(body) > 0",
+                {"before": before, "empty": b""},
             ).rowcount
             removed.steps = conn.execute(
                 f"""UPDATE steps SET result = '{{"purged": true}}' WHERE delivery_id IN ({old})
@@ -104,11 +111,9 @@ class RetentionLedger(LedgerBase):
             removed.steps = _delete(conn, "steps", "delivery_id", ids)
             removed.person_keys = _delete(conn, "person_keys", "delivery_id", ids)
             removed.digest_lines = _delete(conn, "digest_items", "delivery_id", ids)
-            conn.execute("DROP TRIGGER events_no_delete")
+            self._events_deletable(conn, True)
             removed.events = _delete(conn, "events", "delivery_id", ids)
-            conn.execute(
-                "CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'events are append-only'); END"
-            )
+            self._events_deletable(conn, False)
             removed.deliveries = removed.bodies = _delete(conn, "deliveries", "id", ids)
         return removed
 

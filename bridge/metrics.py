@@ -17,7 +17,6 @@ Names (README "Metrics" lists them; deploy/ has a dashboard and alert rules usin
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -50,7 +49,7 @@ class LedgerCollector(Collector):
             yield from self._intake(counts)
             yield from self._backlog(time.time())
             yield self._speed_to_lead()
-        except sqlite3.Error as exc:
+        except self.ledger.errors as exc:
             # An empty scrape shows as a gap; /readyz says why.
             log.error("metrics: the ledger could not be read (%s)", type(exc).__name__)
 
@@ -143,6 +142,6 @@ def register_metrics(app: Flask, ledger: Ledger, sources: set[str]) -> None:
         source = name if name in sources else UNKNOWN_SOURCE
         try:
             ledger.count_intake(source, outcome, response.status_code)
-        except sqlite3.Error as exc:  # a metric must never cost the sender its answer
+        except ledger.errors as exc:  # a metric must never cost the sender its answer
             log.warning("metrics: could not count a %s request (%s)", outcome, type(exc).__name__)
         return response

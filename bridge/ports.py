@@ -298,9 +298,9 @@ def build_source(spec: SourceSettings) -> Source:
 def build_crm(settings: Settings) -> CRM:
     from connectors import CRM as spec
 
-    from .ratelimit import CallPacer, limits_path
+    from .ratelimit import CallPacer
 
-    pacer = CallPacer(limits_path(settings.ledger.path), settings.hubspot.rate_limit)
+    pacer = CallPacer(settings.ledger, settings.hubspot.rate_limit)
     return load(spec)(settings.hubspot, pacer)
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import CallBudget
+from .config import CallBudget, LedgerSettings
 from .errors import ThrottledError
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,28 @@ def _day(at: float) -> str:
 
 
 def _count_day(db: sqlite3.Connection, name: str, now: float) -> None:
-    db.execute("INSERT INTO call_days VALUES (?, ?, 1) ON CONFLICT (name, day) DO UPDATE SET n = n + 1", (name, _day(now)))
+    db.execute(
+        "INSERT INTO call_days VALUES (?, ?, 1) ON CONFLICT (name, day) DO UPDATE SET n = call_days.n + 1", (name, _day(now))
+    )
 
 
 def limits_path(ledger_path: Path) -> Path:
     """Where the shared counters of a ledger's intake live."""
     return ledger_path.with_name(ledger_path.name + ".limits.db")
+
+
+def open_limits(ledger: LedgerSettings) -> LimitStore:
+    """The counters of this ledger: the file beside the SQLite ledger, or tables in the PostgreSQL
+    one, so every worker and intake process on every machine counts against the same limits."""
+    if ledger.url:
+        from .ledger_pg import PgLimitStore
+
+        return PgLimitStore(ledger.url, ledger.password(), ledger.busy_timeout_seconds)
+    return LimitStore(limits_path(ledger.path), ledger.busy_timeout_seconds)
+
+
+def limits_exist(ledger: LedgerSettings) -> bool:
+    return bool(ledger.url) or limits_path(ledger.path).exists()
 
 
 class LimitStore:
@@ -64,6 +80,8 @@ class LimitStore:
 
     # Past this many rows, buckets idle long enough to be full again are dropped.
     MAX_KEYS = 10_000
+    # What a failing store raises; a limiter that cannot count lets the request or call through.
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self, path: Path, busy_timeout_seconds: float = 5.0) -> None:
         self.path = path
@@ -111,7 +129,11 @@ class LimitStore:
             tokens = min(capacity, tokens + max(0.0, now - last) * rate)
             wait = 0.0 if tokens >= 1 else (1 - tokens) / rate
             tokens = tokens if wait else tokens - 1
-            db.execute("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?)", (name, key, tokens, now))
+            db.execute(
+                """INSERT INTO buckets VALUES (?, ?, ?, ?)
+                   ON CONFLICT (name, key) DO UPDATE SET tokens = excluded.tokens, last = excluded.last""",
+                (name, key, tokens, now),
+            )
             if not row and db.execute("SELECT count(*) FROM buckets").fetchone()[0] > self.MAX_KEYS:
                 db.execute("DELETE FROM buckets WHERE name=? AND last < ?", (name, now - capacity / rate))
         return wait
@@ -158,7 +180,7 @@ class LimitStore:
     def secret(self, name: str) -> bytes:
         """A random secret created once per file, so every worker signs and checks alike."""
         db = self._connect()
-        db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (name, secrets.token_bytes(32)))
+        db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT DO NOTHING", (name, secrets.token_bytes(32)))
         return bytes(db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()[0])
 
 
@@ -177,7 +199,7 @@ class RateLimiter:
         try:
             # Wall time, not monotonic: the buckets are shared by processes and outlive them.
             return self.store.take(self.name, key, self.capacity, self.rate, time.time() if now is None else now)
-        except sqlite3.Error as exc:
+        except self.store.errors as exc:
             # A stuck limits file must not stop leads: let the request through and say so.
             log.warning("rate limiter unavailable (%s); request allowed", type(exc).__name__)
             return 0.0
@@ -200,13 +222,13 @@ class CallPacer:
 
     def __init__(
         self,
-        path: Path,
+        limits: Path | LedgerSettings,
         budget: CallBudget,
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.path, self.budget = path, budget
+        self.limits, self.budget = limits, budget
         self.clock, self.sleep = clock, sleep
         self._store: LimitStore | None = None
 
@@ -271,9 +293,12 @@ class CallPacer:
     def _safely(self, use: Callable[[LimitStore], float | None]) -> float | None:
         try:
             if self._store is None:  # opened at the first call, so `leadbridge try` writes no file
-                self._store = LimitStore(self.path)
+                limits = self.limits
+                self._store = LimitStore(limits) if isinstance(limits, Path) else open_limits(limits)
             return use(self._store)
-        except sqlite3.Error as exc:
+        except Exception as exc:
+            if not isinstance(exc, self._store.errors if self._store else (sqlite3.Error, OSError, ConnectionError)):
+                raise
             # A stuck limits file must not stop leads: HubSpot's own 429 still paces us.
             log.warning("HubSpot call budget unavailable (%s); call allowed", type(exc).__name__)
             return None

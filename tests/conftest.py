@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +24,12 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from bridge.app import create_app
 from bridge.config import Settings, settings_from_dict
-from bridge.ledger import Ledger
+from bridge.ledger import Ledger, open_ledger
 from bridge.worker import Worker
 from connectors.sandbox import SandboxServer
 from connectors.typeform import typeform_signature
+
+from . import postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -98,8 +102,66 @@ def with_absolute_mappings(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test on a ledger runs twice: on the SQLite file and on a PostgreSQL database of its own.
+
+    ``LEADBRIDGE_TEST_BACKEND=postgresql`` (or ``sqlite``) runs only that half. A test marked
+    ``sqlite_only`` is about SQLite itself (its locks, its file), one marked ``postgres_only``
+    about a shared database; each runs once.
+    """
+    if "backend" not in metafunc.fixturenames:
+        return
+    only = os.environ.get("LEADBRIDGE_TEST_BACKEND")
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        metafunc.parametrize("backend", ["sqlite"], indirect=True)
+    elif metafunc.definition.get_closest_marker("postgres_only"):
+        metafunc.parametrize("backend", ["postgresql"], indirect=True)
+    else:
+        metafunc.parametrize("backend", [only] if only else BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def config_data(tmp_path: Path, sandbox: Sandbox) -> dict[str, Any]:
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[postgres.PostgresServer]:
+    why = postgres.unavailable()
+    if why:
+        pytest.skip(f"the PostgreSQL half of the suite is skipped: {why}")
+    server = postgres.start_postgres(fsync=False)
+    try:
+        # Each test's database is a copy of one already migrated: a copy costs a fraction of
+        # applying every migration again.
+        from bridge.ledger_pg import PostgresLedger
+
+        template = server.create_database(postgres.TEMPLATE)
+        PostgresLedger(template).close()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ledger_url(request: pytest.FixtureRequest, backend: str) -> Iterator[str]:
+    """ "" (the SQLite file), or a new empty PostgreSQL database for this test alone."""
+    if backend == "sqlite":
+        yield ""
+        return
+    server: postgres.PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.create_database("t_" + uuid.uuid4().hex[:16], template=postgres.TEMPLATE)
+    try:
+        yield url
+    finally:
+        server.drop_database(url)
+
+
+@pytest.fixture
+def config_data(tmp_path: Path, sandbox: Sandbox, ledger_url: str) -> dict[str, Any]:
     """The example config, pointed at this test's sandbox and ledger, with fast retries."""
     data = copy.deepcopy(example_config())
     data["hubspot"]["base_url"] = sandbox.url
@@ -109,6 +171,7 @@ def config_data(tmp_path: Path, sandbox: Sandbox) -> dict[str, Any]:
     # Routing needs owners seeded in the sandbox; test_sales and test_routing cover it.
     data["routing"] = {}
     data["ledger"]["path"] = str(tmp_path / "ledger.db")
+    data["ledger"]["url"] = ledger_url
     data["retry"] = {"schedule_seconds": [0.05, 0.05, 0.05, 0.05], "jitter": 0}
     data["worker"].update(poll_seconds=0.05, person_busy_delay_seconds=0.05)
     return with_absolute_mappings(data)
@@ -121,7 +184,7 @@ def settings(config_data: dict[str, Any]) -> Settings:
 
 @pytest.fixture
 def ledger(settings: Settings) -> Ledger:
-    return Ledger(settings.ledger.path)
+    return open_ledger(settings.ledger)
 
 
 class PathOnlyLog(WSGIRequestHandler):

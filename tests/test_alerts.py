@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from bridge.alerts import reason_class
 from bridge.cli import main
 from bridge.config import settings_from_dict
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Ledger, Status, open_ledger
 from bridge.worker import Worker
 
 from .conftest import ROOT, Sandbox, answer, post_typeform, served, typeform_payload
@@ -59,7 +59,7 @@ def test_a_dead_delivery_posts_one_ops_message_and_a_dead_replay_another(
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(config_data))
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     sandbox.fault(path=UPSERT, status=400, body=REFUSAL)
     with served(settings) as url:
         delivery_id = dying_lead(url, 1)
@@ -87,7 +87,7 @@ def test_a_dead_delivery_posts_one_ops_message_and_a_dead_replay_another(
 def test_many_dead_letters_at_once_become_one_summary(config_data: dict[str, Any], sandbox: Sandbox) -> None:
     config_data["alerts"] = {"slack_channel": OPS, "max_per_sweep": 2}
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     sandbox.fault(path=UPSERT, status=400, body=REFUSAL)
     with served(settings) as url:
         ids = [dying_lead(url, n) for n in range(3)]

@@ -11,7 +11,7 @@ from werkzeug.test import Client
 
 from bridge.app import create_app
 from bridge.config import settings_from_dict
-from bridge.ledger import Ledger
+from bridge.ledger import Ledger, open_ledger
 from bridge.worker import Worker
 from connectors.typeform import typeform_signature
 
@@ -81,7 +81,7 @@ def test_append_adds_each_new_value_once(tmp_path: Path, config_data: dict[str, 
     (tmp_path / "typeform.yaml").write_text(yaml.safe_dump(mapping))
     config_data["sources"][0]["mapping"] = str(tmp_path / "typeform.yaml")
     settings = settings_from_dict(config_data, ROOT)
-    client, worker = Client(create_app(settings)), Worker(settings, Ledger(settings.ledger.path))
+    client, worker = Client(create_app(settings)), Worker(settings, open_ledger(settings.ledger))
     for n, text in enumerate(("Roof leaks", "Also gutters", "Roof leaks")):
         payload = typeform_payload(event_id=f"e{n}", token=f"t{n}")
         for answer in payload["form_response"]["answers"]:

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from bridge.config import Settings, settings_from_dict
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Ledger, Status, open_ledger
 from bridge.sources import interpret_body, load_sources
 from bridge.worker import Worker
 
@@ -108,7 +108,7 @@ def test_reading_unknown_contacts_first_costs_one_batch_read_and_keeps_what_hubs
     settings = settings_from_dict(config_data, ROOT)
     before = len(sandbox.state()["requests"])
     post_typeform(intake, typeform_payload())
-    Worker(settings, Ledger(settings.ledger.path)).drain()
+    Worker(settings, open_ledger(settings.ledger)).drain()
     assert hubspot_only(calls(sandbox, before)) == [BATCH_READ, UPSERT, DEAL, TASK]
     (contact,) = sandbox.state()["contacts"]
     assert (contact["properties"]["first_utm_source"], contact["properties"]["hubspot_owner_id"]) == ("bing", "777")
@@ -141,7 +141,7 @@ def test_with_tasks_off_the_answers_go_in_a_note(config_data: dict[str, Any], sa
     config_data["tasks"] = {"enabled": False}
     settings = settings_from_dict(config_data, ROOT)
     post_typeform(intake, typeform_payload())
-    Worker(settings, Ledger(settings.ledger.path)).drain()
+    Worker(settings, open_ledger(settings.ledger)).drain()
     assert hubspot_only(calls(sandbox)) == [UPSERT, DEAL, "POST /crm/v3/objects/notes"]
     (note,) = sandbox.state()["objects"]["notes"]
     assert "Need a quote for 3 bathrooms" in note["properties"]["hs_note_body"]
@@ -237,7 +237,7 @@ def test_a_backlog_of_250_new_leads_is_written_with_three_contact_batch_calls(
     config_data: dict[str, Any], sandbox: Sandbox
 ) -> None:
     settings = batching(config_data)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     ids = queued(settings, ledger, [person(n) for n in range(250)])
     Worker(settings, ledger).drain(timeout=300)
     assert {ledger.get(i).status for i in ids} == {Status.DELIVERED}
@@ -255,7 +255,7 @@ def test_a_207_row_error_fails_only_its_own_delivery(config_data: dict[str, Any]
     (tmp_path / "typeform.yaml").write_text(yaml.safe_dump(mapping))
     config_data["sources"][0]["mapping"] = str(tmp_path / "typeform.yaml")
     settings = batching(config_data, concurrency=3)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     payloads = [person(n) for n in range(3)]
     for n in (0, 2):  # only the middle one carries the value that cannot be written
         payloads[n]["form_response"]["hidden"].pop("utm_source")
@@ -270,7 +270,7 @@ def test_a_207_row_error_fails_only_its_own_delivery(config_data: dict[str, Any]
 
 def test_a_batch_create_that_fails_is_retried_and_creates_nothing_twice(config_data: dict[str, Any], sandbox: Sandbox) -> None:
     settings = batching(config_data, concurrency=3)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     ids = queued(settings, ledger, [person(n) for n in range(3)])
     sandbox.fault(path="/crm/v3/objects/deals/batch/create", status=503, times=1)
     Worker(settings, ledger).drain(timeout=120)
@@ -283,7 +283,7 @@ def test_a_batch_create_that_fails_is_retried_and_creates_nothing_twice(config_d
 def test_a_batch_hubspot_refuses_whole_is_written_row_by_row(config_data: dict[str, Any], sandbox: Sandbox) -> None:
     settings = batching(config_data, concurrency=3)
     sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=400, times=1)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     ids = queued(settings, ledger, [person(n) for n in range(3)])
     Worker(settings, ledger).drain(timeout=120)
     assert {ledger.get(i).status for i in ids} == {Status.DELIVERED}
@@ -300,7 +300,7 @@ def test_with_budget_to_spare_a_contact_write_does_not_queue_behind_one_in_fligh
     config_data["worker"].update(concurrency=2, claim_batch=2)
     settings = settings_from_dict(config_data, ROOT)  # default batching: budget to spare, no linger
     sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", delay=hold)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     ids = queued(settings, ledger, [person(n) for n in range(2)])
     Worker(settings, ledger).drain(timeout=120)
     assert {ledger.get(i).status for i in ids} == {Status.DELIVERED}
@@ -315,7 +315,7 @@ def test_people_a_batch_must_read_are_read_in_one_call(config_data: dict[str, An
     sandbox.hubspot(
         "POST", "/crm/v3/objects/contacts", json={"properties": {"email": "p1@roofing-co.com", "first_utm_source": "x"}}
     )
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     ids = queued(settings, ledger, [person(n) for n in range(3)])
     Worker(settings, ledger).drain(timeout=120)
     assert {ledger.get(i).status for i in ids} == {Status.DELIVERED}
@@ -363,7 +363,7 @@ def test_a_create_whose_answer_timed_out_is_not_sent_again_within_the_attempt(
     config_data["hubspot"]["timeout_seconds"] = 0.5
     config_data["hubspot"]["inprocess_attempts"] = 3
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     sandbox.fault(path="/crm/v3/objects/deals", delay=1.5, times=1)  # applied, but answered too late
     delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
     Worker(settings, ledger).drain(timeout=30)

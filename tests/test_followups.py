@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from bridge.cli import main
 from bridge.config import Settings, settings_from_dict
 from bridge.followups import FollowUps, followup_lines
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Status, open_ledger
 from bridge.worker import Worker
 from connectors.hubspot_events import signature_v3
 
@@ -96,7 +96,7 @@ class Clock:
 
 def chore(settings: Settings, clock: Clock, name: str = "w1") -> FollowUps:
     """A worker's follow-up chore on its own ledger connection, as a separate process has."""
-    worker = Worker(settings, Ledger(settings.ledger.path))
+    worker = Worker(settings, open_ledger(settings.ledger))
     return FollowUps(settings, worker.ledger, worker.pipeline.crm, worker.pipeline.notifier, name, clock)
 
 
@@ -107,7 +107,7 @@ def deliver_hot_lead(relay: str, settings: Settings, n: int = 1) -> str:
         if item["type"] == "choices":
             item["choices"] = {"labels": ["Roofing"]}
     assert post_typeform(relay, payload).status_code == 200
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     Worker(settings, ledger).drain()
     (delivery,) = [d for d in ledger.deliveries(limit=100) if d.idem_key.endswith(f"sla-{n}")]
     assert delivery.status == Status.DELIVERED
@@ -119,7 +119,7 @@ def messages(sandbox: Sandbox, channel: str) -> list[str]:
 
 
 def steps(settings: Settings, delivery_id: str) -> dict[str, dict[str, Any]]:
-    return Ledger(settings.ledger.path).steps(delivery_id)
+    return open_ledger(settings.ledger).steps(delivery_id)
 
 
 def record(sandbox: Sandbox, kind: str, record_id: str) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def record(sandbox: Sandbox, kind: str, record_id: str) -> dict[str, Any]:
 
 
 def received(settings: Settings, delivery_id: str) -> float:
-    delivery = Ledger(settings.ledger.path).get(delivery_id)
+    delivery = open_ledger(settings.ledger).get(delivery_id)
     assert delivery is not None
     return delivery.received_at
 
@@ -165,11 +165,11 @@ def test_an_untouched_hot_lead_pings_its_owner_once_then_the_channel_once_and_is
         ("tasks", done["task"]["task_id"]),
     ):
         assert record(sandbox, kind, record_id)["properties"]["hubspot_owner_id"] == "502"
-    events = [(e["step"], e["outcome"], e["detail"]) for e in Ledger(sla_settings.ledger.path).events(lead)]
+    events = [(e["step"], e["outcome"], e["detail"]) for e in open_ledger(sla_settings.ledger).events(lead)]
     (reassigned,) = [e for e in events if e[1] == "reassigned"]
     assert reassigned[0] == "sla" and "from alice to bob" in reassigned[2] and "pool crew → bob" in reassigned[2]
     assert [e[1] for e in events if e[0] == "sla"] == ["owner_pinged", "reassigned", "escalated"]
-    assert Ledger(sla_settings.ledger.path).assigned_counts("crew") == {"alice": 1, "bob": 1}
+    assert open_ledger(sla_settings.ledger).assigned_counts("crew") == {"alice": 1, "bob": 1}
 
 
 def test_a_completed_task_cancels_the_escalation(relay: str, sandbox: Sandbox, sla_settings: Settings) -> None:
@@ -184,7 +184,7 @@ def test_a_completed_task_cancels_the_escalation(relay: str, sandbox: Sandbox, s
     clock.at = start + 50 * MINUTE
     worker.run()
     assert len(sandbox.state()["messages"]) == posted
-    (line,) = followup_lines(Ledger(sla_settings.ledger.path), lead)
+    (line,) = followup_lines(open_ledger(sla_settings.ledger), lead)
     assert line.startswith("speed to lead (hot): cancelled;")
     assert f"cancelled because task {task_id} was completed in HubSpot" in line
 
@@ -210,7 +210,7 @@ def test_a_call_logged_after_the_lead_cancels_it_but_one_from_before_does_not(
     clock.at = start + 46 * MINUTE
     worker.run()
     assert len(sandbox.state()["messages"]) == posted  # no escalation
-    (line,) = followup_lines(Ledger(sla_settings.ledger.path), lead)
+    (line,) = followup_lines(open_ledger(sla_settings.ledger), lead)
     assert "cancelled because a call, email or meeting was logged on the contact (notes_last_contacted" in line
     assert "owner pinged at" in line
     assert record(sandbox, "contacts", contact_id)["properties"]["hubspot_owner_id"] == "501"
@@ -350,7 +350,7 @@ def test_a_deal_left_in_contract_sent_for_72h_gets_one_task_and_one_reminder(
     assert follow_up[0]["properties"]["hubspot_owner_id"] == "501"
     (reminder,) = messages(sandbox, DM["alice"])
     assert "Chase the signed contract: your deal has been in contractsent for 3d" in reminder
-    (line,) = followup_lines(Ledger(settings.ledger.path), lead)
+    (line,) = followup_lines(open_ledger(settings.ledger), lead)
     assert line.startswith(f"stage follow-up (deal {deal_id} in contractsent): done;") and "reminded at" in line
 
 
@@ -374,7 +374,7 @@ def test_a_deal_that_moved_on_gets_no_reminder(relay: str, sandbox: Sandbox, sla
     chore(settings, clock).run()
     assert len(tasks_on(sandbox, deal_id)) == 1  # only the lead's own task
     assert len(sandbox.state()["messages"]) == posted
-    lines = list(followup_lines(Ledger(settings.ledger.path), lead))
+    lines = list(followup_lines(open_ledger(settings.ledger), lead))
     assert len(lines) == 2
     assert any(f"cancelled because deal {deal_id} moved to closedwon" in line for line in lines)
     assert any("cancelled because the deal moved from contractsent to closedlost" in line for line in lines)
@@ -411,7 +411,7 @@ def test_a_worker_that_died_while_sending_is_not_followed_by_a_second_ping(
     clock.at += sla_settings.worker.lease_seconds + 1  # its lease runs out; another worker takes the row over
     chore(sla_settings, clock, "takes-over").run()
     assert len(messages(sandbox, DM["alice"])) == 1
-    events = [(e["step"], e["outcome"]) for e in Ledger(sla_settings.ledger.path).events(lead)]
+    events = [(e["step"], e["outcome"]) for e in open_ledger(sla_settings.ledger).events(lead)]
     assert ("sla", "owner_dm_unknown") in events and ("sla", "owner_pinged") in events
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import sqlite3
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from bridge.app import UNEXPECTED, create_app
 from bridge.config import Settings, settings_from_dict
 from bridge.errors import PayloadError
 from bridge.lead import Lead, LeadResult
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Ledger, Status, open_ledger
 from bridge.ports import ContactResult, build_notifier
 from bridge.sales import Run, digest_line
 from bridge.scoring import Score
@@ -224,8 +223,7 @@ def send_raw(base: str, case: Hostile) -> tuple[int, dict[str, Any]]:
 
 
 def deliveries(settings: Settings) -> int:
-    with sqlite3.connect(settings.ledger.path) as db:
-        return int(db.execute("SELECT count(*) FROM deliveries").fetchone()[0])
+    return sum(open_ledger(settings.ledger).counts().values())
 
 
 def normal_request(base: str) -> requests.Response:

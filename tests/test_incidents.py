@@ -10,7 +10,7 @@ from typing import Any
 
 from bridge.config import settings_from_dict
 from bridge.incidents import check_incidents, learn_rhythm
-from bridge.ledger import Ledger
+from bridge.ledger import Ledger, open_ledger
 from bridge.ports import build_notifier
 from bridge.worker import Worker
 
@@ -22,7 +22,7 @@ OPS = "#ops-leadbridge"
 def setup(config_data: dict[str, Any], **alerts: Any) -> tuple[Any, Ledger]:
     config_data["alerts"] = {"slack_channel": OPS, **alerts}
     settings = settings_from_dict(config_data, ROOT)
-    return settings, Ledger(settings.ledger.path)
+    return settings, open_ledger(settings.ledger)
 
 
 def ops(sandbox: Sandbox) -> list[str]:

@@ -16,7 +16,7 @@ import yaml
 
 from bridge.config import settings_from_dict
 from bridge.jsonlog import LeadbridgeJsonFormatter
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Status, open_ledger
 
 from .conftest import ROOT, Sandbox, answer, post_typeform, served, typeform_payload
 from .procs import BOOT_SECONDS, started, wait_until
@@ -31,7 +31,7 @@ def test_a_json_worker_writes_fields_and_no_personal_data(config_data: dict[str,
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(config_data))
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     log_file = tmp_path / "worker.log"
     sandbox.fault(path="/crm/v3/objects/contacts/batch/upsert", status=400, times=1, body=QUOTED)
     argv = [sys.executable, "-m", "bridge", "worker", "--config", str(config)]

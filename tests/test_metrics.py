@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.cli import main
 from bridge.config import Settings, settings_from_dict
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Ledger, Status, open_ledger
 from bridge.stats import percentile
 from bridge.worker import Worker
 from bridge.workermetrics import REGISTRY
@@ -76,9 +75,9 @@ def scripted(settings: Settings, ledger: Ledger, sandbox: Sandbox) -> Iterator[t
 def test_metrics_equal_the_ledger_counts_on_every_intake_instance(scripted: tuple[str, str], settings: Settings) -> None:
     first, second = scripted
     samples = scrape(first)
-    with sqlite3.connect(settings.ledger.path) as db:
-        by_status = {(s, st): n for s, st, n in db.execute("SELECT source, status, count(*) FROM deliveries GROUP BY 1, 2")}
-        notified = db.execute("SELECT count(*) FROM steps WHERE step = 'notify' AND result LIKE '%\"ts\"%'").fetchone()[0]
+    db = open_ledger(settings.ledger).db
+    by_status = {(s, st): n for s, st, n in db.execute("SELECT source, status, count(*) FROM deliveries GROUP BY 1, 2")}
+    notified = db.execute("SELECT count(*) FROM steps WHERE step = 'notify' AND result LIKE '%\"ts\"%'").fetchone()[0]
     assert by_status == {("typeform", "dead"): 1, ("typeform", "delivered"): 3, ("typeform", "rejected"): 1}
     assert named(samples, "leadbridge_deliveries") == {
         (("source", s), ("status", st)): float(n) for (s, st), n in by_status.items()

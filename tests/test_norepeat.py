@@ -18,7 +18,7 @@ import requests
 import yaml
 
 from bridge.config import Settings, settings_from_dict
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Ledger, Status, open_ledger
 from bridge.sources import interpret_body, load_sources
 from bridge.worker import Worker
 from connectors.sandbox import SandboxServer
@@ -102,7 +102,7 @@ def test_a_create_whose_answer_was_dropped_ends_with_exactly_one(
     for section, values in overrides.items():
         config_data[section].update(values)
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     payload = phone_only(typeform_payload()) if without_email else typeform_payload()
     drop_answer(sandbox, path)
     delivery_id = post_typeform(intake, payload).json()["delivery_id"]
@@ -137,7 +137,7 @@ def test_a_slack_post_answered_with_an_error_that_may_have_posted_is_looked_up_n
 ) -> None:
     # Slack: fatal_error means "it's possible some aspect of the operation succeeded".
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     drop_answer(sandbox, "/api/chat.postMessage", instead=answer)
     delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
     Worker(settings, ledger).drain(timeout=60)
@@ -152,7 +152,7 @@ def test_a_slack_error_that_posted_nothing_is_retried_without_a_lookup(
     config_data: dict[str, Any], sandbox: Sandbox, intake: str
 ) -> None:
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     sandbox.fault(path="/api/chat.postMessage", status=200, body={"ok": False, "error": "service_unavailable"}, times=1)
     delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
     Worker(settings, ledger).drain(timeout=60)
@@ -243,7 +243,7 @@ def test_a_batch_whose_answer_was_dropped_ends_with_one_record_per_delivery(
     for section, values in overrides.items():
         config_data[section].update(values)
     settings = batching(config_data)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     ids = queued(settings, ledger, 3)
     drop_answer(sandbox, path)
     Worker(settings, ledger).drain(timeout=120)
@@ -288,7 +288,7 @@ def test_a_409_that_names_no_record_is_answered_by_reading_the_deal_by_its_deliv
     config_data: dict[str, Any], sandbox: Sandbox
 ) -> None:
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     (delivery_id,) = queued(settings, ledger, 1)
     # The first create landed (its answer lost); HubSpot's 409 this time does not say which deal.
     first = {"dealname": "Roof", "dealstage": "appointmentscheduled", "leadbridge_delivery_id": delivery_id}
@@ -315,7 +315,7 @@ def test_only_a_task_create_without_a_clear_answer_is_looked_up_on_retry(
     config_data: dict[str, Any], sandbox: Sandbox, intake: str, status: int, lookups: int
 ) -> None:
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     sandbox.fault(path="/crm/v3/objects/tasks", method="POST", status=status, times=1)
     delivery_id = post_typeform(intake, typeform_payload()).json()["delivery_id"]
     Worker(settings, ledger).drain(timeout=60)

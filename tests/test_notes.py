@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from bridge.config import settings_from_dict
-from bridge.ledger import Ledger
+from bridge.ledger import open_ledger
 from bridge.notes import note_html
 from bridge.sources import interpret_body, load_sources
 from bridge.worker import Worker
@@ -47,7 +47,7 @@ def test_cf7_notes_never_carry_the_visitors_ip_unless_the_source_opts_in(config_
 
 def test_line_breaks_in_a_message_reach_hubspot_as_line_breaks(intake: str, sandbox: Sandbox, settings: Any) -> None:
     post_typeform(intake, answer(typeform_payload(), "message", "Roof leaks.\r\nOver the kitchen.\nPlease call"))
-    Worker(settings, Ledger(settings.ledger.path)).drain()
+    Worker(settings, open_ledger(settings.ledger)).drain()
     (task,) = sandbox.state()["objects"]["tasks"]
     body = task["properties"]["hs_task_body"]
     assert "Roof leaks.<br>Over the kitchen.<br>Please call" in body and "\r" not in body

@@ -16,7 +16,7 @@ import pytest
 
 from bridge.config import CallBudget, Settings, settings_from_dict
 from bridge.errors import ThrottledError
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Status, open_ledger
 from bridge.ratelimit import WINDOW_MARGIN_SECONDS, CallPacer
 from bridge.worker import Worker
 
@@ -37,7 +37,7 @@ def test_a_hanging_owner_lookup_does_not_hold_up_intake(
     slow_intake: str,
     sandbox: Sandbox,
 ) -> None:
-    ledger = Ledger(sales_settings.ledger.path)
+    ledger = open_ledger(sales_settings.ledger)
     first = post_typeform(slow_intake, roofing(typeform_payload())).json()["delivery_id"]
     sandbox.fault(path="/crm/v3/owners", delay=HANG_SECONDS)  # every owner lookup hangs, then answers
     worker = Worker(sales_settings, ledger)
@@ -136,7 +136,7 @@ def test_a_429_fills_only_the_window_it_names(tmp_path: Path) -> None:
 def test_a_spent_budget_defers_the_lead_without_using_an_attempt(config_data: dict[str, Any], sandbox: Sandbox) -> None:
     config_data["hubspot"]["rate_limit"] = {"requests": 1, "per_seconds": 3600, "max_wait_seconds": 0}
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     with served(settings) as url:
         delivery_id = post_typeform(url, typeform_payload()).json()["delivery_id"]
     Worker(settings, ledger).drain(timeout=2)
@@ -159,7 +159,7 @@ def test_owner_lookups_during_an_outage_use_the_last_answer(
 ) -> None:
     sales_config["hubspot"]["owner_cache_seconds"] = 0  # ask HubSpot every time
     settings = settings_from_dict(sales_config, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     worker = Worker(settings, ledger)
     with served(settings) as url:
         first = post_typeform(url, roofing(typeform_payload())).json()["delivery_id"]
@@ -182,7 +182,7 @@ def test_an_idle_worker_wakes_for_a_new_delivery_without_waiting_out_its_poll(
 ) -> None:
     config_data["worker"]["poll_seconds"] = 300  # were it polling, the lead would wait five minutes
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     worker = Worker(settings, ledger)
     running = threading.Thread(target=worker.run)
     with served(settings) as url:

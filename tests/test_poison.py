@@ -7,6 +7,8 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from bridge.config import Settings
 from bridge.ledger import Ledger, Status
 from bridge.worker import Worker
@@ -36,6 +38,7 @@ def accepted(
     return delivery_id
 
 
+@pytest.mark.sqlite_only  # its poison is a SQLite row of the wrong type, which PostgreSQL's bytea refuses to hold
 def test_a_delivery_that_crashes_the_worker_is_dead_after_its_budget(
     settings: Settings, ledger: Ledger, worker: Worker, sandbox: Sandbox
 ) -> None:

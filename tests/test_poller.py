@@ -22,7 +22,7 @@ import yaml
 
 from bridge.config import Settings, settings_from_dict
 from bridge.crm_poll import CrmPoller, PollResult
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Ledger, Status, open_ledger
 from bridge.ports import build_crm
 from bridge.worker import Worker
 from connectors.sandbox import SandboxServer
@@ -129,7 +129,7 @@ def test_two_workers_polling_at_once_search_and_apply_once(
 
     def run(owner: str) -> None:
         # Each its own ledger connection and CRM, as two worker processes have.
-        mine = poller(settings, Ledger(settings.ledger.path), owner)
+        mine = poller(settings, open_ledger(settings.ledger), owner)
         start.wait(timeout=30)
         results[owner] = mine.poll()
 
@@ -195,7 +195,7 @@ def test_the_high_water_mark_survives_a_restart(
     assert report["since_ms"] == first.high_water_ms - 120_000
     assert report["changes"] == [{"deal": deal_id, "stage": "closedwon", "closed": True}]
     assert report["high_water_ms"] > first.high_water_ms
-    assert poller(settings, Ledger(settings.ledger.path)).high_water() == report["high_water_ms"]
+    assert poller(settings, open_ledger(settings.ledger)).high_water() == report["high_water_ms"]
 
 
 def test_polling_many_pages_stays_within_the_search_rate_limit(
@@ -231,7 +231,7 @@ def test_a_custom_pipelines_closed_stage_closes_the_deal_without_config(
     config_data["hubspot"]["poll"]["enabled"] = False  # the webhook path first; polled by hand below
     settings = settings_from_dict(config_data, ROOT)
     assert "reno-signed" not in settings.deals.closed_stages
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     worker = Worker(settings, ledger)
     from .conftest import served
 

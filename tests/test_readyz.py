@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 import yaml
 
@@ -69,6 +70,7 @@ def test_readyz_follows_the_worker_heartbeat_and_reports_the_backlog(
     assert any(c["properties"].get("email") for c in sandbox.state()["contacts"])
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's read-only case: tests/test_postgres.py
 def test_readyz_is_503_while_the_ledger_cannot_take_writes(config_data: dict[str, Any]) -> None:
     config_data["ledger"]["busy_timeout_seconds"] = 0.2
     settings = settings_from_dict(config_data, ROOT)

@@ -18,7 +18,7 @@ from werkzeug.test import Client
 from bridge.app import create_app
 from bridge.cli import main
 from bridge.config import settings_from_dict
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Ledger, Status, open_ledger
 from bridge.worker import Worker
 from connectors.typeform import typeform_signature
 
@@ -40,7 +40,7 @@ def test_a_permanent_400_goes_dead_with_hubspots_message_and_replay_delivers_onc
     config_data["sources"][0]["mapping"] = str(tmp_path / "typeform.yaml")
     config = write_config(tmp_path, config_data)
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     body = json.dumps(typeform_payload()).encode()
     sent = Client(create_app(settings)).post(
         "/hooks/typeform",

@@ -16,9 +16,10 @@ from click.testing import CliRunner
 
 from bridge.cli import main
 from bridge.config import Settings, settings_from_dict
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Ledger, Status, open_ledger
 from bridge.worker import Worker
 
+from . import postgres
 from .conftest import ROOT, Sandbox, answer, post_typeform, typeform_payload
 
 JANE = ("jane.forgetme@acme-roofing.com", "(650) 253-0101", "+16502530101")
@@ -35,6 +36,9 @@ def submit(intake: str, person: tuple[str, str, str], n: int) -> str:
 
 
 def file_bytes(settings: Settings) -> bytes:
+    """Everything the ledger holds: its SQLite files, or a dump of its PostgreSQL database's rows."""
+    if settings.ledger.url:
+        return postgres.dump(settings.ledger.url)
     path = Path(settings.ledger.path)
     return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
@@ -142,7 +146,7 @@ def test_a_purged_failure_cannot_be_replayed_into_a_broken_lead(
 def test_the_worker_applies_the_retention_setting(intake: str, sandbox: Sandbox, config_data: dict[str, Any]) -> None:
     config_data["retention"] = {"days": 1 / 86400}  # one second
     settings = settings_from_dict(config_data, ROOT)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     worker = Worker(settings, ledger)
     old = submit(intake, JANE, 0)
     worker.drain()

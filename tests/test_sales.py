@@ -18,7 +18,7 @@ from werkzeug.test import Client
 from bridge.app import create_app
 from bridge.config import Settings, settings_from_dict
 from bridge.digest import send_due_digests
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Ledger, Status, open_ledger
 from bridge.ports import build_notifier
 from bridge.worker import Worker
 from connectors.typeform import typeform_signature
@@ -91,7 +91,7 @@ def relay(sales_settings: Settings) -> Iterator[str]:
 
 @pytest.fixture
 def sales_worker(sales_settings: Settings) -> Worker:
-    return Worker(sales_settings, Ledger(sales_settings.ledger.path))
+    return Worker(sales_settings, open_ledger(sales_settings.ledger))
 
 
 def objects(sandbox: Sandbox, kind: str) -> list[dict[str, Any]]:
@@ -180,7 +180,7 @@ def test_two_near_simultaneous_submissions_from_a_new_person_make_one_deal(
 ) -> None:
     for n in (1, 2):
         post_typeform(relay, roofing(typeform_payload(event_id=f"dup-{n}", token=f"dup-{n}")))
-    workers = [Worker(sales_settings, Ledger(sales_settings.ledger.path)) for _ in range(2)]
+    workers = [Worker(sales_settings, open_ledger(sales_settings.ledger)) for _ in range(2)]
     threads = [threading.Thread(target=w.drain) for w in workers]
     for t in threads:
         t.start()
@@ -220,7 +220,7 @@ def test_nobody_available_goes_to_triage_with_an_alert(sales_config: dict[str, A
         content_type="application/json",
         headers={"Typeform-Signature": typeform_signature("tf-test-secret", body)},
     )
-    Worker(settings, Ledger(settings.ledger.path)).drain()
+    Worker(settings, open_ledger(settings.ledger)).drain()
     (message,) = sandbox.state()["messages"]
     assert message["channel"] == "#leads-triage"
     assert "Unassigned lead (triage)" in json.dumps(message["blocks"])
@@ -243,7 +243,7 @@ def test_a_cold_lead_pings_no_one_and_is_in_the_next_digest_exactly_once(
     evening = datetime(2030, 1, 7, 17, 30, tzinfo=local)  # after the configured 17:00
     assert send_due_digests(sales_settings.digest, ledger, build_notifier(sales_settings), evening) == ["#leads"]
     # A restart (new ledger and notifier objects) and a later loop on the same day send nothing more.
-    again = send_due_digests(sales_settings.digest, Ledger(sales_settings.ledger.path), build_notifier(sales_settings), evening)
+    again = send_due_digests(sales_settings.digest, open_ledger(sales_settings.ledger), build_notifier(sales_settings), evening)
     assert again == []
     (digest,) = sandbox.state()["messages"]
     assert digest["channel"] == "#leads" and digest["text"] == f"{sales_settings.digest.title}: 1 lead"
@@ -260,7 +260,7 @@ def test_a_portal_with_the_lead_object_gets_a_hubspot_lead_instead_of_a_deal(
     body = json.dumps(roofing(typeform_payload())).encode()
     headers = {"Typeform-Signature": typeform_signature("tf-test-secret", body)}
     Client(create_app(settings)).post("/hooks/typeform", data=body, content_type="application/json", headers=headers)
-    Worker(settings, Ledger(settings.ledger.path)).drain()
+    Worker(settings, open_ledger(settings.ledger)).drain()
     (contact,) = sandbox.state()["contacts"]
     (lead,) = objects(sandbox, "leads")
     assert objects(sandbox, "deals") == []
@@ -290,7 +290,7 @@ def test_the_round_robin_is_fair_over_100_leads_and_stays_fair_when_the_pool_cha
             body = json.dumps(payload).encode()
             headers = {"Typeform-Signature": typeform_signature("tf-test-secret", body)}
             assert client.post("/hooks/typeform", data=body, content_type="application/json", headers=headers).status_code == 200
-        Worker(settings, Ledger(settings.ledger.path)).drain(timeout=120)
+        Worker(settings, open_ledger(settings.ledger)).drain(timeout=120)
         owners = [c["properties"].get("hubspot_owner_id") for c in sandbox.state()["contacts"]]
         return {owner: owners.count(owner) for owner in ("501", "502", "503")}
 

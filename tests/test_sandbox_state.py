@@ -21,7 +21,7 @@ import requests
 
 from bridge.cli import sandbox_command
 from bridge.config import settings_from_dict
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Ledger, Status, open_ledger
 from bridge.worker import Worker
 from connectors.sandbox import SandboxServer
 
@@ -90,7 +90,7 @@ def contacts_by_id(port: int) -> dict[str, str]:
 def test_a_restarted_sandbox_serves_the_contact_ids_the_ledger_remembers(tmp_path: Path) -> None:
     port, state = free_port(), tmp_path / "sandbox-state.json"
     settings = settings_for(port, tmp_path)
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     worker = Worker(settings, ledger)
     with served(settings) as intake:
         with sandbox_process(port, state):

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from bridge.cli import main
 from bridge.config import settings_from_dict
-from bridge.ledger import Ledger
+from bridge.ledger import open_ledger
 from bridge.secrets import file_secret
 from bridge.worker import Worker
 
@@ -39,7 +39,7 @@ def test_a_source_without_its_secret_warns_once_and_answers_503(
     for value in (SECRET, *ENV.values()):
         assert value not in logged
     # Nothing was written: the sender retries once the secret is set.
-    assert Ledger(settings.ledger.path).counts() == {}
+    assert open_ledger(settings.ledger).counts() == {}
 
 
 def test_every_secret_can_come_from_a_file(
@@ -68,7 +68,7 @@ def test_every_secret_can_come_from_a_file(
     assert shown["slack"]["token_file"] == f"{secrets / 'slack'} (set)"
     assert "file-" not in repr(shown)
 
-    ledger = Ledger(settings.ledger.path)
+    ledger = open_ledger(settings.ledger)
     with served(settings) as url:
         accepted = post_typeform(url, typeform_payload(), secret="file-typeform-secret")
         assert post_typeform(url, typeform_payload(), secret=SECRET).status_code == 401

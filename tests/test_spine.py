@@ -16,7 +16,7 @@ from werkzeug.test import Client
 from bridge.app import create_app
 from bridge.config import settings_from_dict
 from bridge.jsonlog import LeadbridgeJsonFormatter
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Ledger, Status, open_ledger
 from bridge.worker import Worker
 from connectors.typeform import typeform_signature
 
@@ -344,14 +344,14 @@ def test_intake_rate_limits_per_client_and_never_touches_the_ledger(config_data:
         statuses.append(response.status_code)
     assert statuses == [200, 200, 200, 429, 429]
     assert response.headers["Retry-After"] == "20" and response.json["error"]["code"] == "rate_limited"
-    assert len(Ledger(settings.ledger.path).deliveries()) == 3
+    assert len(open_ledger(settings.ledger).deliveries()) == 3
 
 
 def test_slack_posts_are_paced_per_channel_without_counting_an_attempt(config_data: dict[str, Any], sandbox: Sandbox) -> None:
     # Long enough that the second post lands inside it however slow a loaded machine is.
     config_data["slack"]["min_seconds_between_posts"] = 3
     settings = settings_from_dict(config_data, ROOT)
-    client, ledger = Client(create_app(settings)), Ledger(settings.ledger.path)
+    client, ledger = Client(create_app(settings)), open_ledger(settings.ledger)
     ids = []
     for n in range(2):
         payload = answer(typeform_payload(event_id=f"pace-{n}", token=f"pace-{n}"), "email", f"person{n}@acme-plumbing.com")

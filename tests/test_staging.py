@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from bridge.config import Settings, settings_from_dict
-from bridge.ledger import Ledger, Status
+from bridge.ledger import Ledger, Status, open_ledger
 from bridge.worker import Worker
 
 from .conftest import ROOT, SECRET, Sandbox, served
@@ -93,7 +93,7 @@ def staging(staging_settings: Settings) -> Iterator[str]:
 
 @pytest.fixture
 def staging_ledger(staging_settings: Settings) -> Ledger:
-    return Ledger(staging_settings.ledger.path)
+    return open_ledger(staging_settings.ledger)
 
 
 def test_a_form_filled_in_chromium_becomes_one_contact_and_one_message(
@@ -227,7 +227,7 @@ def test_a_chosen_form_is_sent_with_its_form_key_and_mapped_by_its_mapping(confi
         '<tr><th scope="row">service</th><td>callback</td></tr>',
     ]
     delivery_id = response.text.split('id="delivery-id">')[1].split("<")[0]
-    body = json.loads(Ledger(settings.ledger.path).get(delivery_id).body)
+    body = json.loads(open_ledger(settings.ledger).get(delivery_id).body)
     assert body["form_response"]["form_id"] == "cb-form"
 
 
@@ -264,7 +264,7 @@ def test_every_source_type_goes_through_intake_without_showing_its_secret(
     assert all(f'name="{key}"' in form.text for key in typed)
     assert secret not in form.text and secret not in response.text
     delivery_id = response.text.split('id="delivery-id">')[1].split("<")[0]
-    delivery = Ledger(settings.ledger.path).get(delivery_id)
+    delivery = open_ledger(settings.ledger).get(delivery_id)
     assert (delivery.source, delivery.status) == ("other", Status.RECEIVED)
     assert '<th scope="row">email</th><td>maria@lopez-roofing.com</td>' in response.text
 

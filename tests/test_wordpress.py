@@ -569,6 +569,7 @@ def test_a_filled_honeypot_is_answered_200_and_kept_as_spam(
     assert sandbox.state()["requests"] == []
 
 
+@pytest.mark.sqlite_only  # reads the ledger's files byte by byte; what is stored is intake's choice, not the backend's
 def test_a_query_token_is_never_stored_shown_or_logged(
     intake: str, worker: Worker, settings: Settings, config_data: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
