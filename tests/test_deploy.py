@@ -55,13 +55,31 @@ def test_compose_runs_intake_and_worker_from_one_image_on_one_ledger_volume() ->
     intake, worker = data["services"]["intake"], data["services"]["worker"]
     assert intake["image"] == worker["image"] and intake["build"] == "."
     assert intake["command"] == ["leadbridge", "serve"] and worker["command"] == ["leadbridge", "worker"]
-    assert list(data["volumes"]) == ["ledger"]
+    assert list(data["volumes"]) == ["ledger", "pgdata"]
     for service in (intake, worker):
+        assert service["profiles"] == ["sqlite"]
         assert service["volumes"] == ["ledger:/var/lib/leadbridge"]
         assert service["env_file"] == ".env"
         assert service["restart"] == "unless-stopped"
     assert "/healthz" in " ".join(intake["healthcheck"]["test"])
     assert worker["healthcheck"] == {"disable": True}
+    env = (ROOT / "deploy" / "leadbridge.env.example").read_text()
+    assert "\nCOMPOSE_PROFILES=sqlite\n" in env
+
+
+def test_compose_postgres_profile_is_two_intakes_three_workers_one_database() -> None:
+    services = {name: s for name, s in compose()["services"].items() if s.get("profiles") == ["postgres"]}
+    intakes = [s for s in services.values() if s.get("command") == ["leadbridge", "serve"]]
+    (workers,) = [s for s in services.values() if s.get("command") == ["leadbridge", "worker"]]
+    assert len(intakes) == 2 and workers["deploy"]["replicas"] == 3
+    assert {s["ports"][0] for s in intakes} == {"8080:8080", "8081:8080"}
+    for service in [*intakes, workers]:
+        assert service["environment"] == {"LEADBRIDGE_CONFIG": "/app/config.postgres.yaml"}
+        assert service["depends_on"] == {"postgres": {"condition": "service_healthy"}} and "volumes" not in service
+    assert services["postgres"]["image"] == "postgres:15"
+    runs = " ".join(args for word, args in dockerfile_instructions() if word == "RUN")
+    assert "c['ledger']['url'] = 'postgresql://leadbridge@postgres:5432/leadbridge'" in runs
+    assert "config.postgres.yaml" in runs
 
 
 def test_the_env_example_names_every_secret_the_example_config_reads() -> None:
