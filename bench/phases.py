@@ -175,8 +175,17 @@ def acks(relay: Relay, label: str, bodies: list[bytes], rate: float, report: Cal
     return sent
 
 
-def delivered(ledger: Path, sandbox: Sandbox) -> int:
+def delivered(relay: Relay, sandbox: Sandbox) -> int:
     """Leads delivered so far: the ledger's count, or Slack posts if the ledger cannot say."""
+    url, ledger = relay.data["ledger"].get("url"), relay.ledger
+    if url:
+        import psycopg
+
+        try:
+            with psycopg.connect(url, connect_timeout=5) as conn:
+                return int(conn.execute("SELECT count(*) FROM deliveries WHERE status = 'delivered'").fetchone()[0])
+        except psycopg.Error:
+            return slack_posts(sandbox.counters())
     try:
         db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error:
@@ -214,35 +223,46 @@ class Memory:
 
 
 def backlog_and_drain(
-    sandbox: Sandbox, relay: Relay, rate: float, seconds: float, cap: float, memory: Memory, report: Callable[[list[Row]], None]
+    sandbox: Sandbox,
+    relay: Relay,
+    rate: float,
+    seconds: float,
+    cap: float,
+    memory: Memory,
+    report: Callable[[list[Row]], None],
+    workers: int = 1,
+    prefix: str = "",
 ) -> list[Row]:
-    """Queue ``rate`` x ``seconds`` leads with no worker (ack idle), start the worker and, from
-    its first HubSpot call, send as many again (ack while draining), then let it drain until
-    the queue is empty or ``cap`` seconds after that call; leads/s against the batch optimum
-    and 429s answered meanwhile."""
+    """Queue ``rate`` x ``seconds`` leads with no worker (ack idle), start ``workers`` workers and,
+    from the first HubSpot call, send as many again (ack while draining), then let them drain
+    until the queue is empty or ``cap`` seconds after that call; leads/s against the batch
+    optimum and 429s answered meanwhile. ``prefix`` names the ledger in every row."""
     count = round(rate * seconds)
     bodies = [lead_body("idle", 10_000 + n) for n in range(count)]
-    idle = acks(relay, f"intake, {rate:g} req/s, worker idle", bodies, rate, report)
+    idle = acks(relay, f"{prefix}intake, {rate:g} req/s, worker idle", bodies, rate, report)
     memory.sample(relay)
     queued = idle.ok()
     before = sandbox.counters()
-    worker = relay.worker()
+    worker = relay.worker(workers)
     try:
         # The clock starts at the worker's first HubSpot call, so its start-up is not counted.
         started_at = first_call(sandbox, before)
-        label = f"intake, {rate:g} req/s, worker draining {queued:,}"
+        who = "worker" if workers == 1 else f"{workers} workers"
+        label = f"{prefix}intake, {rate:g} req/s, {who} draining {queued:,}"
         busy = acks(relay, label, [lead_body("busy", 20_000 + n) for n in range(count)], rate, report)
         queued += busy.ok()
         done = 0
         while time.monotonic() - started_at < cap and done < queued:
             memory.sample(relay)
             time.sleep(1.0)
-            done = delivered(relay.ledger, sandbox)
+            done = delivered(relay, sandbox)
         elapsed = time.monotonic() - started_at
         after = sandbox.counters()
     finally:
         worker.close()
-    return drain_rows(done, queued, elapsed, cap, since(after, before))
+    return drain_rows(
+        done, queued, elapsed, cap, since(after, before), f"{prefix}{'' if workers == 1 else f'{workers} workers, '}"
+    )
 
 
 def since(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
@@ -250,18 +270,20 @@ def since(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {key: n - before.get(key, 0) for key, n in after.items()}
 
 
-def drain_rows(done: int, queued: int, elapsed: float, cap: float, counted: dict[str, int]) -> list[Row]:
+def drain_rows(done: int, queued: int, elapsed: float, cap: float, counted: dict[str, int], prefix: str = "") -> list[Row]:
     speed = done / elapsed
     capped = f" (capped at {cap:g} s)" if done < queued else ""
     return [
         Row(
-            f"drain: {done:,} of {queued:,} queued leads in {elapsed:.0f} s{capped}",
+            f"{prefix}drain: {done:,} of {queued:,} queued leads in {elapsed:.0f} s{capped}",
             f"{speed:.1f} leads/s",
             f"≥ 90 % of {BATCH_OPTIMUM_LEADS_PER_S:.0f}",
             ratio(speed, BATCH_OPTIMUM_LEADS_PER_S),
         ),
-        Row("drain: HubSpot answers 429", str(hubspot_429s(counted)), "0"),
-        Row("drain: HubSpot calls per delivered lead", f"{hubspot_calls(counted) / max(done, 1):.2f}", "≈ 0.04 (batches)"),
+        Row(f"{prefix}drain: HubSpot answers 429", str(hubspot_429s(counted)), "0"),
+        Row(
+            f"{prefix}drain: HubSpot calls per delivered lead", f"{hubspot_calls(counted) / max(done, 1):.2f}", "≈ 0.04 (batches)"
+        ),
     ]
 
 

@@ -8,7 +8,9 @@ Phases, in order, each bounded in time and each failing on its own (its row says
    lead; then webhook -> Slack at 10 new leads/s;
 2. on a second ledger: intake acks at an offered 200 req/s with no worker (which queues the
    backlog), then again while a worker drains it; the drain itself, capped in time; memory;
-3. intake throughput against the hello app, closed-loop.
+3. intake throughput against the hello app, closed-loop;
+4. phase 2's acks and drain on a PostgreSQL ledger (a throwaway server), with one worker and
+   then with three sharing the call budget.
 Then ``python -m bench.parse`` if that module exists.
 """
 
@@ -100,6 +102,32 @@ def second_ledger(table: Table, tmp: Path, sb: Sandbox, plan: Plan, memory: Memo
         table.phase("intake throughput", lambda: measured_throughput(tmp, r, plan, memory))
 
 
+def postgres_ledger(table: Table, tmp: Path, sb: Sandbox, plan: Plan) -> None:
+    """The drain phase again on a PostgreSQL ledger (a throwaway server, as the tests start
+    one): with one worker, then on a fresh database with three sharing the call budget."""
+    from tests import postgres
+
+    why = postgres.unavailable()
+    if why:
+        table.add([Row("PostgreSQL ledger", f"skipped: {why}")])
+        return
+    server = postgres.start_postgres()
+    try:
+        for workers in (1, 3):
+            url = server.create_database(f"bench{workers}")
+            with relay(tmp / f"pg{workers}", sb.url, url) as r:
+                sb.reset(r.data["routing"]["owners"])
+                r.serve()
+                table.phase(
+                    f"PostgreSQL, {workers} worker(s): intake acks and drain",
+                    lambda n=workers: backlog_and_drain(
+                        sb, r, ACK_RATE, plan.ack_seconds, plan.drain_cap, Memory(), table.add, n, "PostgreSQL: "
+                    ),
+                )
+    finally:
+        server.stop()
+
+
 def measured_throughput(tmp: Path, r: Relay, plan: Plan, memory: Memory) -> list[Row]:
     rows = throughput(tmp, r, plan.throughput_seconds, ACK_RATE)
     memory.sample(r)
@@ -141,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             with sandbox(tmp, args.latency_ms, args.rate_limit, args.search_rate_limit) as sb:
                 first_ledger(table, tmp, sb, plan, args.latency_ms)
                 second_ledger(table, tmp, sb, plan, memory)
+                postgres_ledger(table, tmp, sb, plan)
         except Exception as exc:  # a stack that did not start still gets its table
             table.add([Row("bench", f"FAILED: {type(exc).__name__}: {exc}"[:200])])
         table.add(memory.rows())

@@ -93,9 +93,9 @@ def example_config() -> dict[str, Any]:
     return dict(yaml.safe_load((ROOT / "config.example.yaml").read_text()))
 
 
-def write_config(folder: Path, sandbox_url: str) -> tuple[Path, dict[str, Any]]:
+def write_config(folder: Path, sandbox_url: str, ledger_url: str = "") -> tuple[Path, dict[str, Any]]:
     """The example config as shipped (worker, retry and gunicorn settings included), pointed at
-    this run's sandbox, port and ledger."""
+    this run's sandbox, port and ledger (a SQLite file, or the PostgreSQL database ``ledger_url``)."""
     folder.mkdir(parents=True, exist_ok=True)
     data = example_config()
     data["server"]["port"] = free_port()
@@ -103,6 +103,7 @@ def write_config(folder: Path, sandbox_url: str) -> tuple[Path, dict[str, Any]]:
     data["hubspot"]["contact_url"] = sandbox_url + "/__sandbox/contacts/{contact_id}"
     data["slack"]["base_url"] = sandbox_url + "/api/"
     data["ledger"]["path"] = str(folder / "leadbridge.db")
+    data["ledger"]["url"] = ledger_url
     # Measure the relay, not its guards: the intake's per-IP limit would refuse a load test, and
     # Slack pacing (one post a second per channel, by design) would be all a latency figure shows.
     data["server"]["rate_limit"].update(per_client_ip=0, per_source=0)
@@ -139,11 +140,12 @@ class Relay:
         proc = self._start("serve", [*CLI, "serve", "--config", str(self.config)])
         wait_for(f"{self.url}/healthz", deadline(), proc)
 
-    def worker(self) -> ExitStack:
-        """``leadbridge worker`` until the returned stack (or :meth:`close`) is closed."""
+    def worker(self, count: int = 1) -> ExitStack:
+        """``count`` ``leadbridge worker`` processes until the returned stack (or :meth:`close`) is closed."""
         inner = ExitStack()
         self.stack.enter_context(inner)
-        self._start("worker", [*CLI, "worker", "--config", str(self.config)], inner)
+        for n in range(count):
+            self._start("worker" if n == 0 else f"worker{n + 1}", [*CLI, "worker", "--config", str(self.config)], inner)
         return inner
 
     def _start(self, name: str, argv: list[str], stack: ExitStack | None = None) -> Any:
@@ -158,8 +160,8 @@ class Relay:
 
 
 @contextmanager
-def relay(folder: Path, sandbox_url: str) -> Iterator[Relay]:
-    path, data = write_config(folder, sandbox_url)
+def relay(folder: Path, sandbox_url: str, ledger_url: str = "") -> Iterator[Relay]:
+    path, data = write_config(folder, sandbox_url, ledger_url)
     running = Relay(folder, path, data)
     try:
         yield running
