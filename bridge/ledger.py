@@ -407,6 +407,15 @@ def m011_limits(db: Any) -> None:
                 db.execute(statement)
 
 
+@migration
+def m012_postgres_accept(db: Any) -> None:
+    """PostgreSQL only: intake's write as one server-side function (bridge/ledger_pg.py says why)."""
+    if _postgres(db):
+        from .ledger_pg import ACCEPT_FUNCTION
+
+        db.execute(ACCEPT_FUNCTION)
+
+
 def open_ledger(settings: LedgerSettings) -> Ledger:
     """The ledger the config names: SQLite at ``path``, or PostgreSQL when ``url`` is set."""
     if settings.url:

@@ -28,8 +28,11 @@ What differs is how writers meet, and that is this module:
 
 from __future__ import annotations
 
+import json
 import re
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -38,7 +41,7 @@ from typing import Any, TypeVar, cast
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .ledger import _DUE, _EXPIRED_LEASES, MIGRATIONS, Ledger
+from .ledger import _DUE, _EXPIRED_LEASES, MIGRATIONS, Ledger, Status
 from .ratelimit import LimitStore
 
 T = TypeVar("T")
@@ -57,6 +60,36 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"CAST\(body AS TEXT\)"), "encode(body, 'escape')"),
     (re.compile(r"date\(([\w.]+), 'unixepoch'\)"), r"to_char(to_timestamp(\1) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
 ]
+# Intake's write, ``Ledger.accept`` on SQLite, as one function, so a webhook costs one round
+# trip and one implicit transaction instead of eight (BEGIN, key locks, the duplicate check,
+# the three inserts, NOTIFY, COMMIT): measured in-process, 5.0 ms of intake CPU a request
+# against SQLite's 2.6. Keep it in step with ``Ledger.accept``.
+ACCEPT_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION leadbridge_accept(
+    new_id TEXT, src TEXT, keys TEXT[], raw BYTEA, kind TEXT, headers_json TEXT, version TEXT, at DOUBLE PRECISION,
+    persons TEXT[], received TEXT
+) RETURNS TABLE (delivery_id TEXT, created BOOLEAN) AS $$
+DECLARE
+    found TEXT;
+    k TEXT;
+BEGIN
+    FOR k IN SELECT DISTINCT unnest(keys) ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock(hashtextextended('delivery:' || src || ':' || k, 0));
+    END LOOP;
+    SELECT d.id INTO found FROM deliveries AS d WHERE d.source = src AND d.idem_key = ANY(keys) ORDER BY d.rowid LIMIT 1;
+    IF found IS NOT NULL THEN
+        RETURN QUERY SELECT found, false;
+        RETURN;
+    END IF;
+    INSERT INTO deliveries (id, source, idem_key, status, received_at, content_type, headers, body, config_version,
+                            next_attempt_at, updated_at)
+        VALUES (new_id, src, keys[1], received, at, kind, headers_json, raw, version, at, at);
+    INSERT INTO person_keys (delivery_id, key) SELECT new_id, p FROM unnest(persons) AS p;
+    INSERT INTO events (delivery_id, at, step, outcome, detail)
+        VALUES (new_id, at, 'intake', 'received', length(raw) || ' bytes');
+    PERFORM pg_notify('{CHANNEL}', '');
+    RETURN QUERY SELECT new_id, true;
+END $$ LANGUAGE plpgsql"""
 _LITERAL = re.compile(r"('(?:[^']|'')*')")
 _NAMED = re.compile(r"(?<!:):([A-Za-z_]\w*)")
 
@@ -326,6 +359,37 @@ class PostgresLedger(Ledger):
     def atomically(self, fn: Callable[[], T]) -> T:
         with self._transaction(lock=True):
             return fn()
+
+    def accept(
+        self,
+        *,
+        source: str,
+        idem_key: str,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str],
+        config_version: str,
+        person_keys: Sequence[str] = (),
+        aliases: Sequence[str] = (),
+        now: float | None = None,
+    ) -> tuple[str, bool]:
+        """``Ledger.accept`` in one call of ``leadbridge_accept`` (ACCEPT_FUNCTION): its own transaction."""
+        row = self.db.execute(
+            "SELECT delivery_id, created FROM leadbridge_accept(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                "dlv_" + uuid.uuid4().hex[:20],
+                source,
+                [idem_key, *aliases],
+                body,
+                content_type,
+                json.dumps(headers, sort_keys=True),
+                config_version,
+                time.time() if now is None else now,
+                list(person_keys),
+                str(Status.RECEIVED),
+            ),
+        ).fetchone()
+        return str(row[0]), bool(row[1])
 
     def _lock_keys(self, conn: Any, keys: Sequence[str]) -> None:
         for key in sorted(set(keys)):

@@ -91,6 +91,24 @@ def test_a_new_delivery_wakes_a_listening_worker_and_a_claim_skips_rows_another_
     assert held == [one] and taken == [two]
 
 
+def test_the_same_delivery_sent_to_several_intakes_at_once_is_stored_once(ledger_url: str) -> None:
+    intakes = [PostgresLedger(ledger_url) for _ in range(4)]
+
+    def send(n: int) -> tuple[str, bool]:
+        # Every copy carries the same key; half of them also an alias, as a double click across a window edge would.
+        aliases = ["window-before"] if n % 2 else []
+        return intakes[n % 4].accept(
+            source="s", idem_key="same", body=b"{}", content_type="", headers={}, config_version="v", aliases=aliases
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(16)))
+    assert len({delivery_id for delivery_id, _ in answers}) == 1
+    assert [created for _, created in answers].count(True) == 1
+    assert intakes[0].counts() == {"received": 1}
+    assert [(e["step"], e["outcome"]) for e in intakes[0].events(answers[0][0])] == [("intake", "received")]
+
+
 def test_one_persons_deliveries_wait_for_each_other_across_ledgers(ledger_url: str) -> None:
     a, b = PostgresLedger(ledger_url), PostgresLedger(ledger_url)
     first = accept(a, "k1", ("email:a@b.co",))
