@@ -76,7 +76,8 @@ def copy_ledger_command(config_file: str | None, url: str, as_json: bool) -> Non
     """
     from .config import LedgerSettings
     from .ledger import Ledger
-    from .ledger_pg import PostgresLedger, copy_sqlite_ledger
+    from .ledger_copy import copy_sqlite_ledger
+    from .ledger_pg import PostgresLedger
 
     settings = cli._settings(config_file)
     try:

@@ -265,9 +265,8 @@ def route_(
     when = parse_since(at) if at else None
     now = datetime.fromtimestamp(when, UTC) if when is not None else datetime.now(UTC)
     score = score_lead(seen.lead, settings.scoring, ScoreContext(previous_delivery_at=None, now=now))
-    ledger_file = settings.ledger.path
     counts = {}
-    if ledger_file.exists():
+    if settings.ledger.url or settings.ledger.path.exists():
         ledger = open_ledger(settings.ledger)
         counts = {pool: ledger.assigned_counts(pool) for pool in settings.routing.pools}
     directory = CrmOwners(build_crm(settings)) if resolve else OfflineOwners()

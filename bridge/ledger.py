@@ -561,8 +561,8 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
         keys = [idem_key, *aliases]
         marks = ",".join("?" * len(keys))
 
+        # PostgreSQL's ledger does this in one server-side call (bridge/ledger_pg.py, ACCEPT_FUNCTION).
         def write(conn: sqlite3.Connection) -> tuple[str, bool]:
-            self._lock_keys(conn, [f"delivery:{source}:{key}" for key in keys])
             existing = conn.execute(
                 f"SELECT id FROM deliveries WHERE source = ? AND idem_key IN ({marks}) ORDER BY rowid LIMIT 1", (source, *keys)
             ).fetchone()
@@ -588,7 +588,6 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
             )
             conn.executemany("INSERT INTO person_keys (delivery_id, key) VALUES (?, ?)", [(new_id, k) for k in person_keys])
             self._event(conn, new_id, "intake", "received", f"{len(body)} bytes", now)
-            self._notify(conn)
             return new_id, True
 
         result: tuple[str, bool] = self._grouped(write, self._intake)

@@ -169,6 +169,7 @@ def test_try_reads_a_json_sample_by_content_and_names_what_the_sample_lacks(conf
     assert not any(line.startswith("email:") for line in absent)
 
 
+@pytest.mark.sqlite_only  # the file it must not create; PostgreSQL's: tests/test_postgres.py
 def test_migrate_check_names_what_is_pending_and_migrate_applies_it(config: str, config_data: dict[str, Any]) -> None:
     path = Path(config_data["ledger"]["path"])
     assert not path.exists()
