@@ -269,10 +269,14 @@ def close_ledgers(url: str | None = None) -> None:
             opened.close()
 
 
-def _pool(url: str, password: str | None, timeout: float, size: int) -> ConnectionPool[Any]:
-    return ConnectionPool(
-        url, min_size=1, max_size=size, kwargs={"autocommit": True, "password": password}, timeout=timeout, open=True
-    )
+def _open_pool(owner: PostgresLedger | PgLimitStore, password: str | None, timeout: float, size: int) -> ConnectionPool[Any]:
+    """``owner``'s pool on its database, migrated, and the owner kept until it is closed."""
+    options = {"autocommit": True, "password": password}
+    pool: ConnectionPool[Any] = ConnectionPool(owner.url, min_size=1, max_size=size, kwargs=options, timeout=timeout, open=True)
+    _OPEN.add(owner)
+    with pool.connection() as conn:
+        migrate(conn)
+    return pool
 
 
 class PgLimitStore(LimitStore):
@@ -285,10 +289,7 @@ class PgLimitStore(LimitStore):
     def __init__(self, url: str, password: str | None, busy_timeout_seconds: float = 5.0) -> None:
         self.url = url
         self.timeout = busy_timeout_seconds
-        self._pool = _pool(url, password, busy_timeout_seconds, 4)
-        _OPEN.add(self)
-        with self._pool.connection() as conn:
-            migrate(conn)
+        self._pool = _open_pool(self, password, busy_timeout_seconds, 4)
 
     def close(self) -> None:
         _OPEN.discard(self)
@@ -315,13 +316,10 @@ class PostgresLedger(Ledger):
         self._local = threading.local()
         # No group commit: row locks, not one writer (``_grouped`` ignores the group it is given).
         self._intake = self._writes = cast(Any, None)
-        self._pool = _pool(url, password, busy_timeout, pool_size)
         self._listener: psycopg.Connection[Any] | None = None
         self._listen_lock = threading.Lock()
         self._password = password
-        _OPEN.add(self)
-        with self._pool.connection() as conn:
-            migrate(conn)
+        self._pool = _open_pool(self, password, busy_timeout, pool_size)
 
     def close(self) -> None:
         _OPEN.discard(self)
