@@ -52,6 +52,7 @@ class Worker:
         self.owner = worker_id()
         self.crm_poller = CrmPoller(settings, ledger, self.pipeline.crm, self.owner)
         self.stopping = threading.Event()
+        self._ledger_down = False
         self._next_purge = 0.0
         self.started_at = time.time()
 
@@ -106,9 +107,15 @@ class Worker:
                     break
             else:
                 self.stopping.wait(min(WAKE_SECONDS, left))
-            if self.ledger.written_since_last_look() and self.ledger.due_now():
+            if not self._ledger_down and self.ledger.written_since_last_look() and self._due_now():
                 break
         return running
+
+    def _due_now(self) -> bool:
+        try:
+            return self.ledger.due_now()
+        except self.ledger.errors:
+            return False
 
     def _digests(self) -> None:
         try:
@@ -176,8 +183,20 @@ class Worker:
         return due is not None and due <= time.time() + (deadline - time.monotonic())
 
     def _claim(self, limit: int) -> list[Delivery]:
+        """Take what is due; nothing while the ledger cannot be reached (a database restart, a
+        lock held too long): the loop carries on and claims again after its poll interval."""
         cfg = self.settings.worker
-        return self.ledger.claim(self.owner, limit, cfg.lease_seconds, crash_budget=cfg.crash_budget)
+        try:
+            claimed = self.ledger.claim(self.owner, limit, cfg.lease_seconds, crash_budget=cfg.crash_budget)
+        except self.ledger.errors as exc:
+            if not self._ledger_down:
+                log.error("worker %s cannot claim: the ledger is unavailable (%s); trying again", self.owner, type(exc).__name__)
+            self._ledger_down = True
+            return []
+        if self._ledger_down:
+            log.info("worker %s: the ledger is back", self.owner)
+        self._ledger_down = False
+        return claimed
 
     def _count(self, n: int) -> None:
         """Deliveries in flight (claimed and not finished): how full a batch call can get."""

@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 from werkzeug.test import Client
 
 from bridge.app import create_app
 from bridge.cli import main
-from bridge.config import settings_from_dict
+from bridge.config import Settings, settings_from_dict
 from bridge.ledger import Ledger, Status, open_ledger
 from bridge.worker import Worker
 from connectors.typeform import typeform_signature
 
-from .conftest import ROOT, Sandbox, post_typeform, typeform_payload
+from .conftest import ROOT, Sandbox, post_typeform, served, typeform_payload
+from .procs import wait_until
 
 
 def write_config(tmp_path: Path, data: dict[str, Any]) -> Path:
@@ -155,3 +162,60 @@ def test_a_failed_task_create_keeps_the_deals_checkpoint_written_before_the_task
     events = [(e["step"], e["outcome"]) for e in ledger.events(delivery_id)]
     assert events.index(("deal", "ok")) < events.index(("task", "sending")) < events.index(("task", "retrying"))
     assert len(sandbox.state()["objects"]["deals"]) == 1
+
+
+@contextmanager
+def ledger_outage(settings: Settings) -> Iterator[None]:
+    """Writes fail meanwhile: SQLite's write lock held by another connection, or PostgreSQL
+    refusing connections with every session to it ended (as a restart would)."""
+    if not settings.ledger.url:
+        blocker = sqlite3.connect(settings.ledger.path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            blocker.close()
+        return
+    import psycopg
+
+    name = settings.ledger.url.rsplit("/", 1)[1]
+    admin = settings.ledger.url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            yield
+        finally:
+            conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+
+
+def test_a_worker_rides_out_a_ledger_outage_and_delivers_once_it_is_back(
+    config_data: dict[str, Any], sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.worker")
+    config_data["ledger"]["busy_timeout_seconds"] = 0.2
+    settings = settings_from_dict(config_data, ROOT)
+    ledger = open_ledger(settings.ledger)
+    worker = Worker(settings, open_ledger(settings.ledger))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    try:
+        with ledger_outage(settings):
+            thread.start()
+            wait_until(lambda: "cannot claim: the ledger is unavailable" in caplog.text, time.monotonic() + 60, "the outage")
+            time.sleep(3 * settings.worker.poll_seconds)
+            assert thread.is_alive()  # the loop carried on
+        with served(settings) as url:
+            delivery_id = post_typeform(url, typeform_payload()).json()["delivery_id"]
+
+        def delivered() -> bool:
+            try:
+                return ledger.get(delivery_id).status == Status.DELIVERED
+            except ledger.errors:  # this ledger's own connections were cut by the outage too
+                return False
+
+        wait_until(delivered, time.monotonic() + 60, "the delivery after the outage")
+        assert "the ledger is back" in caplog.text
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
