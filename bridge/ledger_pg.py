@@ -116,23 +116,49 @@ def translate(sql: str) -> str:
 
 
 class Result:
-    """A statement's rows, read at once, so its connection can go back to the pool."""
+    """A statement's rows. Outside a transaction they are read at once, so the connection can
+    go back to the pool; inside one (pipeline mode) only when asked for, so statements whose
+    results nobody reads (the inserts and updates of a checkpoint) cost no round trip of
+    their own: they travel with the next read, or with the COMMIT."""
 
-    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
-        self.rowcount = cursor.rowcount
-        self.description = cursor.description
-        self._rows: list[Any] = cursor.fetchall() if cursor.description is not None else []
+    def __init__(self, cursor: psycopg.Cursor[Any], transaction: PgDatabase | None = None) -> None:
+        self._cursor = cursor
+        self._transaction = transaction
+        self._rows: list[Any] | None = None
         self._next = 0
+        if transaction is None:
+            self._load()
+
+    def _load(self) -> list[Any]:
+        if self._rows is None:
+            if self._transaction is not None:
+                self._transaction.sync()
+            cursor = self._cursor
+            self._rowcount, self._description = cursor.rowcount, cursor.description
+            self._rows = cursor.fetchall() if cursor.description is not None else []
+        return self._rows
+
+    @property
+    def rowcount(self) -> int:
+        self._load()
+        return self._rowcount
+
+    @property
+    def description(self) -> Any:
+        self._load()
+        return self._description
 
     def fetchone(self) -> Any:
-        if self._next >= len(self._rows):
+        rows = self._load()
+        if self._next >= len(rows):
             return None
         self._next += 1
-        return self._rows[self._next - 1]
+        return rows[self._next - 1]
 
     def fetchall(self) -> list[Any]:
-        rows, self._next = self._rows[self._next :], len(self._rows)
-        return rows
+        rows = self._load()
+        rest, self._next = rows[self._next :], len(rows)
+        return rest
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
@@ -142,9 +168,12 @@ class PgDatabase:
     """What the ledger's methods call as ``self.db`` (and ``conn`` inside a transaction): ``execute``,
     ``executemany`` and ``query``, on one connection (a transaction) or on any from the pool."""
 
-    def __init__(self, pool: ConnectionPool[Any], conn: psycopg.Connection[Any] | None = None) -> None:
+    def __init__(
+        self, pool: ConnectionPool[Any], conn: psycopg.Connection[Any] | None = None, pipeline: psycopg.Pipeline | None = None
+    ) -> None:
         self._pool = pool
         self._conn = conn
+        self._pipeline = pipeline
 
     @property
     def conn(self) -> PgDatabase:
@@ -153,6 +182,11 @@ class PgDatabase:
     @property
     def in_transaction(self) -> bool:
         return self._conn is not None
+
+    def sync(self) -> None:
+        """Wait for what this transaction sent so far; once it has ended, its results are all in."""
+        if self._pipeline is not None:
+            self._pipeline.sync()
 
     def commit(self) -> None:
         """Statements outside a transaction commit as they run (autocommit), as SQLite's do here."""
@@ -166,6 +200,10 @@ class PgDatabase:
                 yield conn
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Result:
+        if self._conn is not None and self._pipeline is not None:
+            cursor = self._conn.cursor()
+            cursor.execute(translate(sql), params)
+            return Result(cursor, self)
         with self._connection() as conn, conn.cursor() as cursor:
             cursor.execute(translate(sql), params)
             return Result(cursor)
@@ -339,14 +377,17 @@ class PostgresLedger(Ledger):
         if joined is not None:
             yield joined
             return
-        with self._pool.connection() as conn, conn.transaction():
-            if lock:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
-            self._local.joined = PgDatabase(self._pool, conn)
-            try:
-                yield self._local.joined
-            finally:
-                self._local.joined = None
+        db: PgDatabase | None = None
+        try:
+            with self._pool.connection() as conn, conn.pipeline() as pipeline, conn.transaction():
+                if lock:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+                db = self._local.joined = PgDatabase(self._pool, conn, pipeline)
+                yield db
+        finally:
+            self._local.joined = None
+            if db is not None:
+                db._pipeline = None  # closing the pipeline received every result: nothing to wait for
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
