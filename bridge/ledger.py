@@ -97,6 +97,22 @@ class Delivery:
         return data
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """A delivery as intake hands it to the ledger: stored once under any of ``keys`` (the
+    first is its own idempotency key, the rest aliases); ``headers`` already as JSON."""
+
+    id: str
+    source: str
+    keys: list[str]
+    body: bytes
+    content_type: str
+    headers: str
+    config_version: str
+    person_keys: list[str]
+    at: float
+
+
 _DELIVERY_FIELDS = [f.name for f in fields(Delivery)]
 _DELIVERY_COLUMNS = ", ".join(_DELIVERY_FIELDS)
 migrations = Migrations("leadbridge")
@@ -556,15 +572,28 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
 
         ``aliases`` are other keys under which the same submission counts as already stored.
         """
-        now = time.time() if now is None else now
-        new_id = "dlv_" + uuid.uuid4().hex[:20]
-        keys = [idem_key, *aliases]
-        marks = ",".join("?" * len(keys))
+        arrival = Arrival(
+            id="dlv_" + uuid.uuid4().hex[:20],
+            source=source,
+            keys=[idem_key, *aliases],
+            body=body,
+            content_type=content_type,
+            headers=json.dumps(headers, sort_keys=True),
+            config_version=config_version,
+            person_keys=list(person_keys),
+            at=time.time() if now is None else now,
+        )
+        return self._store(arrival)
 
-        # PostgreSQL's ledger does this in one server-side call (bridge/ledger_pg.py, ACCEPT_FUNCTION).
+    def _store(self, new: Arrival) -> tuple[str, bool]:
+        """Write ``new`` unless one of its keys is stored already, in intake's group commit
+        (PostgreSQL's ledger: in one server-side call)."""
+        marks = ",".join("?" * len(new.keys))
+
         def write(conn: sqlite3.Connection) -> tuple[str, bool]:
             existing = conn.execute(
-                f"SELECT id FROM deliveries WHERE source = ? AND idem_key IN ({marks}) ORDER BY rowid LIMIT 1", (source, *keys)
+                f"SELECT id FROM deliveries WHERE source = ? AND idem_key IN ({marks}) ORDER BY rowid LIMIT 1",
+                (new.source, *new.keys),
             ).fetchone()
             if existing:
                 return existing[0], False
@@ -572,23 +601,12 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
                 """INSERT INTO deliveries (id, source, idem_key, status, received_at, content_type,
                    headers, body, config_version, next_attempt_at, updated_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    new_id,
-                    source,
-                    idem_key,
-                    Status.RECEIVED,
-                    now,
-                    content_type,
-                    json.dumps(headers, sort_keys=True),
-                    body,
-                    config_version,
-                    now,
-                    now,
-                ),
-            )
-            conn.executemany("INSERT INTO person_keys (delivery_id, key) VALUES (?, ?)", [(new_id, k) for k in person_keys])
-            self._event(conn, new_id, "intake", "received", f"{len(body)} bytes", now)
-            return new_id, True
+                (new.id, new.source, new.keys[0], Status.RECEIVED, new.at, new.content_type, new.headers, new.body,
+                 new.config_version, new.at, new.at),
+            )  # fmt: skip
+            conn.executemany("INSERT INTO person_keys (delivery_id, key) VALUES (?, ?)", [(new.id, k) for k in new.person_keys])
+            self._event(conn, new.id, "intake", "received", f"{len(new.body)} bytes", new.at)
+            return new.id, True
 
         result: tuple[str, bool] = self._grouped(write, self._intake)
         return result

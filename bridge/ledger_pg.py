@@ -31,11 +31,8 @@ What differs is how writers meet, and that is this module:
 
 from __future__ import annotations
 
-import json
 import re
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -44,7 +41,7 @@ from typing import Any, TypeVar, cast
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .ledger import _DUE, _EXPIRED_LEASES, MIGRATIONS, Ledger, Status
+from .ledger import _DUE, _EXPIRED_LEASES, MIGRATIONS, Arrival, Ledger, Status
 from .ratelimit import LimitStore
 
 T = TypeVar("T")
@@ -66,7 +63,7 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
 # Intake's write, ``Ledger.accept`` on SQLite, as one function, so a webhook costs one round
 # trip and one implicit transaction instead of eight (BEGIN, key locks, the duplicate check,
 # the three inserts, NOTIFY, COMMIT): measured in-process, 5.0 ms of intake CPU a request
-# against SQLite's 2.6. Keep it in step with ``Ledger.accept``.
+# against SQLite's 2.6. Keep it in step with ``Ledger._store``.
 ACCEPT_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION leadbridge_accept(
     new_id TEXT, src TEXT, keys TEXT[], raw BYTEA, kind TEXT, headers_json TEXT, version TEXT, at DOUBLE PRECISION,
@@ -178,10 +175,6 @@ class PgDatabase:
     @property
     def conn(self) -> PgDatabase:
         return self
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._conn is not None
 
     def sync(self) -> None:
         """Wait for what this transaction sent so far; once it has ended, its results are all in."""
@@ -402,35 +395,13 @@ class PostgresLedger(Ledger):
         with self._transaction(lock=True):
             return fn()
 
-    def accept(
-        self,
-        *,
-        source: str,
-        idem_key: str,
-        body: bytes,
-        content_type: str,
-        headers: dict[str, str],
-        config_version: str,
-        person_keys: Sequence[str] = (),
-        aliases: Sequence[str] = (),
-        now: float | None = None,
-    ) -> tuple[str, bool]:
-        """``Ledger.accept`` in one call of ``leadbridge_accept`` (ACCEPT_FUNCTION): its own transaction."""
+    def _store(self, new: Arrival) -> tuple[str, bool]:
+        """One call of ``leadbridge_accept`` (ACCEPT_FUNCTION), its own transaction."""
         row = self.db.execute(
             "SELECT delivery_id, created FROM leadbridge_accept(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                "dlv_" + uuid.uuid4().hex[:20],
-                source,
-                [idem_key, *aliases],
-                body,
-                content_type,
-                json.dumps(headers, sort_keys=True),
-                config_version,
-                time.time() if now is None else now,
-                list(person_keys),
-                str(Status.RECEIVED),
-            ),
-        ).fetchone()
+            (new.id, new.source, new.keys, new.body, new.content_type, new.headers, new.config_version, new.at,
+             new.person_keys, str(Status.RECEIVED)),
+        ).fetchone()  # fmt: skip
         return str(row[0]), bool(row[1])
 
     def _lock_keys(self, conn: Any, keys: Sequence[str]) -> None:

@@ -67,6 +67,15 @@ def open_limits(ledger: LedgerSettings) -> LimitStore:
     return LimitStore(limits_path(ledger.path), ledger.busy_timeout_seconds)
 
 
+def store_errors(ledger: LedgerSettings) -> tuple[type[Exception], ...]:
+    """What :func:`open_limits`'s store raises when it cannot count, opening included."""
+    if ledger.url:
+        from .ledger_pg import PgLimitStore
+
+        return PgLimitStore.errors
+    return LimitStore.errors
+
+
 def limits_exist(ledger: LedgerSettings) -> bool:
     return bool(ledger.url) or limits_path(ledger.path).exists()
 
@@ -222,15 +231,17 @@ class CallPacer:
 
     def __init__(
         self,
-        limits: Path | LedgerSettings,
+        ledger: LedgerSettings,
         budget: CallBudget,
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.limits, self.budget = limits, budget
+        self.ledger, self.budget = ledger, budget
         self.clock, self.sleep = clock, sleep
         self._store: LimitStore | None = None
+        # What this ledger's store raises, known before it is opened (opening can fail too).
+        self._errors = store_errors(ledger)
 
     def acquire(self, *, search: bool = False) -> None:
         """Wait for a slot (bounded), or raise ThrottledError."""
@@ -293,12 +304,9 @@ class CallPacer:
     def _safely(self, use: Callable[[LimitStore], float | None]) -> float | None:
         try:
             if self._store is None:  # opened at the first call, so `leadbridge try` writes no file
-                limits = self.limits
-                self._store = LimitStore(limits) if isinstance(limits, Path) else open_limits(limits)
+                self._store = open_limits(self.ledger)
             return use(self._store)
-        except Exception as exc:
-            if not isinstance(exc, self._store.errors if self._store else (sqlite3.Error, OSError, ConnectionError)):
-                raise
+        except self._errors as exc:
             # A stuck limits file must not stop leads: HubSpot's own 429 still paces us.
             log.warning("HubSpot call budget unavailable (%s); call allowed", type(exc).__name__)
             return None

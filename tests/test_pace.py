@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bridge.config import CallBudget, Settings, settings_from_dict
+from bridge.config import CallBudget, LedgerSettings, Settings, settings_from_dict
 from bridge.errors import ThrottledError
 from bridge.ledger import Status, open_ledger
 from bridge.ratelimit import WINDOW_MARGIN_SECONDS, CallPacer
@@ -80,8 +80,8 @@ class Clock:
 def pacers(tmp_path: Path, count: int, **budget: Any) -> tuple[Clock, list[CallPacer]]:
     clock = Clock()
     spec = CallBudget(**{"requests": 4, "per_seconds": 10, "max_wait_seconds": 0, **budget})
-    path = tmp_path / "ledger.db.limits.db"
-    return clock, [CallPacer(path, spec, clock=clock, sleep=clock.sleep) for _ in range(count)]
+    ledger = LedgerSettings(path=tmp_path / "ledger.db")
+    return clock, [CallPacer(ledger, spec, clock=clock, sleep=clock.sleep) for _ in range(count)]
 
 
 def granted(pacer: CallPacer, **kwargs: Any) -> bool:
