@@ -29,16 +29,15 @@ def copy_sqlite_ledger(source: Ledger, target: PostgresLedger, batch: int = 1000
         info = sqlite.execute(f"PRAGMA table_info({table})").fetchall()
         columns = [str(c[1]) for c in info]
         keys = [str(c[1]) for c in sorted(info, key=lambda c: c[5]) if c[5]]
-        select = ", ".join(["rowid", *columns] if table == "deliveries" else columns)
         if table == "deliveries":
-            columns = ["rowid", *columns]
+            columns = ["rowid", *columns]  # SQLite's implicit arrival order, a column on PostgreSQL
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
         conflict = "DO NOTHING" if table == "events" or not updates else f"DO UPDATE SET {updates}"
         insert = (
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
             f" ON CONFLICT ({', '.join(keys)}) {conflict}"
         )
-        rows = sqlite.execute(f"SELECT {select} FROM {table} ORDER BY rowid")
+        rows = sqlite.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY rowid")
         copied[table] = 0
         while chunk := rows.fetchmany(batch):
             with target._transaction(lock=False) as db:

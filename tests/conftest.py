@@ -148,7 +148,7 @@ def postgres_server() -> Iterator[postgres.PostgresServer]:
 
 @pytest.fixture
 def ledger_url(request: pytest.FixtureRequest, backend: str) -> Iterator[str]:
-    """ "" (the SQLite file), or a new empty PostgreSQL database for this test alone."""
+    """ "" (the SQLite file), or a new PostgreSQL database for this test alone, migrated and empty."""
     if backend == "sqlite":
         yield ""
         return
