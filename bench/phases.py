@@ -205,6 +205,7 @@ class Memory:
     intake: float = 0.0
     intake_total: float = 0.0
     worker: float = 0.0
+    worker_total: float = 0.0
 
     def sample(self, relay: Relay) -> None:
         intake = rss_mb(relay.pids["serve"], only="gunicorn") if "serve" in relay.pids else []
@@ -212,13 +213,15 @@ class Memory:
         self.intake = max([self.intake, *intake])
         self.intake_total = max(self.intake_total, sum(intake))
         self.worker = max([self.worker, *worker])
+        self.worker_total = max(self.worker_total, sum(worker))
 
     def rows(self) -> list[Row]:
         goal = f"≤ {RSS_GOAL_MB:g} MB each"
         return [
             Row("RSS intake, largest gunicorn process (peak)", f"{self.intake:.0f} MB", goal, ratio(self.intake, RSS_GOAL_MB)),
             Row("RSS intake, gunicorn master + workers (peak)", f"{self.intake_total:.0f} MB"),
-            Row("RSS worker (peak)", f"{self.worker:.0f} MB", goal, ratio(self.worker, RSS_GOAL_MB)),
+            Row("RSS worker, largest worker process (peak)", f"{self.worker:.0f} MB", goal, ratio(self.worker, RSS_GOAL_MB)),
+            Row("RSS worker and its helper workers (peak)", f"{self.worker_total:.0f} MB"),
         ]
 
 

@@ -115,7 +115,8 @@ def postgres_ledger(table: Table, tmp: Path, sb: Sandbox, plan: Plan) -> None:
     try:
         for workers in (1, 3):
             url = server.create_database(f"bench{workers}")
-            with relay(tmp / f"pg{workers}", sb.url, url) as r:
+            # Each row names its worker processes: no helper workers here.
+            with relay(tmp / f"pg{workers}", sb.url, url, processes=1) as r:
                 sb.reset(r.data["routing"]["owners"])
                 r.serve()
                 table.phase(

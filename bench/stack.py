@@ -93,9 +93,12 @@ def example_config() -> dict[str, Any]:
     return dict(yaml.safe_load((ROOT / "config.example.yaml").read_text()))
 
 
-def write_config(folder: Path, sandbox_url: str, ledger_url: str = "") -> tuple[Path, dict[str, Any]]:
+def write_config(
+    folder: Path, sandbox_url: str, ledger_url: str = "", processes: int | None = None
+) -> tuple[Path, dict[str, Any]]:
     """The example config as shipped (worker, retry and gunicorn settings included), pointed at
-    this run's sandbox, port and ledger (a SQLite file, or the PostgreSQL database ``ledger_url``)."""
+    this run's sandbox, port and ledger (a SQLite file, or the PostgreSQL database ``ledger_url``);
+    ``processes`` replaces the example's ``worker.processes`` (helper workers)."""
     folder.mkdir(parents=True, exist_ok=True)
     data = example_config()
     data["server"]["port"] = free_port()
@@ -104,6 +107,8 @@ def write_config(folder: Path, sandbox_url: str, ledger_url: str = "") -> tuple[
     data["slack"]["base_url"] = sandbox_url + "/api/"
     data["ledger"]["path"] = str(folder / "leadbridge.db")
     data["ledger"]["url"] = ledger_url
+    if processes is not None:
+        data["worker"]["processes"] = processes
     # Measure the relay, not its guards: the intake's per-IP limit would refuse a load test, and
     # Slack pacing (one post a second per channel, by design) would be all a latency figure shows.
     data["server"]["rate_limit"].update(per_client_ip=0, per_source=0)
@@ -160,8 +165,8 @@ class Relay:
 
 
 @contextmanager
-def relay(folder: Path, sandbox_url: str, ledger_url: str = "") -> Iterator[Relay]:
-    path, data = write_config(folder, sandbox_url, ledger_url)
+def relay(folder: Path, sandbox_url: str, ledger_url: str = "", processes: int | None = None) -> Iterator[Relay]:
+    path, data = write_config(folder, sandbox_url, ledger_url, processes)
     running = Relay(folder, path, data)
     try:
         yield running

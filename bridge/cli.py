@@ -309,7 +309,8 @@ def unused_mappings(settings: Settings) -> list[str]:
 @main.command()
 @config_option
 @click.option("--once", is_flag=True, help="Process what is due now, then exit.")
-def worker(config_file: str | None, once: bool) -> None:
+@click.option("--helper", is_flag=True, hidden=True, help="Started by a worker while a backlog drains.")
+def worker(config_file: str | None, once: bool, helper: bool) -> None:
     """Run a worker: claim due deliveries and push them to HubSpot and Slack.
 
     SIGTERM/SIGINT finish what is in flight and exit 0; SIGHUP does the same, then reads
@@ -317,6 +318,7 @@ def worker(config_file: str | None, once: bool) -> None:
 
     Example: leadbridge worker --config config.yaml
     """
+    from .helpers import Helpers
     from .jsonlog import apply_log_format
     from .worker import Worker
 
@@ -337,7 +339,10 @@ def worker(config_file: str | None, once: bool) -> None:
         settings = _settings(config_file)
         _require_tokens(settings)
         apply_log_format(settings.logging)
-        w = Worker(settings, open_ledger(settings.ledger))
+        if helper:
+            w = Worker(settings, open_ledger(settings.ledger), helper_of=os.getppid())
+        else:
+            w = Worker(settings, open_ledger(settings.ledger), helpers=Helpers(settings.worker, config_file))
         if once:
             click.echo(f"handled {w.drain()} deliveries")
             return

@@ -248,6 +248,12 @@ class WorkerSettings(Model):
     heartbeat_seconds: float = Field(10.0, gt=0)
     # The worker's own metrics (port calls, per-delivery durations) on server.host:<this>/metrics; 0 = off.
     metrics_port: int = Field(0, ge=0, le=65535)
+    # Most worker processes while a backlog drains (bridge/helpers.py): this one and the helpers
+    # it starts, one each time it has been full for scale_after_seconds with more due. 1: never.
+    processes: int = Field(1, ge=1, le=16)
+    scale_after_seconds: float = Field(2.0, gt=0)
+    # A helper with nothing to do for this long stops.
+    helper_idle_seconds: float = Field(15.0, gt=0)
 
 
 class RetrySettings(Model):

@@ -24,6 +24,7 @@ from .crm_poll import CrmPoller
 from .digest import send_due_digests
 from .errors import where
 from .followups import run_due_followups
+from .helpers import Helpers
 from .incidents import check_incidents
 from .ledger import Delivery, Ledger
 from .pipeline import Pipeline
@@ -40,8 +41,19 @@ def worker_id() -> str:
 
 
 class Worker:
-    def __init__(self, settings: Settings, ledger: Ledger, pipeline: Pipeline | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        pipeline: Pipeline | None = None,
+        *,
+        helpers: Helpers | None = None,
+        helper_of: int | None = None,
+    ) -> None:
         self.settings = settings
+        # A worker that starts helper processes while a backlog drains (bridge/helpers.py),
+        # or a helper itself: started by the worker whose pid is ``helper_of``, no chores.
+        self.helpers, self.helper_of = helpers, helper_of
         self.ledger = ledger
         crm, notifier = counted_ports(settings)
         # Several deliveries at once: their HubSpot writes go out as batch calls.
@@ -59,9 +71,11 @@ class Worker:
     def run(self) -> None:
         """Poll and process until ``stop()``; in-flight deliveries finish first."""
         cfg = self.settings.worker
-        log.info("worker %s started (concurrency %d)", self.owner, cfg.concurrency)
-        serve_worker_metrics(self.settings)
+        log.info("worker %s started (concurrency %d%s)", self.owner, cfg.concurrency, ", a helper" if self.helper_of else "")
+        if self.helper_of is None:
+            serve_worker_metrics(self.settings)
         running: set[Future[str]] = set()
+        busy_at = time.monotonic()
         with ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="leadbridge-worker") as pool:
             next_digest = next_beat = 0.0
             while not self.stopping.is_set():
@@ -74,11 +88,13 @@ class Worker:
                 claimed = self._claim(want) if want > 0 else []
                 self._count(len(claimed))
                 running |= {pool.submit(self._process_one, d) for d in claimed}
+                if running:
+                    busy_at = time.monotonic()
                 if time.monotonic() >= next_digest:
-                    self._digests()
-                    self.crm_poller.tick()
-                    self._retention()
-                    self._followups()
+                    if self.helper_of is not None:
+                        self._helper_done(busy_at)
+                    else:
+                        self._chores(len(running) >= cfg.concurrency)
                     next_digest = time.monotonic() + cfg.poll_seconds
                 if len(running) >= cfg.concurrency:
                     # Full: back to claiming as soon as a slot frees, never idle while work is due.
@@ -87,7 +103,27 @@ class Worker:
                     # Room, and nothing more due: until a slot frees or a new delivery is written.
                     running = self._idle(running, cfg.poll_seconds)
             wait(running)
+        if self.helpers is not None:
+            self.helpers.stop()
         log.info("worker %s stopped", self.owner)
+
+    def _chores(self, full: bool) -> None:
+        self._digests()
+        self.crm_poller.tick()
+        self._retention()
+        self._followups()
+        if self.helpers is not None:
+            # Full, with more due: a backlog, which a helper process shares.
+            self.helpers.tick(full and not self._ledger_down and self._due_now())
+
+    def _helper_done(self, busy_at: float) -> None:
+        """A helper stops once idle for ``worker.helper_idle_seconds``, or when its worker is gone."""
+        if os.getppid() != self.helper_of:
+            log.info("worker %s: the worker that started this helper is gone; stopping", self.owner)
+            self.stop()
+        elif time.monotonic() - busy_at >= self.settings.worker.helper_idle_seconds:
+            log.info("worker %s: helper idle; stopping", self.owner)
+            self.stop()
 
     def _idle(self, running: set[Future[str]], timeout: float) -> set[Future[str]]:
         """Wait up to ``timeout`` for a running delivery to finish, or for something to fall due.
@@ -146,7 +182,8 @@ class Worker:
             self.ledger.beat(self.owner, self.started_at)
         except Exception as exc:
             log.error("worker %s could not record its heartbeat: %s", self.owner, type(exc).__name__)
-        self._alerts()
+        if self.helper_of is None:
+            self._alerts()
 
     def _alerts(self) -> None:
         try:

@@ -201,7 +201,8 @@ def _send(url: str, payload: dict[str, Any]) -> str:
 def test_two_intakes_and_three_workers_on_one_database_deliver_each_lead_once(
     config_data: dict[str, Any], tmp_path: Path, sandbox: Sandbox, ledger_url: str
 ) -> None:
-    config_data["worker"].update(concurrency=8, lease_seconds=3, poll_seconds=0.2)
+    # Three explicit workers, no helpers (tests/test_helpers.py has those).
+    config_data["worker"].update(concurrency=8, lease_seconds=3, poll_seconds=0.2, processes=1)
     # The shared call budget has its own test; here 100 calls / 10 s would make this one minutes long.
     config_data["hubspot"]["rate_limit"]["requests"] = 0
     worker_config = tmp_path / "worker.yaml"
