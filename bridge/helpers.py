@@ -45,7 +45,10 @@ class Helpers:
     def tick(self, backlog: bool, now: float | None = None) -> None:
         """Called every poll: ``backlog`` says the worker is full and more is due."""
         now = time.monotonic() if now is None else now
-        self.running = [p for p in self.running if p.poll() is None]  # helpers that went idle
+        for proc in self.running:
+            if proc.poll():  # gone with an error (an idle helper exits 0): say so, once
+                log.error("helper worker %d exited with status %d", proc.pid, proc.returncode)
+        self.running = [p for p in self.running if p.returncode is None]
         if not backlog:
             self._busy_since = None
             return

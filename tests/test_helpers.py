@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -12,10 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 import yaml
 
-from bridge.config import settings_from_dict
+from bridge.config import WorkerSettings, settings_from_dict
+from bridge.helpers import Helpers
 from bridge.ledger import Ledger, Status
 from bridge.worker import Worker
 
@@ -117,3 +120,34 @@ def test_helpers_stop_with_their_worker_even_when_it_is_killed(
     assert delivered(ledger, ids)
     state = sandbox.state()
     assert (len(state["contacts"]), len(state["messages"]), len(state["objects"]["deals"])) == (LEADS, LEADS, LEADS)
+
+
+def test_a_helper_starts_only_after_a_lasting_backlog_and_never_past_the_process_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.helpers")
+    helpers = Helpers(WorkerSettings(processes=3, scale_after_seconds=2), None)
+    helpers.argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    try:
+        counts = []
+        for now, backlog in [(0, True), (1.9, True), (2.0, True), (3.0, True), (3.5, False), (4.0, True), (5.9, True)]:
+            helpers.tick(backlog, now)
+            counts.append(len(helpers.running))
+        assert counts == [0, 0, 1, 1, 1, 1, 1]  # a pause in the backlog starts the wait again
+        helpers.tick(True, 6.0)
+        helpers.tick(True, 9.0)
+        assert len(helpers.running) == 2  # three processes in all, the worker included
+        started = list(helpers.running)
+    finally:
+        helpers.stop()
+    assert all(proc.returncode is not None for proc in started) and helpers.running == []
+
+    helpers.argv = [sys.executable, "-c", "raise SystemExit(3)"]
+    helpers.tick(False, 19.0)
+    helpers.tick(True, 20.0)
+    helpers.tick(True, 22.0)
+    (failing,) = helpers.running
+    failing.wait(30)
+    helpers.tick(False, 23.0)
+    assert helpers.running == []
+    assert f"helper worker {failing.pid} exited with status 3" in caplog.text
