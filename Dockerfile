@@ -18,8 +18,10 @@ RUN pip install .
 # Generated rather than copied so it never drifts from config.example.yaml; mount your own
 # config and point LEADBRIDGE_CONFIG at it to go live.
 RUN python -c "import yaml; c = yaml.safe_load(open('config.example.yaml')); c['server']['host'] = '0.0.0.0'; c['ledger']['path'] = '/var/lib/leadbridge/leadbridge.db'; yaml.safe_dump(c, open('config.container.yaml', 'w'), sort_keys=False)"
-# The same on the compose file's postgres service (its `postgres` profile picks this one).
-RUN python -c "import yaml; c = yaml.safe_load(open('config.container.yaml')); c['ledger']['url'] = 'postgresql://leadbridge@postgres:5432/leadbridge'; yaml.safe_dump(c, open('config.postgres.yaml', 'w'), sort_keys=False)"
+# The same on the compose file's postgres service (its `postgres` profile picks this one),
+# without helper workers: its three worker replicas are the scale-out, and three times four
+# processes' pools would pass PostgreSQL's 100 connections.
+RUN python -c "import yaml; c = yaml.safe_load(open('config.container.yaml')); c['ledger']['url'] = 'postgresql://leadbridge@postgres:5432/leadbridge'; c['worker']['processes'] = 1; yaml.safe_dump(c, open('config.postgres.yaml', 'w'), sort_keys=False)"
 
 RUN useradd --system --uid 10001 --home-dir /var/lib/leadbridge --shell /usr/sbin/nologin leadbridge \
     && mkdir -p /var/lib/leadbridge \

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from bridge.config import settings_from_dict
+
 from .conftest import ROOT
 
 UNITS = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
@@ -117,3 +119,15 @@ def test_systemd_analyze_verify_finds_nothing_to_say(tmp_path: Path) -> None:
     result = subprocess.run(["systemd-analyze", "verify", *copies], capture_output=True, text=True, timeout=120)
     # verify exits 0 on unknown keys and bad values too; it only warns, so its output must be empty.
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_the_images_generated_configs_load_and_the_postgres_one_starts_no_helper_workers(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "config.example.yaml", tmp_path)
+    for word, args in dockerfile_instructions():
+        if word == "RUN" and args.startswith('python -c "'):
+            subprocess.run([sys.executable, "-c", args[len('python -c "') : -1]], cwd=tmp_path, check=True)
+    container = settings_from_dict(yaml.safe_load((tmp_path / "config.container.yaml").read_text()), ROOT)
+    postgres = settings_from_dict(yaml.safe_load((tmp_path / "config.postgres.yaml").read_text()), ROOT)
+    assert (container.server.host, container.worker.processes) == ("0.0.0.0", 4)
+    # Three replicas of up to four processes each would pass PostgreSQL's 100 connections.
+    assert (postgres.ledger.url, postgres.worker.processes) == ("postgresql://leadbridge@postgres:5432/leadbridge", 1)
