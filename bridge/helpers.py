@@ -64,11 +64,15 @@ class Helpers:
             log.info("backlog: started helper worker %d of %d", len(self.running), self.settings.processes - 1)
         self._busy_since = now  # the next one only if the backlog lasts as long again
 
-    def stop(self) -> None:
-        """SIGTERM to every helper, then wait: each finishes the deliveries it holds."""
+    def terminate(self) -> None:
+        """SIGTERM to every helper now (the worker is stopping): each finishes what it holds."""
         for proc in self.running:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        """SIGTERM to every helper, then wait for them."""
+        self.terminate()
         for proc in self.running:
             try:
                 proc.wait(STOP_SECONDS)

@@ -194,6 +194,10 @@ class Worker:
 
     def stop(self) -> None:
         self.stopping.set()
+        if self.helpers is not None:
+            # At once, not after this worker's own deliveries: a service manager that stops
+            # only the main process (systemd's KillMode=mixed) gives all of them one grace period.
+            self.helpers.terminate()
 
     def drain(self, timeout: float = 30.0) -> int:
         """Process everything due now, including retries that fall due meanwhile, until idle.

@@ -122,6 +122,25 @@ def test_helpers_stop_with_their_worker_even_when_it_is_killed(
     assert (len(state["contacts"]), len(state["messages"]), len(state["objects"]["deals"])) == (LEADS, LEADS, LEADS)
 
 
+def test_stopping_the_worker_stops_its_helpers_and_each_finishes_what_it_holds(
+    tmp_path: Path, config_data: dict[str, Any], sandbox: Sandbox, intake: str, ledger: Ledger
+) -> None:
+    ids = backlog(intake, "stop")
+    with slow_upstream(sandbox, 150), worker_process(tmp_path, config_data) as proc:
+        wait_until(lambda: len(helpers_of(proc.pid)) == 2, time.monotonic() + 60, "two helpers")
+        helpers = helpers_of(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        # The worker waited for its helpers, which had the signal at once, not after it.
+        assert not any(alive(p) for p in helpers)
+    held = [i for i in ids if ledger.get(i).status == Status.PROCESSING]
+    assert held == []  # every process finished its deliveries: no lease left to expire
+    Worker(settings_from_dict(config_data, ROOT), ledger).drain(timeout=60)
+    assert delivered(ledger, ids)
+    state = sandbox.state()
+    assert (len(state["contacts"]), len(state["messages"]), len(state["objects"]["deals"])) == (LEADS, LEADS, LEADS)
+
+
 def test_a_helper_starts_only_after_a_lasting_backlog_and_never_past_the_process_count(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
