@@ -128,6 +128,6 @@ def test_the_images_generated_configs_load_and_the_postgres_one_starts_no_helper
             subprocess.run([sys.executable, "-c", args[len('python -c "') : -1]], cwd=tmp_path, check=True)
     container = settings_from_dict(yaml.safe_load((tmp_path / "config.container.yaml").read_text()), ROOT)
     postgres = settings_from_dict(yaml.safe_load((tmp_path / "config.postgres.yaml").read_text()), ROOT)
-    assert (container.server.host, container.worker.processes) == ("0.0.0.0", 4)
+    assert (container.server.host, container.worker.processes) == ("0.0.0.0", 3)
     # Three replicas of up to four processes each would pass PostgreSQL's 100 connections.
     assert (postgres.ledger.url, postgres.worker.processes) == ("postgresql://leadbridge@postgres:5432/leadbridge", 1)
