@@ -1,7 +1,8 @@
 """Many threads' small requests, handled as one: the batcher behind group commit and batch calls.
 
 Each thread submits one item and blocks. The first to arrive leads: it may linger a moment
-for company (up to ``max_items``), hands the whole batch to ``flush``, gives every thread
+for company (up to ``max_items``; for a fixed time, or while company keeps coming, see
+``gather``), hands the whole batch to ``flush``, gives every thread
 its own outcome, and passes the lead to the next thread that queued meanwhile. No thread
 runs a separate flusher, so an idle batcher costs nothing, and nobody returns before the
 flush that holds their item.
@@ -53,11 +54,18 @@ class Batcher(Generic[T, R]):
         flush: Callable[[list[T]], Sequence[R | Failed]],
         max_items: int | Callable[[], int],
         linger: Callable[[], float] = lambda: 0.0,
+        gather: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         # A number, or a function saying how many items could come at all right now (a batch
         # that holds all of them is full: no point lingering for more).
         self._capacity = max_items if callable(max_items) else (lambda: max_items)
         self._flush, self._linger = flush, linger
+        # (gap, most): after ``linger``, the leader also waits while items keep arriving at most
+        # ``gap`` apart, up to ``most`` after it began. A lone item waits ``gap``; a wave of
+        # threads reaching this call together (they finished the step before at once) shares
+        # one flush instead of its first few going alone and the rest in the next one.
+        self._gap, self._most = gather
+        self._arrived = 0.0  # when the newest item was queued
         self._lock = threading.Condition()
         self._queue: list[_Slot[T]] = []
         self._busy = False
@@ -71,6 +79,7 @@ class Batcher(Generic[T, R]):
         slot: _Slot[T] = _Slot(item)
         with self._lock:
             self._queue.append(slot)
+            self._arrived = time.monotonic()
             if not self._busy:
                 self._busy = slot.leads = True
             elif len(self._queue) >= self._capacity():
@@ -90,10 +99,15 @@ class Batcher(Generic[T, R]):
         except Exception:  # a broken linger rule must not strand the threads queued behind us
             linger = 0.0
         with self._lock:
-            deadline = time.monotonic() + linger
+            began = time.monotonic()
             # Looked at again every few ms: the capacity can shrink as other work finishes.
-            while len(self._queue) < (full := max(1, self._capacity())) and (left := deadline - time.monotonic()) > 0:
+            while len(self._queue) < (full := max(1, self._capacity())) and (left := began + linger - time.monotonic()) > 0:
                 self._lock.wait(min(left, CAPACITY_POLL_SECONDS))
+            while len(self._queue) < max(1, self._capacity()):
+                left = min(self._arrived + self._gap, began + self._most) - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(left)
             full = max(1, self._capacity())
             batch, self._queue = self._queue[:full], self._queue[full:]
         try:

@@ -16,6 +16,10 @@ Three levels, by how much of HubSpot's call budget is left:
 - at most that: a record create (after the rep's ping, so nobody waits on it) lingers up to
   ``record_wait_seconds`` for company, and contacts go one batch at a time, so those that
   arrive while one is in flight share the next call (no linger);
+- whatever the budget, a record create also waits while other creates of its type keep
+  arriving (at most ``gather_gap_seconds`` apart, up to ``record_wait_seconds``): the
+  deliveries in flight move in waves (one batch answers them all at once), and without
+  this the first of a wave went alone and the rest in a second call;
 - at most ``contact_tight_below`` (a fifth): a contact write also lingers, up to
   ``contact_wait_seconds``.
 Fewer, fuller calls exactly when calls are scarce; the ping's own write gives up its speed last.
@@ -53,6 +57,7 @@ class CoalescingCRM:
         contact_wait: float,
         record_wait: float,
         in_flight: Callable[[], int],
+        gather_gap: float = 0.0,
     ) -> None:
         self.inner = inner
         # A batch is full at 100 rows, or when it holds every delivery in flight right now.
@@ -60,6 +65,7 @@ class CoalescingCRM:
         self._budget_tight = budget_tight
         self._contact_wait = lambda: contact_wait if contacts_tight() else 0.0
         self._record_wait = lambda: record_wait if budget_tight() else 0.0
+        self._record_gather = (gather_gap, record_wait)
         self._batchers: dict[tuple[Any, ...], Batcher[Any, Any]] = {}
         self._lock = threading.Lock()
 
@@ -69,9 +75,8 @@ class CoalescingCRM:
         return {writes[0].trace_id: self._contact_batcher().submit(writes[0])}
 
     def create_record(self, object_type: str, properties: Mapping[str, str], links: Sequence[Link]) -> str:
-        return self._batcher(("create", object_type), self._flush_records(object_type), self._record_wait).submit(
-            NewRecord(properties, links)
-        )
+        key, flush = ("create", object_type), self._flush_records(object_type)
+        return self._batcher(key, flush, self._record_wait, self._record_gather).submit(NewRecord(properties, links))
 
     def lookup_contact(self, write: ContactWrite, properties: Sequence[str]) -> Snapshot:
         """Only with ``hubspot.read_unknown_contacts``: the reads of the moment in one batch read."""
@@ -113,11 +118,15 @@ class CoalescingCRM:
         return batchers[0]
 
     def _batcher(
-        self, key: tuple[Any, ...], flush: Callable[[list[Any]], Sequence[Any]], wait: Callable[[], float]
+        self,
+        key: tuple[Any, ...],
+        flush: Callable[[list[Any]], Sequence[Any]],
+        wait: Callable[[], float],
+        gather: tuple[float, float] = (0.0, 0.0),
     ) -> Batcher[Any, Any]:
         with self._lock:
             if key not in self._batchers:
-                self._batchers[key] = Batcher(flush, self.max_items, wait)
+                self._batchers[key] = Batcher(flush, self.max_items, wait, gather)
             return self._batchers[key]
 
 
@@ -133,4 +142,5 @@ def batched_crm(settings: Settings, in_flight: Callable[[], int], inner: CRM | N
         contact_wait=cfg.contact_wait_seconds,
         record_wait=cfg.record_wait_seconds,
         in_flight=in_flight,
+        gather_gap=cfg.gather_gap_seconds,
     )

@@ -144,6 +144,9 @@ class BatchingSettings(Model):
     tight_below: float = Field(0.5, ge=0, le=1)
     # The rep's ping waits on the contact write, so contacts count as tight only later.
     contact_tight_below: float = Field(0.2, ge=0, le=1)
+    # Whatever the budget, a record create waits while others keep coming at most this far
+    # apart (up to record_wait_seconds): a wave of deliveries shares one call. 0: off.
+    gather_gap_seconds: float = Field(0.01, ge=0, le=1)
 
 
 class PollSettings(Model):

@@ -59,3 +59,30 @@ def test_a_failing_flush_or_linger_strands_nobody(broken: str) -> None:
     assert all(isinstance(o, (int, RuntimeError)) for o in first)
     # And it keeps serving afterwards.
     assert run_together(batcher, range(3)) == [0, 1, 2]
+
+
+def test_a_wave_arriving_a_little_apart_shares_one_flush_and_a_lone_item_waits_only_the_gap() -> None:
+    flushes: list[list[int]] = []
+
+    def flush(items: list[int]) -> list[int | Failed]:
+        flushes.append(items)
+        return list(items)
+
+    # Ten threads finishing the step before at about the same time: 20 ms apart here, well
+    # inside a gap of 0.5 s. Without gathering, the first would go alone (nothing lingers).
+    batcher = Batcher(flush, max_items=100, gather=(0.5, 30.0))
+
+    def submit(n: int) -> int:
+        threading.Event().wait(0.02 * n)
+        return batcher.submit(n)
+
+    with ThreadPoolExecutor(10) as pool:
+        assert list(pool.map(submit, range(10))) == list(range(10))
+    assert flushes == [list(range(10))]
+    # Alone, with room for 100: it goes once the gap has passed, not after ``most`` (30 s).
+    started = threading.Event()
+    lone = threading.Thread(target=lambda: (batcher.submit(99), started.set()))
+    lone.start()
+    assert started.wait(15), "a lone item waited for the whole gather limit"
+    lone.join()
+    assert flushes[-1] == [99]

@@ -309,6 +309,23 @@ def test_with_budget_to_spare_a_contact_write_does_not_queue_behind_one_in_fligh
     assert (created[1] - created[0]).total_seconds() < hold, "the second contact write waited for the first"
 
 
+def test_with_budget_to_spare_deliveries_reaching_a_create_together_share_one_call(
+    config_data: dict[str, Any], sandbox: Sandbox
+) -> None:
+    # Nothing lingers for a fixed time (a fresh budget), but the deals and tasks of twenty
+    # deliveries run at once arrive a little apart (each thread posted its own Slack message
+    # first): the first of them waits while the others keep coming, then all go in one call.
+    config_data["worker"].update(concurrency=20, claim_batch=20)
+    config_data["hubspot"]["batching"] = {"gather_gap_seconds": 0.5, "record_wait_seconds": 30}
+    settings = settings_from_dict(config_data, ROOT)
+    ledger = open_ledger(settings.ledger)
+    ids = queued(settings, ledger, [person(n) for n in range(20)])
+    Worker(settings, ledger).drain(timeout=120)
+    assert {ledger.get(i).status for i in ids} == {Status.DELIVERED}
+    assert exact(sandbox, DEAL + "/batch/create") == exact(sandbox, TASK + "/batch/create") == 1
+    assert len(sandbox.state()["objects"]["deals"]) == len(sandbox.state()["objects"]["tasks"]) == 20
+
+
 def test_people_a_batch_must_read_are_read_in_one_call(config_data: dict[str, Any], sandbox: Sandbox) -> None:
     config_data["hubspot"]["read_unknown_contacts"] = True
     settings = batching(config_data, concurrency=3)
