@@ -35,6 +35,7 @@ from .ledger_base import EVENTS_APPEND_ONLY
 from .ledger_crm import CrmLedger
 from .ledger_followups import FollowUpLedger
 from .ledger_retention import RetentionLedger
+from .sqlitepool import SqlitePool
 
 
 class Status(StrEnum):
@@ -477,6 +478,7 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        self._readers = SqlitePool(self.path, busy_timeout)
         # Writes share transactions (bridge/groupcommit.py): one fsync per burst. Intake's group
         # asks for the write lock every 1 ms, the worker's every few ms, so intake goes first.
         # Intake also says when it waits, and the worker's leader makes way (IntakeFirst).
@@ -536,6 +538,21 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def _in_transaction(self) -> bool:
+        """Inside ``atomically()`` or ``exclusive()`` on this thread; asking opens no connection."""
+        if getattr(self._local, "joined", None) is not None:
+            return True
+        db = getattr(self._local, "db", None)
+        return db is not None and bool(db.conn.in_transaction)
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A plain read: in this thread's transaction if one is open, else on a shared connection.
+
+        A worker's pipeline threads read through this only, so they hold no connection each."""
+        if self._in_transaction():
+            return self.db.execute(sql, params).fetchall()
+        return self._readers.rows(sql, params)
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -619,7 +636,7 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
         and the worker wait at once, intake wins. Inside ``exclusive()`` the work simply joins
         the caller's transaction.
         """
-        if self.db.conn.in_transaction:
+        if self._in_transaction():
             return work(self.db.conn)
         return (group or self._writes).run(work)
 
@@ -631,7 +648,7 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
         lock acquisition and no fsync of its own. ``fn`` may run on another thread (the
         group's leader) and must not call anything but the ledger and pure code.
         """
-        if self.db.conn.in_transaction:
+        if self._in_transaction():
             return fn()
 
         def work(conn: sqlite3.Connection) -> T:
@@ -747,7 +764,7 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
     # -- steps and outcomes -------------------------------------------------------
 
     def steps(self, delivery_id: str) -> dict[str, dict[str, Any]]:
-        rows = self.db.execute("SELECT step, result FROM steps WHERE delivery_id = ?", (delivery_id,)).fetchall()
+        rows = self._rows("SELECT step, result FROM steps WHERE delivery_id = ?", (delivery_id,))
         return {step: json.loads(result) for step, result in rows}
 
     def record_step(
@@ -897,8 +914,8 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
     def contact_for(self, key: str) -> str | None:
         """The CRM contact id already known for one identity ("email:…" or "phone:…")."""
         kind, _, value = key.partition(":")
-        row = self.db.execute("SELECT contact_id FROM identities WHERE kind = ? AND value = ?", (kind, value)).fetchone()
-        return str(row[0]) if row else None
+        rows = self._rows("SELECT contact_id FROM identities WHERE kind = ? AND value = ?", (kind, value))
+        return str(rows[0][0]) if rows else None
 
     def remember_contact(self, keys: Sequence[str], contact_id: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -938,12 +955,12 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
 
     def open_deal(self, contact_id: str, object_type: str) -> str | None:
         """The newest open deal (or lead) leadbridge created for this contact."""
-        row = self.db.execute(
+        rows = self._rows(
             """SELECT record_id FROM deals WHERE contact_id = ? AND object_type = ? AND closed_at IS NULL
                ORDER BY created_at DESC LIMIT 1""",
             (contact_id, object_type),
-        ).fetchone()
-        return str(row[0]) if row else None
+        )
+        return str(rows[0][0]) if rows else None
 
     def remember_deal(
         self, contact_id: str, object_type: str, record_id: str, delivery_id: str, now: float | None = None
@@ -959,15 +976,15 @@ class Ledger(CrmLedger, FollowUpLedger, RetentionLedger):
 
     def previous_delivery_at(self, delivery_id: str) -> float | None:
         """When this person's previous delivered lead arrived (for 'returning within N days')."""
-        row = self.db.execute(
+        rows = self._rows(
             f"""SELECT max(other.received_at) FROM person_keys AS mine
                 JOIN person_keys AS theirs ON theirs.key = mine.key AND theirs.delivery_id != mine.delivery_id
                 JOIN deliveries AS other ON other.id = theirs.delivery_id
                 JOIN deliveries AS d ON d.id = mine.delivery_id
                 WHERE mine.delivery_id = ? AND other.rowid < d.rowid AND other.status = '{Status.DELIVERED}'""",
             (delivery_id,),
-        ).fetchone()
-        return float(row[0]) if row and row[0] is not None else None
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def queue_digest(self, delivery_id: str, channel: str, line: str, now: float | None = None) -> None:
         row = (delivery_id, channel, line, time.time() if now is None else now)

@@ -326,8 +326,8 @@ class PgLimitStore(LimitStore):
         _OPEN.discard(self)
         self._pool.close()
 
-    def _connect(self) -> Any:
-        return PgDatabase(self._pool)
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        return list(PgDatabase(self._pool).execute(sql, params).fetchall())
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -386,6 +386,10 @@ class PostgresLedger(Ledger):
     def _write(self) -> Iterator[Any]:
         with self._transaction(lock=True) as db:
             yield db
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        # The pool already shares connections between threads, in a transaction or not.
+        return list(self.db.execute(sql, params).fetchall())
 
     def _grouped(self, work: Callable[[Any], Any], group: Any = None) -> Any:
         with self._transaction(lock=False) as db:

@@ -16,17 +16,17 @@ and every gunicorn worker (or second app in one process) counts against the same
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .config import CallBudget, LedgerSettings
 from .errors import ThrottledError
+from .sqlitepool import SqlitePool
 
 log = logging.getLogger(__name__)
 
@@ -81,54 +81,40 @@ def limits_exist(ledger: LedgerSettings) -> bool:
 
 
 class LimitStore:
-    """The shared SQLite file, one connection per thread (and per process: a forked child opens its own).
+    """The shared SQLite file, on a few connections shared by the process's threads (a forked
+    child opens its own).
 
     Opening one costs ~90 µs of CPU, more than the query: a call per request (intake) or per
-    HubSpot call and batch decision (worker) made that a visible share of both.
+    HubSpot call and batch decision (worker) made that a visible share of both, so they are
+    kept; shared, not one a thread, so a worker's hundred threads do not hold a hundred.
     """
 
     # Past this many rows, buckets idle long enough to be full again are dropped.
     MAX_KEYS = 10_000
     # What a failing store raises; a limiter that cannot count lets the request or call through.
     errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    # As many as gunicorn's threads (8 by default), so intake's requests never queue for one.
+    CONNECTIONS = 8
 
     def __init__(self, path: Path, busy_timeout_seconds: float = 5.0) -> None:
         self.path = path
         self.timeout = busy_timeout_seconds
-        self._local = threading.local()
-        db = self._connect()
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        """This thread's connection (autocommit: no transaction, so no stale view, between calls)."""
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():  # first use here, or inherited through a fork
-            local.db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            local.db.execute("PRAGMA synchronous=NORMAL")
-            local.pid = os.getpid()
-        db: sqlite3.Connection = local.db
-        return db
+        self._conns = SqlitePool(path, busy_timeout_seconds, self.CONNECTIONS, _limits_connection)
+        with self._conns.connection() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One short write transaction on this thread's connection."""
-        db = self._connect()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        """One short write transaction (rolled back if the block raises)."""
+        with self._conns.connection() as db:
+            db.execute("BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")
-        finally:
-            if db.in_transaction:
-                self._rollback(db)
 
-    def _rollback(self, db: sqlite3.Connection) -> None:
-        try:
-            db.execute("ROLLBACK")
-        except sqlite3.Error:
-            # Closing rolls back too; the thread opens a fresh connection next time.
-            db.close()
-            self._local.pid = None
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """A read, taking no lock."""
+        return self._conns.rows(sql, params)
 
     def take(self, name: str, key: str, capacity: float, rate: float, now: float) -> float:
         """Take one token from bucket ``(name, key)``: 0 if granted, else seconds until one is."""
@@ -171,13 +157,12 @@ class LimitStore:
 
     def calls_by_day(self, name: str, since: float) -> dict[str, int]:
         """Calls made per UTC day, from the day of ``since`` on."""
-        rows = self._connect().execute("SELECT day, n FROM call_days WHERE name=? AND day >= ?", (name, _day(since))).fetchall()
+        rows = self._rows("SELECT day, n FROM call_days WHERE name=? AND day >= ?", (name, _day(since)))
         return {str(day): int(n) for day, n in rows}
 
     def window_count(self, name: str, window: float, now: float) -> int:
         """Calls counted in the window ending now (a read: takes no lock)."""
-        db = self._connect()
-        return int(db.execute("SELECT count(*) FROM calls WHERE name=? AND at > ?", (name, now - window)).fetchone()[0])
+        return int(self._rows("SELECT count(*) FROM calls WHERE name=? AND at > ?", (name, now - window))[0][0])
 
     def fill_window(self, name: str, used: int, window: float, now: float) -> None:
         """The other side counted ``used`` calls in its window: count at least as many here."""
@@ -188,9 +173,14 @@ class LimitStore:
 
     def secret(self, name: str) -> bytes:
         """A random secret created once per file, so every worker signs and checks alike."""
-        db = self._connect()
-        db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT DO NOTHING", (name, secrets.token_bytes(32)))
-        return bytes(db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()[0])
+        with self._transaction() as db:
+            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT DO NOTHING", (name, secrets.token_bytes(32)))
+            return bytes(db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()[0])
+
+
+def _limits_connection(conn: sqlite3.Connection) -> None:
+    # Rate windows last seconds: a power cut may lose the newest few, never the ledger's data.
+    conn.execute("PRAGMA synchronous=NORMAL")
 
 
 class RateLimiter:
