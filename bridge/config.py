@@ -236,7 +236,7 @@ class SlackSettings(Model):
 
 
 class WorkerSettings(Model):
-    concurrency: int = Field(32, ge=1, le=500)
+    concurrency: int = Field(100, ge=1, le=500)
     lease_seconds: float = Field(60.0, gt=0)
     poll_seconds: float = Field(0.5, gt=0)
     # Deliveries claimed per poll; sized for HubSpot's 100-input batch endpoints.
