@@ -16,15 +16,16 @@ Three levels, by how much of HubSpot's call budget is left:
 - at most that: a record create (after the rep's ping, so nobody waits on it) lingers up to
   ``record_wait_seconds`` for company, and contacts go one batch at a time, so those that
   arrive while one is in flight share the next call (no linger);
-- whatever the budget, a record create also waits while other creates of its type keep
-  arriving (at most ``gather_gap_seconds`` apart, up to ``record_wait_seconds``): the
-  deliveries in flight move in waves (one batch answers them all at once), and without
-  this the first of a wave went alone and the rest in a second call;
 - at most ``contact_tight_below`` (a fifth): a contact write also lingers, up to
   ``contact_wait_seconds``.
 Fewer, fuller calls exactly when calls are scarce; the ping's own write gives up its speed last.
 (Parallel contact batches down to a fifth measured a better p50 and a worse p95 at 10 new
 leads/s and 100 calls / 10 s: they spend the budget that the tail then waits for.)
+
+Whatever the level, a record create also gathers: it waits while other creates of its type
+keep arriving at most ``gather_gap_seconds`` apart (up to ``record_wait_seconds``). The
+deliveries in flight move in waves (one batch answers them all at once); without this the
+first of a wave went alone and the rest in a second call.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ threads, each gets its own outcome, and a failure never strands the threads queu
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -73,7 +74,7 @@ def test_a_wave_arriving_a_little_apart_shares_one_flush_and_a_lone_item_waits_o
     batcher = Batcher(flush, max_items=100, gather=(0.5, 30.0))
 
     def submit(n: int) -> int:
-        threading.Event().wait(0.02 * n)
+        time.sleep(0.02 * n)
         return batcher.submit(n)
 
     with ThreadPoolExecutor(10) as pool:
