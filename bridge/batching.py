@@ -2,10 +2,10 @@
 
 Each thread submits one item and blocks. The first to arrive leads: it may linger a moment
 for company (up to ``max_items``; for a fixed time, or while company keeps coming, see
-``gather``), hands the whole batch to ``flush``, gives every thread
-its own outcome, and passes the lead to the next thread that queued meanwhile. No thread
-runs a separate flusher, so an idle batcher costs nothing, and nobody returns before the
-flush that holds their item.
+``gather``), waits for its turn if it must (``before``: the call budget), hands the whole
+batch to ``flush``, gives every thread its own outcome, and passes the lead to the next
+thread that queued meanwhile. No thread runs a separate flusher, so an idle batcher costs
+nothing, and nobody returns before the flush that holds their item.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -55,6 +56,7 @@ class Batcher(Generic[T, R]):
         max_items: int | Callable[[], int],
         linger: Callable[[], float] = lambda: 0.0,
         gather: tuple[float, float] = (0.0, 0.0),
+        before: Callable[[], None] | None = None,
     ) -> None:
         # A number, or a function saying how many items could come at all right now (a batch
         # that holds all of them is full: no point lingering for more).
@@ -66,9 +68,13 @@ class Batcher(Generic[T, R]):
         # one flush instead of its first few going alone and the rest in the next one.
         self._gap, self._most = gather
         self._arrived = 0.0  # when the newest item was queued
+        # Called by the leader once it stops lingering, before it takes the batch; it may block
+        # (waiting for the call budget), and whoever queues meanwhile goes in the same flush.
+        self._before = before
         self._lock = threading.Condition()
         self._queue: list[_Slot[T]] = []
         self._busy = False
+        self.holding = 0  # items submitted and not answered yet: queued, or in a flush
 
     @property
     def busy(self) -> bool:
@@ -78,6 +84,7 @@ class Batcher(Generic[T, R]):
     def submit(self, item: T) -> R:
         slot: _Slot[T] = _Slot(item)
         with self._lock:
+            self.holding += 1
             self._queue.append(slot)
             self._arrived = time.monotonic()
             if not self._busy:
@@ -108,6 +115,10 @@ class Batcher(Generic[T, R]):
                 if left <= 0:
                     break
                 self._lock.wait(left)
+        if self._before is not None:
+            with suppress(Exception):  # as with linger: a broken rule must not strand anyone
+                self._before()
+        with self._lock:
             full = max(1, self._capacity())
             batch, self._queue = self._queue[:full], self._queue[full:]
         try:
@@ -116,6 +127,8 @@ class Batcher(Generic[T, R]):
                 raise RuntimeError(f"a batch of {len(batch)} came back with {len(outcomes)} outcomes")
         except BaseException as exc:  # the flush as a whole failed: so did every item in it
             outcomes = [Failed(exc)] * len(batch)
+        with self._lock:
+            self.holding -= len(batch)
         for slot, outcome in zip(batch, outcomes, strict=True):
             slot.outcome, slot.done = outcome, True
             if slot is not own:  # the leader is awake (and was woken already, if handed the lead)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -205,6 +206,8 @@ class RateLimiter:
 
 
 WINDOW_MARGIN_SECONDS = 0.25
+# A burst slot a thread took ahead of its next call (CallPacer.prepay).
+_prepaid = threading.local()
 
 
 class CallPacer:
@@ -234,10 +237,28 @@ class CallPacer:
         self._errors = store_errors(ledger)
 
     def acquire(self, *, search: bool = False) -> None:
-        """Wait for a slot (bounded), or raise ThrottledError."""
-        self._wait_for(*self._window(search=False))
+        """Wait for a slot (bounded), or raise ThrottledError; none if :meth:`prepay` took it."""
+        if getattr(_prepaid, "slot", False):
+            _prepaid.slot = False
+        else:
+            self._wait_for(*self._window(search=False))
         if search:
             self._wait_for(*self._window(search=True))
+
+    def prepay(self) -> None:
+        """Wait for the slot of this thread's next call now (a batch leader, before it takes
+        its batch: whoever queues while it waits goes in the same call). Past
+        ``max_wait_seconds`` nothing is taken: the call itself then waits and raises."""
+        try:
+            self._wait_for(*self._window(search=False))
+        except ThrottledError:
+            return
+        _prepaid.slot = True
+
+    @staticmethod
+    def forget_prepaid() -> None:
+        """Drop a slot :meth:`prepay` took that no call used (the batch made none)."""
+        _prepaid.slot = False
 
     def free_share(self) -> float:
         """How much of the rolling window is unspent, 0 to 1 (1 with no limit, or no limits file)."""

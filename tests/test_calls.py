@@ -10,15 +10,21 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bridge.coalesce import CoalescingCRM
 from bridge.config import Settings, settings_from_dict
 from bridge.ledger import Ledger, Status, open_ledger
+from bridge.ports import build_crm
+from bridge.ratelimit import CallPacer
 from bridge.sources import interpret_body, load_sources
 from bridge.worker import Worker
 
@@ -324,6 +330,67 @@ def test_with_budget_to_spare_deliveries_reaching_a_create_together_share_one_ca
     assert {ledger.get(i).status for i in ids} == {Status.DELIVERED}
     assert exact(sandbox, DEAL + "/batch/create") == exact(sandbox, TASK + "/batch/create") == 1
     assert len(sandbox.state()["objects"]["deals"]) == len(sandbox.state()["objects"]["tasks"]) == 20
+
+
+DEAL_A = {"dealname": "A", "dealstage": "appointmentscheduled"}
+
+
+def task(subject: str) -> dict[str, str]:
+    return {"hs_task_subject": subject, "hs_timestamp": "0"}
+
+
+def tight_crm(settings: Settings, in_flight: Callable[[], int], record_wait: float) -> CoalescingCRM:
+    """The worker's coalescer over the real HubSpot connector, the budget always tight."""
+    return CoalescingCRM(
+        build_crm(settings),
+        budget_tight=lambda: True,
+        contacts_tight=lambda: True,
+        contact_wait=record_wait,
+        record_wait=record_wait,
+        in_flight=in_flight,
+        pacer=CallPacer(settings.ledger, settings.hubspot.rate_limit),
+    )
+
+
+def test_a_create_does_not_wait_for_deliveries_held_by_another_batch_call(config_data: dict[str, Any], sandbox: Sandbox) -> None:
+    # Two deliveries in flight, one at its deal and one at its task, the budget tight (a create
+    # lingers up to 60 s for company). The one at its deal cannot reach the task batch before
+    # its own call answers, so the task goes at once; then, that delivery done, so does the deal.
+    in_flight = [2]
+    crm = tight_crm(settings_from_dict(config_data, ROOT), lambda: in_flight[0], record_wait=60)
+    deal: dict[str, str] = {}
+    waiting = threading.Thread(target=lambda: deal.update(id=crm.create_record("deals", DEAL_A, [])))
+    waiting.start()
+    try:
+        tasking = threading.Thread(target=lambda: deal.update(task=crm.create_record("tasks", task("B"), [])))
+        tasking.start()
+        tasking.join(20)
+        assert "task" in deal, "the task lingered for a delivery waiting on the deal batch"
+        in_flight[0] = 1  # the task's delivery finished
+    finally:
+        waiting.join(20)
+    assert "id" in deal, "the deal lingered for a delivery that had finished"
+    assert exact(sandbox, DEAL) == exact(sandbox, TASK) == 1  # each alone in its call
+
+
+def test_a_batch_waiting_for_the_call_budget_takes_whoever_arrives_meanwhile(
+    config_data: dict[str, Any], sandbox: Sandbox
+) -> None:
+    # One call per 4 s, spent: the first task's leader waits for the next slot before it takes
+    # its batch, so the two tasks submitted while it waits go in the same call (taken at once,
+    # the batch would have held one, and the others needed a second call after it).
+    config_data["hubspot"]["rate_limit"] = {"requests": 1, "per_seconds": 4}
+    settings = settings_from_dict(config_data, ROOT)
+    CallPacer(settings.ledger, settings.hubspot.rate_limit).acquire()
+    crm = tight_crm(settings, lambda: 3, record_wait=0)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(crm.create_record, "tasks", task("0"), [])
+        time.sleep(0.5)  # its leader is waiting for the slot by now
+        rest = [pool.submit(crm.create_record, "tasks", task(str(n)), []) for n in (1, 2)]
+        created = {f.result(timeout=60) for f in (first, *rest)}
+    assert len(created) == 3
+    assert exact(sandbox, TASK + "/batch/create") == 1 and exact(sandbox, TASK) == 0  # one call, no single create
+    assert len(sandbox.state()["objects"]["tasks"]) == 3
 
 
 def test_people_a_batch_must_read_are_read_in_one_call(config_data: dict[str, Any], sandbox: Sandbox) -> None:

@@ -112,6 +112,26 @@ def test_a_call_waits_for_a_slot_when_the_wait_is_short(tmp_path: Path) -> None:
     assert clock.now - start == pytest.approx(10.0 + WINDOW_MARGIN_SECONDS, abs=0.01)
 
 
+def test_a_slot_taken_ahead_serves_the_next_call_on_its_thread_once(tmp_path: Path) -> None:
+    clock, (pacer,) = pacers(tmp_path, 1)
+    pacer.prepay()  # a batch leader, before it takes its batch
+    assert [granted(pacer) for _ in range(4)] == [True] * 4  # the first of them used it
+    assert not granted(pacer)  # four in the window: the slot was counted once, not twice
+    clock.now += 10.5
+    pacer.prepay()
+    CallPacer.forget_prepaid()  # its batch made no call
+    assert [granted(pacer) for _ in range(4)] == [True] * 3 + [False]
+    # On another thread the slot is not there to use.
+    clock.now += 10.5
+    pacer.prepay()
+    other: list[bool] = []
+    thread = threading.Thread(target=lambda: other.extend(granted(pacer) for _ in range(4)))
+    thread.start()
+    thread.join(30)
+    assert other == [True] * 3 + [False]
+    CallPacer.forget_prepaid()
+
+
 def test_hubspots_count_corrects_ours(tmp_path: Path) -> None:
     clock, (pacer,) = pacers(tmp_path, 1)
     assert granted(pacer)
