@@ -352,25 +352,27 @@ def tight_crm(settings: Settings, in_flight: Callable[[], int], record_wait: flo
     )
 
 
-def test_a_create_does_not_wait_for_deliveries_held_by_another_batch_call(config_data: dict[str, Any], sandbox: Sandbox) -> None:
-    # Two deliveries in flight, one at its deal and one at its task, the budget tight (a create
-    # lingers up to 60 s for company). The one at its deal cannot reach the task batch before
-    # its own call answers, so the task goes at once; then, that delivery done, so does the deal.
-    in_flight = [2]
-    crm = tight_crm(settings_from_dict(config_data, ROOT), lambda: in_flight[0], record_wait=60)
-    deal: dict[str, str] = {}
-    waiting = threading.Thread(target=lambda: deal.update(id=crm.create_record("deals", DEAL_A, [])))
-    waiting.start()
+def test_a_create_waits_for_deliveries_at_earlier_steps_but_not_for_those_at_later_ones(
+    config_data: dict[str, Any], sandbox: Sandbox
+) -> None:
+    # Two deliveries in flight, the budget tight (a create lingers up to 60 s for company).
+    # A is at its task: its batch waits, since B may still come to it. B, at its deal, goes
+    # at once (A, at a later step, never comes to the deals), then joins A's task batch.
+    crm = tight_crm(settings_from_dict(config_data, ROOT), lambda: 2, record_wait=60)
+    done: dict[str, str] = {}
+    a_task = threading.Thread(target=lambda: done.update(a=crm.create_record("tasks", task("A"), [])))
+    a_task.start()
     try:
-        tasking = threading.Thread(target=lambda: deal.update(task=crm.create_record("tasks", task("B"), [])))
-        tasking.start()
-        tasking.join(20)
-        assert "task" in deal, "the task lingered for a delivery waiting on the deal batch"
-        in_flight[0] = 1  # the task's delivery finished
+        b_deal = threading.Thread(target=lambda: done.update(deal=crm.create_record("deals", DEAL_A, [])))
+        b_deal.start()
+        b_deal.join(20)
+        assert "deal" in done, "the deal lingered for a delivery already at its task"
+        assert "a" not in done  # A's task is still waiting for company
+        done["b"] = crm.create_record("tasks", task("B"), [])
     finally:
-        waiting.join(20)
-    assert "id" in deal, "the deal lingered for a delivery that had finished"
-    assert exact(sandbox, DEAL) == exact(sandbox, TASK) == 1  # each alone in its call
+        a_task.join(20)
+    assert "a" in done and done["a"] != done["b"]
+    assert exact(sandbox, DEAL) == 1 and exact(sandbox, TASK + "/batch/create") == 1 and exact(sandbox, TASK) == 0
 
 
 def test_a_batch_waiting_for_the_call_budget_takes_whoever_arrives_meanwhile(
