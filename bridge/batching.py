@@ -100,6 +100,10 @@ class Batcher(Generic[T, R]):
         outcome: R = slot.outcome
         return outcome
 
+    def _room(self) -> int:
+        """How many items this batch may take now (at least its leader's)."""
+        return max(1, self._capacity())
+
     def _lead(self, own: _Slot[T]) -> None:
         try:
             linger = self._linger()
@@ -108,9 +112,9 @@ class Batcher(Generic[T, R]):
         with self._lock:
             began = time.monotonic()
             # Looked at again every few ms: the capacity can shrink as other work finishes.
-            while len(self._queue) < (full := max(1, self._capacity())) and (left := began + linger - time.monotonic()) > 0:
+            while len(self._queue) < self._room() and (left := began + linger - time.monotonic()) > 0:
                 self._lock.wait(min(left, CAPACITY_POLL_SECONDS))
-            while len(self._queue) < max(1, self._capacity()):
+            while len(self._queue) < self._room():
                 left = min(self._arrived + self._gap, began + self._most) - time.monotonic()
                 if left <= 0:
                     break
@@ -119,7 +123,7 @@ class Batcher(Generic[T, R]):
             with suppress(Exception):  # as with linger: a broken rule must not strand anyone
                 self._before()
         with self._lock:
-            full = max(1, self._capacity())
+            full = self._room()
             batch, self._queue = self._queue[:full], self._queue[full:]
         try:
             outcomes: Sequence[Any] = self._flush([slot.item for slot in batch])
